@@ -1,0 +1,313 @@
+"""One validated config per trial: YAML -> pydantic model tree -> JSON dump + stable hash.
+
+Every knob of ../shared/KNOBS.md is one leaf here; `--set key=value` overrides accept the
+full dotted path (`optim.lr`) or any unique leaf name (`lr`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = ["ConfigError", "TrialConfig", "load_config", "config_hash"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+class WorkloadConfig(_Section):
+    dataset: Literal["digits", "cifar10", "folder"] = "digits"
+    root: str | None = Field(None, description="data directory (cifar10, folder); unused for digits")
+    resolution: int = Field(8, ge=4, le=512, description="training resolution in pixels")
+    backbone: Literal["unet", "uvit"] = "unet"
+    preset: Literal["tiny", "small", "deep"] = "small"
+
+
+class ModelConfig(_Section):
+    dropout: float = Field(0.1, ge=0.0, le=0.5)
+    stochastic_depth: float = Field(0.0, ge=0.0, le=0.5, description="drop-path rate on residual branches")
+    activation: Literal["silu", "gelu", "relu"] = "silu"
+    # None resolves to the backbone's standard norm (unet: group, uvit: layer).
+    norm: Literal["group", "layer", "none"] | None = None
+
+
+class LSCConfig(_Section):
+    mode: Literal["none", "inv_sqrt2", "constant", "linear", "learnable", "learnable_per_skip"] = "none"
+    kappa: float = Field(0.5, gt=0.0, le=1.0, description="ScaleLong CS factor (constant, linear modes)")
+
+
+class DiffusionConfig(_Section):
+    schedule: Literal["linear", "cosine"] = "linear"
+    T: int = Field(1000, ge=10, le=10000)
+    beta_start: float = Field(1e-4, gt=0.0, lt=1.0)
+    beta_end: float = Field(0.02, gt=0.0, lt=1.0)
+    cosine_s: float = Field(0.008, ge=0.0, le=0.1)
+    prediction: Literal["eps", "v"] = "eps"
+
+
+class WeightingConfig(_Section):
+    kind: Literal["uniform", "snr", "min_snr", "max_snr", "p2", "cosine"] = "uniform"
+    gamma: float = Field(5.0, gt=0.0, description="min_snr/max_snr clamp; p2 exponent")
+    k: float = Field(1.0, gt=0.0, description="p2 offset")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(2e-4, gt=0.0, le=100.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    decay_all: bool = Field(False, description="also decay norms, biases and embeddings")
+    clip_norm: float | None = Field(1.0, gt=0.0, description="global L2 clip; null disables clipping")
+    batch_size: int = Field(128, ge=1, le=65536)
+    steps: int = Field(1000, ge=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each Adam beta must be in [0, 1), got {list(v)}")
+        return v
+
+
+class EMAConfig(_Section):
+    betas: tuple[float, ...] = (0.9999,)
+    warmup: bool = Field(False, description="beta_t = min(beta, (1 + t) / (10 + t))")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_valid(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0.0 < b < 1.0 for b in v):
+            raise ValueError(f"each EMA beta must be in (0, 1), got {list(v)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"EMA betas must be distinct, got {list(v)}")
+        return v
+
+
+class AugmentConfig(_Section):
+    hflip: float = Field(0.0, ge=0.0, le=0.5, description="horizontal flip probability")
+
+
+class EvalConfig(_Section):
+    every: int = Field(500, ge=1, description="evaluate EMA/raw weights every N steps (and at the end)")
+    probe_every: int = Field(25, ge=1, description="stability probe every N steps")
+    probe_size: int = Field(64, ge=1, description="images in the fixed probe batch")
+    samples: int = Field(64, ge=0, description="samples generated at the end (grid PNG)")
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sampler_steps: int = Field(50, ge=1)
+
+
+class StabilityConfig(_Section):
+    warmup_steps: int = Field(100, ge=0, description="steps ignored by CV/spike/divergence statistics")
+    divergence_factor: float = Field(10.0, gt=1.0, description="diverged if smoothed loss > factor x min")
+    spike_factor: float = Field(5.0, gt=1.0, description="spike if grad norm > factor x running median")
+    spike_window: int = Field(100, ge=2)
+
+
+class TrialConfig(_Section):
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    workload: WorkloadConfig = WorkloadConfig()
+    model: ModelConfig = ModelConfig()
+    lsc: LSCConfig = LSCConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    timestep_weighting: WeightingConfig = WeightingConfig()
+    optim: OptimConfig = OptimConfig()
+    ema: EMAConfig = EMAConfig()
+    augment: AugmentConfig = AugmentConfig()
+    eval: EvalConfig = EvalConfig()
+    stability: StabilityConfig = StabilityConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_backbone_norm(cls, data: Any) -> Any:
+        # Fill `model.norm: null` with the backbone's standard so the dumped config is explicit.
+        if not isinstance(data, dict):
+            return data
+        workload, model = data.get("workload") or {}, data.get("model") or {}
+        if isinstance(workload, dict) and isinstance(model, dict) and model.get("norm") is None:
+            backbone = workload.get("backbone", "unet")
+            data = {**data, "model": {**model, "norm": "layer" if backbone == "uvit" else "group"}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TrialConfig:
+        if self.workload.backbone == "uvit" and self.model.norm == "group":
+            raise ValueError("model.norm: 'group' is not defined for uvit; allowed: 'layer', 'none'")
+        if self.workload.dataset in ("cifar10", "folder") and not self.workload.root:
+            raise ValueError(f"workload.root: required for dataset '{self.workload.dataset}'")
+        if self.workload.dataset == "digits" and self.workload.resolution not in (8, 16):
+            raise ValueError(f"workload.resolution: digits supports 8 or 16, got {self.workload.resolution}")
+        if self.diffusion.schedule == "linear" and self.diffusion.beta_start >= self.diffusion.beta_end:
+            raise ValueError("diffusion.beta_start must be below diffusion.beta_end")
+        return self
+
+
+# Keys that do not change what a trial computes: excluded from config_hash.
+NON_RESULT_KEYS = ("seed", "device")
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaf keys and --set overrides
+# ---------------------------------------------------------------------------------------------
+
+def leaf_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[str]:
+    """All dotted leaf paths of the config tree, e.g. ['seed', ..., 'optim.lr', ...]."""
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += leaf_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def section_fields(dotted_section: str) -> list[str]:
+    """Field names of a config section ('' for the top level, 'optim', ...)."""
+    model: Any = TrialConfig
+    for s in filter(None, dotted_section.split(".")):
+        model = model.model_fields[s].annotation
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def allowed_values(dotted: str) -> str:
+    """Human description of what a leaf accepts (for error messages)."""
+    model: type[BaseModel] = TrialConfig
+    *sections, leaf = dotted.split(".")
+    for s in sections:
+        model = model.model_fields[s].annotation  # type: ignore[assignment]
+    field = model.model_fields[leaf]
+    ann = field.annotation
+    args = [a for a in get_args(ann) if a is not type(None)] or [ann]
+    literals = [v for a in args if get_origin(a) is Literal for v in get_args(a)]
+    if get_origin(ann) is Literal:
+        literals = list(get_args(ann))
+    if literals:
+        return "one of " + ", ".join(repr(v) for v in literals)
+    bounds = [f"{k} {getattr(m, k)}" for m in field.metadata for k in ("gt", "ge", "lt", "le") if
+              getattr(m, k, None) is not None]
+    return f"{getattr(ann, '__name__', str(ann))}" + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def resolve_key(key: str) -> str:
+    """Map a full dotted key or a unique suffix (`steps`, `ema.betas`) to its full dotted path."""
+    keys = leaf_keys()
+    if key in keys:
+        return key
+    matches = [k for k in keys if k.endswith("." + key)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"--set {key}: ambiguous key, candidates: {', '.join(matches)}")
+    close = difflib.get_close_matches(key, keys + [k.rsplit(".", 1)[-1] for k in keys], n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"--set {key}: unknown config key{hint} (see `stabench keys`)")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=1e-3' -> ('optim.lr', 0.001). Values are parsed as YAML (null, lists, numbers)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text}: value is not valid YAML ({e})") from None
+    return resolve_key(key.strip()), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = json.loads(json.dumps(data))  # deep copy, plain types
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        *sections, leaf = key.split(".")
+        for s in sections:
+            node = node.setdefault(s, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: '{s}' is not a section in the config file")
+        node[leaf] = value
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, dumping, hashing
+# ---------------------------------------------------------------------------------------------
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent, _, name = key.rpartition(".")
+            allowed = section_fields(parent)
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"{source}: unknown key '{key}'{hint}; allowed here: {', '.join(allowed)}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        where = f"key '{key}'" if key else "config"
+        allowed = ""
+        if key and key in leaf_keys():
+            allowed = f"; allowed: {allowed_values(key)}"
+        got_text = f" (got {got!r})" if key and not isinstance(got, dict) else ""
+        lines.append(f"{source}: {where}: {msg}{got_text}{allowed}")
+    return "\n".join(lines)
+
+
+def build_config(data: dict, source: str = "<config>") -> TrialConfig:
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML syntax error: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrialConfig:
+    """YAML file (or defaults when None) + `--set` overrides -> validated TrialConfig."""
+    data = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    if overrides:
+        source += " + --set " + " ".join(overrides)
+    return build_config(apply_overrides(data, list(overrides)), source)
+
+
+def config_to_dict(cfg: TrialConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def config_hash(cfg: TrialConfig) -> str:
+    """sha256 over every key that affects the result (not the seed, not the device)."""
+    data = {k: v for k, v in config_to_dict(cfg).items() if k not in NON_RESULT_KEYS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dump_yaml(cfg: TrialConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,128 @@
+"""Workloads: real image datasets held in memory as float tensors in [-1, 1], and a seeded batch order.
+
+- `digits`: scikit-learn's 1,797 8x8 digits (shipped inside the package), optionally upsampled to 16x16.
+- `cifar10`: torchvision's CIFAR-10 from a local root, never downloaded.
+- `folder`: every image under a directory (recursively), center-cropped and resized.
+
+`digits` and `folder` use a fixed 80/20 train/test split that does not depend on the trial seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import WorkloadConfig
+from .errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLIT_SEED = 0  # the train/test split is part of the workload, not of the trial
+TEST_FRACTION = 0.2
+
+
+def _fixed_split(images: torch.Tensor, split: str) -> torch.Tensor:
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_test = int(round(len(images) * TEST_FRACTION))
+    return images[perm[n_test:]] if split == "train" else images[perm[:n_test]]
+
+
+def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    if images.shape[-1] == resolution:
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                         antialias=resolution < images.shape[-1]).clamp(-1, 1)
+
+
+def load_digits_images(resolution: int, split: str) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images.astype(np.float32)  # (1797, 8, 8), integer levels 0..16
+    images = torch.from_numpy(raw)[:, None] / 8.0 - 1.0
+    return _resize(_fixed_split(images, split), resolution)
+
+
+def load_cifar10_images(root: str, resolution: int, split: str) -> torch.Tensor:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(root, train=split == "train", download=False)
+    except RuntimeError:
+        raise DataError(
+            f"workload.root: CIFAR-10 not found under '{root}' (expected '{Path(root) / 'cifar-10-batches-py'}'). "
+            "Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html on a machine "
+            "with internet, extract it into that root, and pass it with --set workload.root=PATH."
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return _resize(images, resolution)
+
+
+def _read_image(path: Path, resolution: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution),
+                                                                       Image.Resampling.BICUBIC)
+            arr = np.asarray(img, dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"workload.root: cannot read image '{path}': {e}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def load_folder_images(root: str, resolution: int, split: str) -> torch.Tensor:
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"workload.root: image folder '{root}' does not exist or is not a directory")
+    paths = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if len(paths) < 2:
+        raise DataError(f"workload.root: found {len(paths)} images under '{root}'; need at least 2 "
+                        f"(extensions: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    images = torch.stack([_read_image(p, resolution) for p in paths])
+    return _fixed_split(images, split)
+
+
+def load_images(workload: WorkloadConfig, split: str = "train") -> torch.Tensor:
+    """(N, C, H, W) float32 images in [-1, 1] for a workload split ('train' or 'test')."""
+    assert split in ("train", "test")
+    if workload.dataset == "digits":
+        return load_digits_images(workload.resolution, split)
+    if workload.dataset == "cifar10":
+        return load_cifar10_images(workload.root, workload.resolution, split)
+    return load_folder_images(workload.root, workload.resolution, split)
+
+
+class BatchStream:
+    """Endless minibatches in a seeded order: a fresh permutation per epoch, optional seeded h-flips."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, hflip: float = 0.0):
+        self.images, self.batch_size, self.hflip = images, batch_size, hflip
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def _indices(self) -> torch.Tensor:
+        chunks, need = [], self.batch_size
+        while need:
+            if self.pos == len(self.order):
+                self.order, self.pos = torch.randperm(len(self.images), generator=self.generator), 0
+            take = self.order[self.pos:self.pos + need]
+            self.pos += len(take)
+            need -= len(take)
+            chunks.append(take)
+        return torch.cat(chunks)
+
+    def __next__(self) -> torch.Tensor:
+        idx = self._indices()
+        batch = self.images[idx.to(self.images.device)]
+        if self.hflip > 0:
+            flip = (torch.rand(len(idx), generator=self.generator) < self.hflip).to(batch.device)
+            batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        return batch
+
+    def __iter__(self) -> BatchStream:
+        return self

@@ -1,0 +1,126 @@
+"""Small building blocks shared by both backbones: timestep embedding, norms, drop-path, LSC scaling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def conv_norm(kind: str, channels: int) -> nn.Module:
+    """Norm for (B, C, H, W) features. 'layer' normalises over C, H, W (GroupNorm with one group)."""
+    if kind == "group":
+        return nn.GroupNorm(min(32, channels // 4) or 1, channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+def token_norm(kind: str, dim: int) -> nn.Module:
+    """Norm for (B, L, D) tokens."""
+    return nn.LayerNorm(dim) if kind == "layer" else nn.Identity()
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (DDPM / ADM)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal timestep features followed by a two-layer MLP (as in DiT)."""
+
+    def __init__(self, freq_dim: int, out_dim: int, act: str):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), ACTIVATIONS[act](), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim))
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016): drop a residual branch per sample, rescale the survivors."""
+    if p == 0.0 or not training:
+        return x
+    keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long-skip-connection scaling (ScaleLong, Huang et al. 2023). Skip i = 1 is the outermost.
+# ---------------------------------------------------------------------------------------------
+
+def constant_skip_scales(mode: str, kappa: float, num_skips: int) -> list[float]:
+    """Fixed factor per skip i = 1..N for the non-learnable LSC modes."""
+    idx = range(num_skips)  # i - 1
+    if mode == "none":
+        return [1.0] * num_skips
+    if mode == "inv_sqrt2":  # ScaleLong mode 1, Imagen's skip_connect_scale
+        return [2 ** -0.5] * num_skips
+    if mode == "constant":  # ScaleLong CS: kappa ** (i - 1)
+        return [kappa ** i for i in idx]
+    if mode == "linear":  # ours: 1 at the outermost skip down to kappa at the innermost
+        return [1.0 - (1.0 - kappa) * i / max(num_skips - 1, 1) for i in idx]
+    raise ValueError(f"no constant scales for LSC mode {mode!r}")
+
+
+class ChannelGate(nn.Module):
+    """Squeeze-excitation gate over channels, sigmoid(W2 relu(W1 mean_hw(h))): our UNet version of ScaleLong LS."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.fc1, self.fc2 = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(h.mean(dim=(2, 3))))))
+        return h * gate[:, :, None, None]
+
+
+class TokenGate(nn.Module):
+    """ScaleLong LS gate over tokens, sigmoid(W2 relu(W1 mean_channels(h))), hidden size L/16."""
+
+    def __init__(self, num_tokens: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(num_tokens // reduction, 1)
+        self.fc1, self.fc2 = nn.Linear(num_tokens, hidden), nn.Linear(hidden, num_tokens)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(h.mean(dim=2)))))
+        return h * gate[:, :, None]
+
+
+class SkipScaler(nn.Module):
+    """Scales long skip i (1 = outermost) right before the decoder concatenates it.
+
+    Learnable modes build gates with `make_gate(shape_key)`: `learnable` shares one gate among skips
+    of the same shape (all of them in U-ViT, ScaleLong mode 3; one per width in the UNet),
+    `learnable_per_skip` gives every skip its own (ScaleLong mode 4).
+    """
+
+    def __init__(self, mode: str, kappa: float, shape_keys: list, make_gate):
+        super().__init__()
+        self.mode = mode
+        if mode in ("learnable", "learnable_per_skip"):
+            per_skip = mode == "learnable_per_skip"
+            names = [str(i) if per_skip else str(k) for i, k in enumerate(shape_keys)]
+            self.gates = nn.ModuleDict({n: make_gate(k) for n, k in dict(zip(names, shape_keys)).items()})
+            self.gate_of_skip = names
+        else:
+            self.register_buffer("scales", torch.tensor(constant_skip_scales(mode, kappa, len(shape_keys))),
+                                 persistent=False)
+
+    def forward(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        """h: the feature of skip i (1-based, 1 = outermost)."""
+        if self.mode == "none":
+            return h  # no multiply at all, so `none` is exactly the unscaled network
+        if self.mode in ("learnable", "learnable_per_skip"):
+            return self.gates[self.gate_of_skip[i - 1]](h)
+        return h * self.scales[i - 1]

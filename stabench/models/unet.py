@@ -1,0 +1,142 @@
+"""ADM/DDPM-style UNet (Ho et al. 2020; Dhariwal & Nichol 2021) with scalable long skips.
+
+Every encoder output (stem, residual blocks, downsamples) is a long skip; the decoder pops them in
+reverse order and concatenates each, after `SkipScaler`, with its own feature.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import ACTIVATIONS, ChannelGate, SkipScaler, TimestepEmbedder, conv_norm, drop_path
+
+
+class ResBlock(nn.Module):
+    """norm-act-conv, add timestep embedding, norm-act-dropout-conv, plus a (1x1) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, drop_path: float, act: str,
+                 norm: str):
+        super().__init__()
+        self.norm1, self.conv1 = conv_norm(norm, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2, self.conv2 = conv_norm(norm, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.act, self.dropout, self.drop_path = ACTIVATIONS[act](), nn.Dropout(dropout), drop_path
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.dropout(self.act(self.norm2(h))))
+        return self.shortcut(x) + drop_path(h, self.drop_path, self.training)
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over pixels, residual (used at low resolution only)."""
+
+    def __init__(self, channels: int, norm: str):
+        super().__init__()
+        self.norm, self.qkv, self.proj = conv_norm(norm, channels), nn.Conv2d(channels, 3 * channels, 1), \
+            nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj(h)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Stage(nn.Sequential):
+    """A sequence of blocks that all take (x, emb)."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = block(x, emb)
+        return x
+
+
+class UNet(nn.Module):
+    """ADM-style UNet for eps/v prediction. `forward(..., return_features=True)` also returns the
+    (scaled) skip features entering the decoder, outermost first, and the decoder's output feature."""
+
+    def __init__(self, in_channels: int, resolution: int, channels: int, mult: tuple[int, ...],
+                 num_res_blocks: int, attn_resolutions: tuple[int, ...], dropout: float,
+                 stochastic_depth: float, activation: str, norm: str, lsc_mode: str, kappa: float):
+        super().__init__()
+        emb_dim = 4 * channels
+        self.time_embed = TimestepEmbedder(channels, emb_dim, activation)
+        block = dict(emb_dim=emb_dim, dropout=dropout, drop_path=stochastic_depth, act=activation, norm=norm)
+
+        # Encoder: every module in self.down produces one long skip.
+        self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.down, skip_channels, ch, res = nn.ModuleList(), [channels], channels, resolution
+        for level, m in enumerate(mult):
+            for _ in range(num_res_blocks):
+                layers = [ResBlock(ch, channels * m, **block)]
+                ch = channels * m
+                if res in attn_resolutions:
+                    layers.append(AttnBlock(ch, norm))
+                self.down.append(Stage(*layers))
+                skip_channels.append(ch)
+            if level != len(mult) - 1:
+                self.down.append(Stage(Downsample(ch)))
+                skip_channels.append(ch)
+                res //= 2
+
+        self.mid = Stage(ResBlock(ch, ch, **block), AttnBlock(ch, norm), ResBlock(ch, ch, **block))
+
+        # Decoder: num_res_blocks + 1 blocks per level, each consuming one skip.
+        self.up, pending = nn.ModuleList(), list(skip_channels)
+        for level, m in reversed(list(enumerate(mult))):
+            for j in range(num_res_blocks + 1):
+                layers = [ResBlock(ch + pending.pop(), channels * m, **block)]
+                ch = channels * m
+                if res in attn_resolutions:
+                    layers.append(AttnBlock(ch, norm))
+                if level != 0 and j == num_res_blocks:
+                    layers.append(Upsample(ch))
+                    res *= 2
+                self.up.append(Stage(*layers))
+
+        self.out_norm, self.out_act = conv_norm(norm, ch), ACTIVATIONS[activation]()
+        self.out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        self.num_skips = len(skip_channels)
+        self.skip_scaler = SkipScaler(lsc_mode, kappa, skip_channels, lambda c: ChannelGate(c))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
+        emb = self.time_embed(t)
+        h = self.stem(x)
+        skips = [h]
+        for stage in self.down:
+            h = stage(h, emb)
+            skips.append(h)
+        h = self.mid(h, emb)
+        entering = []
+        for stage in self.up:
+            i = len(skips)  # skips are popped innermost first; skip i = 1 is the stem output
+            s = self.skip_scaler(skips.pop(), i)
+            entering.append(s)
+            h = stage(torch.cat([h, s], dim=1), emb)
+        out = self.out(self.out_act(self.out_norm(h)))
+        if return_features:
+            return out, {"skips": entering[::-1], "out": h}
+        return out

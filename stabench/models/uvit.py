@@ -1,0 +1,101 @@
+"""U-ViT (Bao et al. 2023): all inputs as tokens, long skips between shallow and deep transformer blocks.
+
+The time is one extra token; out block j computes `skip_linear(cat[x, skip])` with the skip from
+in block depth//2 - j + 1, scaled by `SkipScaler` first (ScaleLong's U-ViT setting).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import ACTIVATIONS, SkipScaler, TimestepEmbedder, TokenGate, drop_path, token_norm
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an output projection."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(h.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; in the decoder half it first fuses a long skip."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, drop_path: float, act: str,
+                 norm: str, skip: bool = False):
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm1, self.attn = token_norm(norm, dim), Attention(dim, heads, dropout)
+        self.norm2 = token_norm(norm, dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[act](), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim))
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+
+
+class UViT(nn.Module):
+    """U-ViT for eps/v prediction; `return_features=True` also returns the scaled skips (outermost first)
+    and the last block's output tokens."""
+
+    def __init__(self, in_channels: int, resolution: int, patch: int, dim: int, depth: int, heads: int,
+                 mlp_ratio: float, dropout: float, stochastic_depth: float, activation: str, norm: str,
+                 lsc_mode: str, kappa: float):
+        super().__init__()
+        assert resolution % patch == 0, "resolution must be divisible by the patch size"
+        self.patch, self.in_channels, self.grid = patch, in_channels, resolution // patch
+        num_tokens = self.grid ** 2 + 1  # patches + time token
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.time_embed = TimestepEmbedder(dim, dim, activation)
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+        block = dict(dim=dim, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, drop_path=stochastic_depth,
+                     act=activation, norm=norm)
+        self.in_blocks = nn.ModuleList(Block(**block) for _ in range(depth // 2))
+        self.mid_block = Block(**block)
+        self.out_blocks = nn.ModuleList(Block(**block, skip=True) for _ in range(depth // 2))
+        self.norm = token_norm(norm, dim)
+        self.head = nn.Linear(dim, patch * patch * in_channels)
+
+        self.num_skips = depth // 2
+        self.skip_scaler = SkipScaler(lsc_mode, kappa, [num_tokens] * self.num_skips,
+                                      lambda n: TokenGate(n))
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        B, p, g, c = x.shape[0], self.patch, self.grid, self.in_channels
+        return x.reshape(B, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(B, c, g * p, g * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.time_embed(t)[:, None], tokens], dim=1) + self.pos_embed
+        skips = []
+        for blk in self.in_blocks:
+            h = blk(h)
+            skips.append(h)
+        h = self.mid_block(h)
+        entering = []
+        for blk in self.out_blocks:
+            i = len(skips)  # innermost skip first; skip i = 1 comes from the first in block
+            s = self.skip_scaler(skips.pop(), i)
+            entering.append(s)
+            h = blk(h, s)
+        out = self.unpatchify(self.head(self.norm(h))[:, 1:])
+        if return_features:
+            return out, {"skips": entering[::-1], "out": h}
+        return out

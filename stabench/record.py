@@ -1,0 +1,134 @@
+"""The result record of one trial: what ran (config, hash, seed, versions, device) and what happened.
+
+Records are plain JSON (non-finite floats become null; the status says why) written atomically:
+a reader sees either the whole file or none of it, even if the writer is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import TrialConfig, config_hash, config_to_dict
+
+SCHEMA_VERSION = 1
+MAX_CURVE_POINTS = 2000
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "stabench": __version__,
+            "git_sha": git_sha()}
+
+
+def device_info(device: torch.device) -> dict:
+    info = {"type": device.type, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+    return info
+
+
+def new_run_id(cfg: TrialConfig) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg)[:8]}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
+
+
+def new_record(cfg: TrialConfig, device: torch.device) -> dict:
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": new_run_id(cfg),
+        "config_hash": config_hash(cfg),
+        "seed": cfg.seed,
+        "status": "running",
+        "error": None,
+        "config": config_to_dict(cfg),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+        "device": device_info(device),
+    }
+
+
+def downsample(curves: dict[str, list], max_points: int = MAX_CURVE_POINTS) -> dict[str, list]:
+    """Keep every k-th point (and the last) of equally long curves; `step` says which were kept."""
+    n = len(curves["step"])
+    if n <= max_points:
+        return curves
+    stride = math.ceil(n / max_points)
+    keep = list(range(0, n, stride))
+    if keep[-1] != n - 1:
+        keep.append(n - 1)
+    return {k: [v[i] for i in keep] for k, v in curves.items()}
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(record: dict, run_dir: Path) -> Path:
+    path = Path(run_dir) / "record.json"
+    atomic_write_text(path, json.dumps(_json_safe(record), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def read_record(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

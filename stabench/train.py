@@ -1,0 +1,245 @@
+"""One trial: train a diffusion model from a config and a seed while measuring how stably it trains.
+
+`run_trial` never raises for a training problem: divergence is a result (status `diverged`), any other
+exception is recorded as status `failed` with its traceback tail. Only user errors (bad config, missing
+data) raise, and they do so before the first step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .config import TrialConfig, dump_yaml
+from .data import BatchStream, load_images
+from .diffusion import Diffusion
+from .ema import MultiEMA
+from .errors import UserError
+from .models import build_model, count_params
+from .record import atomic_torch_save, atomic_write_text, downsample, new_record, write_record
+from .telemetry import DivergenceDetector, StepLog, feature_norms, summarize
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: '{name}' requested but CUDA is not available; allowed here: auto, cpu")
+    return device
+
+
+def stream_seed(seed: int, name: str) -> int:
+    """Independent, reproducible seeds for the separate random streams of one trial."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
+    """AdamW groups: no decay on norms, biases and embeddings (1-D tensors, positional embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        exempt = p.ndim <= 1 or "pos_embed" in name
+        (no_decay if exempt and not decay_all else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Probe:
+    """A fixed batch (images, timesteps, noise) drawn once from the trial seed."""
+
+    def __init__(self, images: torch.Tensor, size: int, T: int, seed: int, device: torch.device):
+        g = torch.Generator().manual_seed(stream_seed(seed, "probe"))
+        idx = torch.randperm(len(images), generator=g)[:size]
+        self.x0 = images[idx].to(device)
+        self.t = torch.randint(0, T, (len(idx),), generator=g).to(device)
+        self.noise = torch.randn(self.x0.shape, generator=g).to(device)
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, diffusion: Diffusion, features: bool = True) -> dict:
+        """Unweighted eps-MSE (comparable across weightings) and feature norms, in eval mode."""
+        was_training = model.training
+        model.eval()
+        mse, extra = diffusion.per_sample_mse(model, self.x0, self.t, self.noise, return_features=features)
+        model.train(was_training)
+        out = {"probe_loss": mse.mean().item()}
+        if features:
+            out.update(feature_norms(extra))
+        return out
+
+
+def run_trial(cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
+              save_checkpoint: bool = False) -> dict:
+    """Train one trial and return its record; with `out_dir`, also write `<out_dir>/<run_id>/`."""
+    device = resolve_device(cfg.device)
+    images = load_images(cfg.workload, "train")  # user errors (missing data) surface here, before training
+    record = new_record(cfg, device)
+    run_dir = Path(out_dir) / record["run_id"] if out_dir is not None else None
+    if run_dir is not None:
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    started = time.perf_counter()
+    try:
+        record.update(_train(cfg, images, device, run_dir, progress, save_checkpoint))
+    except UserError:
+        raise
+    except Exception as e:  # a failed trial is a result too; keep the reason
+        record.update(status="failed", error={"type": type(e).__name__, "message": str(e),
+                                              "traceback": traceback.format_exc()[-4000:]})
+    record["wall_time_s"] = time.perf_counter() - started
+    if run_dir is not None:
+        record["run_dir"] = str(run_dir)
+        write_record(record, run_dir)
+    return record
+
+
+def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir: Path | None,
+           progress: bool, save_checkpoint: bool) -> dict:
+    o, st = cfg.optim, cfg.stability
+
+    # Set-up: everything random derives from the trial seed.
+    torch.manual_seed(cfg.seed)  # model init, dropout, drop-path
+    model = build_model(cfg, in_channels=images.shape[1]).to(device)
+    diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.decay_all), lr=o.lr, betas=o.betas,
+                                  eps=o.eps)
+    ema = MultiEMA(model, cfg.ema.betas, cfg.ema.warmup)
+    batches = BatchStream(images.to(device), o.batch_size, stream_seed(cfg.seed, "data"), cfg.augment.hflip)
+    noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))
+    probe = Probe(images, cfg.eval.probe_size, diffusion.T, cfg.seed, device)
+    params = [p for p in model.parameters()]
+    warmup = min(st.warmup_steps, o.steps // 2)
+    log, detector = StepLog(), DivergenceDetector(st.divergence_factor, warmup)
+    probes = {"step": [], "probe_loss": [], "feature_norm": [], "out_norm": [], "skip_norms": []}
+    evals: list[dict] = []
+    diverged_reason, diverged_at, step = None, None, 0
+
+    def record_probe(at_step: int) -> None:
+        m = probe.measure(model, diffusion)
+        probes["step"].append(at_step)
+        for k in ("probe_loss", "feature_norm", "out_norm", "skip_norms"):
+            probes[k].append(m[k])
+
+    record_probe(0)
+    bar = tqdm(total=o.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    t_loop = time.perf_counter()
+    model.train()
+    for step in range(1, o.steps + 1):
+        # One optimisation step: warm-up lr, weighted loss, clip between backward and step, EMA.
+        lr = o.lr * min(1.0, step / o.warmup_steps) if o.warmup_steps else o.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x0 = next(batches)
+        t = torch.randint(0, diffusion.T, (len(x0),), generator=noise_gen, device=device)
+        noise = torch.randn(x0.shape, generator=noise_gen, device=device)
+        loss = diffusion.loss(model, x0, t, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.clip_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.clip_norm)  # returns the pre-clip norm
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        optimizer.step()
+        ema.update()
+        log.append(loss, grad_norm, lr)
+        bar.update(1)
+
+        # Telemetry: read the step values in bulk, check divergence, probe the fixed batch.
+        if step % cfg.eval.probe_every == 0 or step == o.steps:
+            first = log.flush(o.clip_norm)
+            for i in range(first, len(log.loss)):
+                diverged_reason = detector.check(i + 1, log.loss[i], log.grad_norm[i])
+                if diverged_reason:
+                    diverged_at = i + 1
+                    break
+            if diverged_reason:
+                break
+            record_probe(step)
+            bar.set_postfix(loss=f"{log.loss[-1]:.4f}", probe=f"{probes['probe_loss'][-1]:.4f}",
+                            gnorm=f"{log.grad_norm[-1]:.3g}", refresh=False)
+
+        # Evaluation: every weight set (raw and each EMA beta) on the probe batch.
+        if step % cfg.eval.every == 0 or step == o.steps:
+            evals.append(evaluate(model, ema, probe, diffusion, step))
+    bar.close()
+    loop_time = time.perf_counter() - t_loop
+    steps_done = len(log.loss) if diverged_reason else step
+    if diverged_reason:
+        log.flush(o.clip_norm)
+
+    stability = summarize(log, probes, warmup, st.spike_factor, st.spike_window, diverged_reason is not None)
+    result = {
+        "status": "diverged" if diverged_reason else "ok",
+        "diverged_at": diverged_at,
+        "diverged_reason": diverged_reason,
+        "steps_completed": steps_done,
+        "steps_per_s": steps_done / loop_time if loop_time > 0 else None,
+        "params": count_params(model),
+        "metrics": {
+            "final_loss": log.loss[-1] if log.loss else None,
+            "initial_probe_loss": probes["probe_loss"][0],
+            "final_probe_loss": probes["probe_loss"][-1],
+            **stability,
+            **best_ema(evals),
+        },
+        "evals": evals,
+        "curves": downsample({"step": list(range(1, len(log.loss) + 1)), "loss": log.loss,
+                              "grad_norm": log.grad_norm, "clipped": log.clipped, "lr": log.lr}),
+        "probes": probes,
+    }
+    if run_dir is not None and not diverged_reason and cfg.eval.samples > 0:
+        result["samples_png"] = save_samples(cfg, model, ema, diffusion, result["metrics"],
+                                             images.shape[1], device, run_dir)
+    if run_dir is not None and save_checkpoint:
+        atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer":
+                           optimizer.state_dict(), "step": steps_done}, run_dir / "checkpoint.pt")
+        result["checkpoint"] = str(run_dir / "checkpoint.pt")
+    return result
+
+
+def weight_sets(model: nn.Module, ema: MultiEMA):
+    """(name, model) for the raw weights and each EMA beta."""
+    yield "raw", model
+    for beta in ema.betas:
+        yield f"ema_{beta:g}", ema.copy_to(model, beta)
+
+
+def evaluate(model: nn.Module, ema: MultiEMA, probe: Probe, diffusion: Diffusion, step: int) -> dict:
+    losses = {name: probe.measure(m, diffusion, features=False)["probe_loss"] for name, m in
+              weight_sets(model, ema)}
+    return {"step": step, "probe_loss": losses}
+
+
+def best_ema(evals: list[dict]) -> dict:
+    """The weight set with the lowest probe loss at the last evaluation."""
+    if not evals:
+        return {}
+    last = {k: v for k, v in evals[-1]["probe_loss"].items() if math.isfinite(v)}
+    if not last:
+        return {}
+    name = min(last, key=last.get)
+    return {"best_weights": name, "best_probe_loss": last[name]}
+
+
+def save_samples(cfg: TrialConfig, model: nn.Module, ema: MultiEMA, diffusion: Diffusion, metrics: dict,
+                 channels: int, device: torch.device, run_dir: Path) -> str:
+    """A grid of `eval.samples` samples from the best weight set, with a fixed sampler seed."""
+    from torchvision.utils import save_image
+
+    name = metrics.get("best_weights", "raw")
+    net = model if name == "raw" else ema.copy_to(model, float(name.removeprefix("ema_")))
+    was_training = net.training
+    net.eval()
+    g = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "samples"))
+    res = cfg.workload.resolution
+    x = diffusion.sample(net, (cfg.eval.samples, channels, res, res), cfg.eval.sampler_steps, g,
+                         cfg.eval.sampler, device)
+    net.train(was_training)
+    path = run_dir / "samples.png"
+    save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(cfg.eval.samples))), padding=1)
+    return str(path)
+
