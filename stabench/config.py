@@ -111,7 +111,7 @@ class EvalConfig(_Section):
 
 
 class StabilityConfig(_Section):
-    warmup_steps: int = Field(100, ge=0, description="steps ignored by CV/spike/divergence statistics")
+    burn_in: int = Field(100, ge=0, description="steps ignored by CV/spike/divergence statistics")
     divergence_factor: float = Field(10.0, gt=1.0, description="diverged if smoothed loss > factor x min")
     spike_factor: float = Field(5.0, gt=1.0, description="spike if grad norm > factor x running median")
     spike_window: int = Field(100, ge=2)
@@ -282,7 +282,8 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with path.open() as f:  # a stream, so YAML errors name the file
+            data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML syntax error: {e}") from None
     if not isinstance(data, dict):

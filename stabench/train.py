@@ -50,6 +50,22 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def optimization_step(model: nn.Module, diffusion: Diffusion, optimizer: torch.optim.Optimizer,
+                      x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, clip_norm: float | None):
+    """Forward, backward, global-norm clipping between backward and step, step.
+    Returns (loss, pre-clip global grad norm) as tensors; the clipped grads stay in `.grad`."""
+    loss = diffusion.loss(model, x0, t, noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip_norm is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)  # returns the pre-clip norm
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    optimizer.step()
+    return loss, grad_norm
+
+
 class Probe:
     """A fixed batch (images, timesteps, noise) drawn once from the trial seed."""
 
@@ -111,8 +127,7 @@ def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir
     batches = BatchStream(images.to(device), o.batch_size, stream_seed(cfg.seed, "data"), cfg.augment.hflip)
     noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))
     probe = Probe(images, cfg.eval.probe_size, diffusion.T, cfg.seed, device)
-    params = [p for p in model.parameters()]
-    warmup = min(st.warmup_steps, o.steps // 2)
+    warmup = min(st.burn_in, o.steps // 2)
     log, detector = StepLog(), DivergenceDetector(st.divergence_factor, warmup)
     probes = {"step": [], "probe_loss": [], "feature_norm": [], "out_norm": [], "skip_norms": []}
     evals: list[dict] = []
@@ -136,14 +151,7 @@ def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir
         x0 = next(batches)
         t = torch.randint(0, diffusion.T, (len(x0),), generator=noise_gen, device=device)
         noise = torch.randn(x0.shape, generator=noise_gen, device=device)
-        loss = diffusion.loss(model, x0, t, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if o.clip_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.clip_norm)  # returns the pre-clip norm
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        optimizer.step()
+        loss, grad_norm = optimization_step(model, diffusion, optimizer, x0, t, noise, o.clip_norm)
         ema.update()
         log.append(loss, grad_norm, lr)
         bar.update(1)

@@ -71,12 +71,16 @@ def constant_skip_scales(mode: str, kappa: float, num_skips: int) -> list[float]
     raise ValueError(f"no constant scales for LSC mode {mode!r}")
 
 
+MIN_GATE_HIDDEN = 4
+
+
 class ChannelGate(nn.Module):
-    """Squeeze-excitation gate over channels, sigmoid(W2 relu(W1 mean_hw(h))): our UNet version of ScaleLong LS."""
+    """Squeeze-excitation gate over channels, sigmoid(W2 relu(W1 mean_hw(h))): our UNet version of ScaleLong LS.
+    Hidden size C/16, at least MIN_GATE_HIDDEN so a single dead ReLU cannot freeze the gate."""
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        hidden = max(channels // reduction, 1)
+        hidden = max(channels // reduction, MIN_GATE_HIDDEN)
         self.fc1, self.fc2 = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -85,11 +89,12 @@ class ChannelGate(nn.Module):
 
 
 class TokenGate(nn.Module):
-    """ScaleLong LS gate over tokens, sigmoid(W2 relu(W1 mean_channels(h))), hidden size L/16."""
+    """ScaleLong LS gate over tokens, sigmoid(W2 relu(W1 mean_channels(h))), hidden size L/16 (at least
+    MIN_GATE_HIDDEN: small images have few tokens)."""
 
     def __init__(self, num_tokens: int, reduction: int = 16):
         super().__init__()
-        hidden = max(num_tokens // reduction, 1)
+        hidden = max(num_tokens // reduction, MIN_GATE_HIDDEN)
         self.fc1, self.fc2 = nn.Linear(num_tokens, hidden), nn.Linear(hidden, num_tokens)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

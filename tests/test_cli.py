@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from stabench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stabench(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "stabench.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_readme_train_command_200_steps(tmp_path):
+    """The issue's bar: a real 200-step digits trial with a record full of stability metrics."""
+    proc = stabench("train", "baselines/ddpm.yaml", "--set", "steps=200", "--out", str(tmp_path), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    (record_path,) = tmp_path.glob("*/record.json")
+    rec = json.loads(record_path.read_text())
+    assert rec["status"] == "ok" and rec["steps_completed"] == 200
+    probe = rec["probes"]["probe_loss"]
+    assert probe[-1] < 0.5 * probe[0]
+    assert sum(b < a for a, b in zip(probe, probe[1:])) >= 0.75 * (len(probe) - 1)  # mostly decreasing
+    for key in ["clip_frac", "grad_norm_cv", "grad_spike_rate", "probe_loss_osc", "feature_norm_max",
+                "feature_norm_growth", "instability"]:
+        assert rec["metrics"][key] is not None, key
+    assert len(rec["probes"]["skip_norms"][0]) == 9  # every long skip of the small UNet
+    assert (record_path.parent / "samples.png").exists()
+    assert "instability" in proc.stdout and "ok" in proc.stdout
+
+
+def test_bad_yaml_key_exits_2_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 1.0e-3\n  stepz: 10\n")
+    proc = stabench("train", str(bad), "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    assert "optim.stepz" in proc.stderr and str(bad) in proc.stderr and "steps" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()  # failed before any training
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "betas=0.9"], "optim.betas, ema.betas"),
+    (["--set", "lr=-3"], "optim.lr"),
+    (["--set", "dataset=folder", "--set", "root=/does/not/exist"], "/does/not/exist"),
+    (["--set", "lsc.mode=sideways"], "learnable_per_skip"),
+    (["--device", "cuda:7"], "device"),
+])
+def test_user_errors_exit_2(args, needle):
+    result = CliRunner().invoke(main, ["train", "baselines/ddpm.yaml", "--quiet", *args])
+    if needle == "device":
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+
+
+def test_missing_config_file_exits_2():
+    result = CliRunner().invoke(main, ["train", "nope.yaml"])
+    assert result.exit_code == 2 and "nope.yaml" in result.output
+
+
+def test_dry_run_prints_resolved_config():
+    result = CliRunner().invoke(main, ["train", "baselines/ddpm.yaml", "--dry-run", "--set", "kappa=0.7"])
+    assert result.exit_code == 0 and "kappa: 0.7" in result.output and "config_hash" in result.output
+
+
+@pytest.mark.parametrize("name", ["main", *main.commands])
+def test_help_explains_every_option(name):
+    cmd = main if name == "main" else main.commands[name]
+    assert cmd.help
+    for param in cmd.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help, f"{name} {param.opts} has no help text"
+    result = CliRunner().invoke(main, ([] if name == "main" else [name]) + ["--help"])
+    assert result.exit_code == 0
+
+
+def test_keys_lists_every_leaf():
+    result = CliRunner().invoke(main, ["keys"])
+    assert "lsc.kappa" in result.output and "timestep_weighting.kind" in result.output

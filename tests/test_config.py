@@ -1,0 +1,101 @@
+import pytest
+import yaml
+
+from stabench.config import (ConfigError, TrialConfig, config_hash, config_to_dict, leaf_keys, load_config,
+                             resolve_key)
+
+
+def write(tmp_path, text, name="cfg.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_valid_and_explicit():
+    cfg = TrialConfig()
+    assert cfg.model.norm == "group"  # resolved from the backbone
+    assert TrialConfig.model_validate({"workload": {"backbone": "uvit"}}).model.norm == "layer"
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = write(tmp_path, "optim:\n  lr: 1.0e-3\nlsc:\n  mode: constant\n")
+    cfg = load_config(p, ["steps=7", "lsc.kappa=0.7", "ema.betas=[0.99, 0.999]", "clip_norm=null"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.steps == 7 and cfg.lsc.kappa == 0.7
+    assert cfg.ema.betas == (0.99, 0.999) and cfg.optim.clip_norm is None
+
+
+@pytest.mark.parametrize("key,full", [("steps", "optim.steps"), ("lr", "optim.lr"), ("kappa", "lsc.kappa"),
+                                      ("ema.betas", "ema.betas"), ("dropout", "model.dropout"),
+                                      ("schedule", "diffusion.schedule")])
+def test_unique_leaf_shortcuts(key, full):
+    assert resolve_key(key) == full
+
+
+def test_ambiguous_shortcut_lists_candidates():
+    with pytest.raises(ConfigError, match="ambiguous.*optim.betas.*ema.betas"):
+        resolve_key("betas")
+
+
+def test_unknown_override_suggests():
+    with pytest.raises(ConfigError, match="unknown config key.*lsc.kappa"):
+        load_config(None, ["lsc.kapa=0.5"])
+
+
+def test_unknown_yaml_key_names_file_and_key(tmp_path):
+    p = write(tmp_path, "lsc:\n  kapa: 0.5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "lsc.kapa" in msg and "kappa" in msg and "mode" in msg
+
+
+@pytest.mark.parametrize("text,key,allowed", [
+    ("optim:\n  lr: -1\n", "optim.lr", "gt 0.0"),
+    ("model:\n  dropout: 0.9\n", "model.dropout", "le 0.5"),
+    ("lsc:\n  mode: sideways\n", "lsc.mode", "'learnable_per_skip'"),
+    ("ema:\n  betas: [1.5]\n", "ema.betas", "(0, 1)"),
+    ("timestep_weighting:\n  kind: sqrt\n", "timestep_weighting.kind", "'min_snr'"),
+    ("optim:\n  steps: many\n", "optim.steps", "int"),
+])
+def test_out_of_range_values_name_file_key_and_allowed(tmp_path, text, key, allowed):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and key in msg and allowed in msg
+
+
+def test_yaml_syntax_error_names_file(tmp_path):
+    p = write(tmp_path, "lsc: [\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_config(p)
+
+
+def test_combination_checks():
+    with pytest.raises(ConfigError, match="workload.root"):
+        load_config(None, ["dataset=folder"])
+    with pytest.raises(ConfigError, match="uvit"):
+        load_config(None, ["backbone=uvit", "norm=group"])
+
+
+def test_hash_ignores_seed_and_device_but_not_knobs():
+    base = load_config(None)
+    assert config_hash(base) == config_hash(load_config(None, ["seed=5", "device=cpu"]))
+    assert config_hash(base) != config_hash(load_config(None, ["lsc.kappa=0.7"]))
+    assert config_hash(base) == "%s" % config_hash(TrialConfig())  # stable across constructions
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["lsc.mode=linear", "ema.betas=[0.99,0.999]", "clip_norm=null"])
+    p = write(tmp_path, yaml.safe_dump(config_to_dict(cfg)))
+    assert load_config(p) == cfg
+
+
+def test_every_leaf_key_is_settable():
+    defaults = config_to_dict(TrialConfig())
+    for key in leaf_keys():
+        value = defaults
+        for part in key.split("."):
+            value = value[part]
+        assert load_config(None, [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
+                                  if value is not None else f"{key}=null"]) is not None

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from stabench.config import load_config
+from stabench.models import build_model
+from stabench.models.layers import constant_skip_scales
+
+BACKBONES = ["unet", "uvit"]
+MODES = ["none", "inv_sqrt2", "constant", "linear", "learnable", "learnable_per_skip"]
+
+
+def make(backbone, *overrides, preset="tiny"):
+    cfg = load_config(None, [f"backbone={backbone}", f"preset={preset}", *overrides])
+    torch.manual_seed(0)
+    return build_model(cfg, in_channels=1)
+
+
+def batch(n=4, res=8):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, res, res, generator=g), torch.randint(0, 1000, (n,), generator=g)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_trains(backbone, mode):
+    model = make(backbone, f"lsc.mode={mode}")
+    x, t = batch()
+    out, feats = model(x, t, return_features=True)
+    assert out.shape == x.shape and len(feats["skips"]) == model.num_skips
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_constant_kappa_one_equals_none_bit_for_bit(backbone):
+    x, t = batch()
+    ref = make(backbone, "lsc.mode=none").eval()(x, t)
+    same = make(backbone, "lsc.mode=constant", "lsc.kappa=1.0").eval()(x, t)
+    assert torch.equal(ref, same)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("mode,kappa", [("constant", 0.5), ("constant", 0.8), ("linear", 0.5),
+                                        ("inv_sqrt2", 0.5)])
+def test_skip_i_entering_decoder_is_scaled(backbone, mode, kappa):
+    x, t = batch()
+    _, plain = make(backbone, "lsc.mode=none", preset="small").eval()(x, t, return_features=True)
+    model = make(backbone, f"lsc.mode={mode}", f"lsc.kappa={kappa}", preset="small").eval()
+    _, scaled = model(x, t, return_features=True)
+    n = model.num_skips
+    assert n >= 4
+    for i in range(1, n + 1):  # i = 1 is the outermost skip
+        if mode == "constant":
+            factor = kappa ** (i - 1)
+        elif mode == "linear":
+            factor = 1 - (1 - kappa) * (i - 1) / (n - 1)
+        else:
+            factor = 2 ** -0.5
+        torch.testing.assert_close(scaled["skips"][i - 1], factor * plain["skips"][i - 1], rtol=1e-6, atol=0)
+
+
+def test_outermost_skip_is_full_resolution():
+    model = make("unet", preset="small")
+    _, feats = model(*batch(), return_features=True)
+    assert feats["skips"][0].shape[-1] == 8 and feats["skips"][-1].shape[-1] == 2
+
+
+def test_constant_scales_formula():
+    assert constant_skip_scales("constant", 0.5, 4) == [1.0, 0.5, 0.25, 0.125]
+    assert constant_skip_scales("linear", 0.4, 4) == pytest.approx([1.0, 0.8, 0.6, 0.4])
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("mode", ["learnable", "learnable_per_skip"])
+def test_learnable_gates_receive_gradients(backbone, mode):
+    model = make(backbone, f"lsc.mode={mode}", preset="small")
+    x, t = batch()
+    model(x, t).pow(2).mean().backward()
+    gates = list(model.skip_scaler.gates.parameters())
+    assert gates and all(p.grad is not None and p.grad.abs().sum() > 0 for p in gates)
+    n_gates = len(model.skip_scaler.gates)
+    if mode == "learnable_per_skip":
+        assert n_gates == model.num_skips
+    else:  # shared: one gate for U-ViT (ScaleLong mode 3), one per skip width for the UNet
+        assert n_gates == (1 if backbone == "uvit" else len({s.shape[1] for s in model(x, t, True)[1]["skips"]}))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_dropout_and_drop_path_only_in_training(backbone):
+    model = make(backbone, "dropout=0.3", "stochastic_depth=0.3")
+    x, t = batch()
+    model.eval()
+    assert torch.equal(model(x, t), model(x, t))
+    model.train()
+    assert not torch.equal(model(x, t), model(x, t))
+
+
+@pytest.mark.parametrize("backbone,norm", [("unet", "group"), ("unet", "layer"), ("unet", "none"),
+                                           ("uvit", "layer"), ("uvit", "none")])
+@pytest.mark.parametrize("act", ["silu", "gelu", "relu"])
+def test_norm_and_activation_choices(backbone, norm, act):
+    model = make(backbone, f"norm={norm}", f"activation={act}")
+    names = {type(m).__name__ for m in model.modules()}
+    assert {"silu": "SiLU", "gelu": "GELU", "relu": "ReLU"}[act] in names
+    if norm == "none":
+        assert not names & {"GroupNorm", "LayerNorm"}
+    x, t = batch()
+    assert torch.isfinite(model(x, t)).all()
+
+
+def test_deep_preset_has_many_skips_at_16px():
+    model = make("unet", "resolution=16", preset="deep")
+    assert model.num_skips == 12
+    out = model(*batch(res=16))
+    assert out.shape == (4, 1, 16, 16)
