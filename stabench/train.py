@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -140,7 +141,8 @@ def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir
             probes[k].append(m[k])
 
     record_probe(0)
-    bar = tqdm(total=o.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=o.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True,
+               mininterval=0.2 if sys.stderr.isatty() else 10.0)  # few lines in CI logs
     t_loop = time.perf_counter()
     model.train()
     for step in range(1, o.steps + 1):
