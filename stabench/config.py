@@ -230,18 +230,24 @@ def parse_override(text: str) -> tuple[str, Any]:
     return resolve_key(key.strip()), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_values(data: dict, values: dict[str, Any]) -> dict:
+    """A copy of `data` with each dotted key (full or unique leaf) set to a Python value."""
     data = json.loads(json.dumps(data))  # deep copy, plain types
-    for text in overrides:
-        key, value = parse_override(text)
+    for key, value in values.items():
+        full = resolve_key(key)
         node = data
-        *sections, leaf = key.split(".")
+        *sections, leaf = full.split(".")
         for s in sections:
             node = node.setdefault(s, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {text}: '{s}' is not a section in the config file")
+                raise ConfigError(f"{key}: '{s}' is not a section in the config")
         node[leaf] = value
     return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `--set KEY=VALUE` strings."""
+    return apply_values(data, dict(parse_override(text) for text in overrides))
 
 
 # ---------------------------------------------------------------------------------------------

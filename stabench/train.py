@@ -12,6 +12,7 @@ import math
 import sys
 import time
 import traceback
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import torch
@@ -90,32 +91,77 @@ class Probe:
         return out
 
 
+Reporter = Callable[[dict], bool]
+
+
+class Trial:
+    """One trial, steppable: `evals()` trains and yields each evaluation entry; `stop()` between two
+    entries ends it as `pruned`. The record is complete (and written, with an `out_dir`) once the
+    generator is exhausted. Search backends drive this; everyone else calls `run_trial`."""
+
+    def __init__(self, cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
+                 save_checkpoint: bool = False, tags: dict | None = None):
+        self.cfg, self.progress, self.save_checkpoint = cfg, progress, save_checkpoint
+        self.device = resolve_device(cfg.device)
+        self.images = load_images(cfg.workload, "train")  # user errors (missing data) surface here
+        self.record = new_record(cfg, self.device)
+        self.record["tags"] = dict(tags or {})
+        self.run_dir = Path(out_dir) / self.record["run_id"] if out_dir is not None else None
+        self.stop_requested = False
+        self._generator: Iterator[dict] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.record["status"] != "running"
+
+    def evals(self) -> Iterator[dict]:
+        """Train; yield every evaluation entry; finish the record (failed if training raised)."""
+        if self.run_dir is not None:
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+        started = time.perf_counter()
+        try:
+            result = yield from _train(self)
+            self.record.update(result)
+        except Exception as e:  # a failed trial is a result too; keep the reason
+            self.record.update(status="failed", error={"type": type(e).__name__, "message": str(e),
+                                                       "traceback": traceback.format_exc()[-4000:]})
+        self.record["wall_time_s"] = time.perf_counter() - started
+        if self.run_dir is not None:
+            self.record["run_dir"] = str(self.run_dir)
+            write_record(self.record, self.run_dir)
+
+    def next_eval(self) -> dict | None:
+        """Advance to the next evaluation entry; None once the trial has finished."""
+        if self._generator is None:
+            self._generator = self.evals()
+        return next(self._generator, None)
+
+    def stop(self) -> dict:
+        """End the trial now (status `pruned` if it had not finished) and return its record."""
+        self.stop_requested = True
+        while not self.finished:
+            self.next_eval()
+        return self.record
+
+
 def run_trial(cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
-              save_checkpoint: bool = False) -> dict:
-    """Train one trial and return its record; with `out_dir`, also write `<out_dir>/<run_id>/`."""
-    device = resolve_device(cfg.device)
-    images = load_images(cfg.workload, "train")  # user errors (missing data) surface here, before training
-    record = new_record(cfg, device)
-    run_dir = Path(out_dir) / record["run_id"] if out_dir is not None else None
-    if run_dir is not None:
-        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    started = time.perf_counter()
-    try:
-        record.update(_train(cfg, images, device, run_dir, progress, save_checkpoint))
-    except UserError:
-        raise
-    except Exception as e:  # a failed trial is a result too; keep the reason
-        record.update(status="failed", error={"type": type(e).__name__, "message": str(e),
-                                              "traceback": traceback.format_exc()[-4000:]})
-    record["wall_time_s"] = time.perf_counter() - started
-    if run_dir is not None:
-        record["run_dir"] = str(run_dir)
-        write_record(record, run_dir)
-    return record
+              save_checkpoint: bool = False, reporter: Reporter | None = None, tags: dict | None = None) -> dict:
+    """Train one trial and return its record; with `out_dir`, also write `<out_dir>/<run_id>/`.
+
+    `reporter(eval_entry)` is called at every evaluation point (search backends report intermediate
+    values there); returning True stops the trial with status `pruned`. `tags` (sweep name, backend,
+    trial number, ...) are stored in the record as they are.
+    """
+    trial = Trial(cfg, out_dir, progress=progress, save_checkpoint=save_checkpoint, tags=tags)
+    while (entry := trial.next_eval()) is not None:
+        if reporter is not None and reporter(entry):
+            return trial.stop()
+    return trial.record
 
 
-def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir: Path | None,
-           progress: bool, save_checkpoint: bool) -> dict:
+def _train(trial: Trial) -> Generator[dict, None, dict]:
+    """The training loop; yields each evaluation entry, returns the record's result fields."""
+    cfg, images, device, run_dir = trial.cfg, trial.images, trial.device, trial.run_dir
     o, st = cfg.optim, cfg.stability
 
     # Set-up: everything random derives from the trial seed.
@@ -132,7 +178,7 @@ def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir
     log, detector = StepLog(), DivergenceDetector(st.divergence_factor, warmup)
     probes = {"step": [], "probe_loss": [], "feature_norm": [], "out_norm": [], "skip_norms": []}
     evals: list[dict] = []
-    diverged_reason, diverged_at, step = None, None, 0
+    diverged_reason, diverged_at, pruned_at, step = None, None, None, 0
 
     def record_probe(at_step: int) -> None:
         m = probe.measure(model, diffusion)
@@ -141,7 +187,7 @@ def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir
             probes[k].append(m[k])
 
     record_probe(0)
-    bar = tqdm(total=o.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=o.steps, desc="train", unit="step", disable=not trial.progress, dynamic_ncols=True,
                mininterval=0.2 if sys.stderr.isatty() else 10.0)  # few lines in CI logs
     t_loop = time.perf_counter()
     model.train()
@@ -175,16 +221,20 @@ def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir
         # Evaluation: every weight set (raw and each EMA beta) on the probe batch.
         if step % cfg.eval.every == 0 or step == o.steps:
             evals.append(evaluate(model, ema, probe, diffusion, step))
+            yield evals[-1]
+            if trial.stop_requested and step < o.steps:
+                pruned_at = step
+                break
     bar.close()
     loop_time = time.perf_counter() - t_loop
     steps_done = len(log.loss) if diverged_reason else step
-    if diverged_reason:
-        log.flush(o.clip_norm)
+    log.flush(o.clip_norm)
 
     stability = summarize(log, probes, warmup, st.spike_factor, st.spike_window, diverged_reason is not None)
     result = {
-        "status": "diverged" if diverged_reason else "ok",
+        "status": "diverged" if diverged_reason else "pruned" if pruned_at else "ok",
         "diverged_at": diverged_at,
+        "pruned_at": pruned_at,
         "diverged_reason": diverged_reason,
         "steps_completed": steps_done,
         "steps_per_s": steps_done / loop_time if loop_time > 0 else None,
@@ -201,10 +251,10 @@ def _train(cfg: TrialConfig, images: torch.Tensor, device: torch.device, run_dir
                               "grad_norm": log.grad_norm, "clipped": log.clipped, "lr": log.lr}),
         "probes": probes,
     }
-    if run_dir is not None and not diverged_reason and cfg.eval.samples > 0:
+    if run_dir is not None and result["status"] == "ok" and cfg.eval.samples > 0:
         result["samples_png"] = save_samples(cfg, model, ema, diffusion, result["metrics"],
                                              images.shape[1], device, run_dir)
-    if run_dir is not None and save_checkpoint:
+    if run_dir is not None and trial.save_checkpoint:
         atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer":
                            optimizer.state_dict(), "step": steps_done}, run_dir / "checkpoint.pt")
         result["checkpoint"] = str(run_dir / "checkpoint.pt")

@@ -1,8 +1,11 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
-from stabench.config import (ConfigError, TrialConfig, config_hash, config_to_dict, leaf_keys, load_config,
-                             resolve_key)
+from stabench.config import ConfigError, TrialConfig, config_hash, config_to_dict, leaf_keys, load_config, resolve_key
 
 
 def write(tmp_path, text, name="cfg.yaml"):
@@ -82,7 +85,10 @@ def test_hash_ignores_seed_and_device_but_not_knobs():
     base = load_config(None)
     assert config_hash(base) == config_hash(load_config(None, ["seed=5", "device=cpu"]))
     assert config_hash(base) != config_hash(load_config(None, ["lsc.kappa=0.7"]))
-    assert config_hash(base) == "%s" % config_hash(TrialConfig())  # stable across constructions
+    # stable across processes (no dict-order or hash-seed dependence)
+    other = subprocess.run([sys.executable, "-c", "from stabench.config import *; print(config_hash(TrialConfig()))"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert other.stdout.strip() == config_hash(base)
 
 
 def test_dump_round_trips(tmp_path):

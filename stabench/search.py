@@ -1,0 +1,315 @@
+"""Sweeps: decide which configs run, run them through the trial engine, and report the results.
+
+The search layer never changes how a trial trains or is scored. One sampled config = one Optuna trial
+(or Ray Tune trial) = one `run_trial` per seed of the space, each writing its record to the store tagged
+with the sweep name, backend and trial number. The objective of a config is the mean over its seeds;
+a diverged seed counts as the worst possible value (infinity), never dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .config import config_hash
+from .errors import UserError
+from .space import CategoricalDist, SearchSpace, grid_values, suggest, trial_config
+from .store import Store
+from .train import run_trial
+
+DEFAULT_STORAGE_DIR = Path("results") / "optuna"
+EVAL_KEYS = {"best_probe_loss": "probe_loss", "final_probe_loss": "probe_loss"}
+
+
+class TrialFailed(Exception):
+    """A seed of the trial ended with status `failed`; the error is in its record."""
+
+
+class TrialPruned(Exception):
+    """The backend asked to stop the trial early."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric extraction (records -> objective values)
+# ---------------------------------------------------------------------------------------------
+
+def worst(direction: str) -> float:
+    return math.inf if direction == "minimize" else -math.inf
+
+
+def record_value(record: dict, metric: str, direction: str) -> float:
+    """A record's final value of `metric`; diverged (or missing) counts as the worst value."""
+    if record["status"] == "diverged":
+        return worst(direction)
+    value = (record.get("metrics") or {}).get(metric)
+    return float(value) if value is not None and math.isfinite(value) else worst(direction)
+
+
+def eval_value(entry: dict, metric: str) -> float | None:
+    """The best weight set's value of `metric` at one evaluation point, if measured there."""
+    values = entry.get(EVAL_KEYS.get(metric, metric))
+    if not isinstance(values, dict) or not values:
+        return None
+    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+    return min(finite) if finite else math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# One sampled config over all seeds (shared by both backends)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ConfigRun:
+    """Runs one sampled config for every seed of the space, reusing records already in the store."""
+
+    space: SearchSpace
+    store: Store
+    tags: dict
+    report: Callable[[int, int, dict], bool] | None = None  # (seed_index, step, eval entry) -> prune?
+    records: list[dict] = field(default_factory=list)
+
+    def run(self, params: dict[str, Any]) -> list[float]:
+        for i, seed in enumerate(self.space.seeds):
+            cfg = trial_config(self.space, params, seed)
+            rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"])
+            if rec is None:  # resumed sweeps do not re-run (or re-record) a finished seed
+                reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
+                rec = run_trial(cfg, self.store.root, reporter=reporter,
+                                tags={**self.tags, "seed_index": i, "params": params})
+            self.records.append(rec)
+            if rec["status"] == "failed":
+                raise TrialFailed(f"seed {seed}: {rec['error']['type']}: {rec['error']['message']}")
+            if rec["status"] == "pruned":
+                raise TrialPruned(f"pruned at step {rec['pruned_at']}")
+        return [sum(record_value(r, o.metric, o.direction) for r in self.records) / len(self.records)
+                for o in self.space.objectives]
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna backend
+# ---------------------------------------------------------------------------------------------
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    s = space.sampler
+    opts = dict(s.options)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(grid_values(space), seed=s.seed)
+    cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+           "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
+           "nsga2": optuna.samplers.NSGAIISampler, "qmc": optuna.samplers.QMCSampler}[s.name]
+    return cls(seed=s.seed, **opts)
+
+
+def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    p = space.pruner
+    cls = {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+           "hyperband": optuna.pruners.HyperbandPruner, "wilcoxon": optuna.pruners.WilcoxonPruner,
+           "none": optuna.pruners.NopPruner}[p.name]
+    return cls(**p.options)
+
+
+def make_storage(url: str | None, study_name: str) -> tuple[optuna.storages.BaseStorage, str]:
+    """Journal file by default (safe for several local processes); any RDB URL otherwise."""
+    if url is None:
+        DEFAULT_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
+        url = str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
+    if "://" not in url:  # a plain path: an Optuna journal file
+        path = Path(url)
+        if path.exists() and path.is_dir():
+            raise UserError(f"--storage: '{url}' is a directory; give a journal file path or a database URL")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path))), str(path)
+    try:
+        return optuna.storages.RDBStorage(url), url
+    except Exception as e:  # bad dialect, unreachable server, ...
+        raise UserError(f"--storage: cannot open '{url}': {type(e).__name__}: {e}. Allowed: a journal file "
+                        "path, or an RDB URL such as postgresql://user:pw@host/db") from None
+
+
+def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> optuna.Study:
+    storage, _ = make_storage(storage_url, study_name)
+    kw = {"directions": space.directions} if len(space.objectives) > 1 else {"direction": space.directions[0]}
+    return optuna.create_study(study_name=study_name, storage=storage, sampler=make_sampler(space),
+                               pruner=make_pruner(space), load_if_exists=True, **kw)
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    c = {s.name.lower(): 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        c[t.state.name.lower()] += 1
+    return c
+
+
+def retry_interrupted(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a killed process as FAIL and enqueue their params again."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        with contextlib.suppress(Exception):  # another process may have finished it meanwhile
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def sweep_lock(store: Store, name: str):
+    """Serialises 'count trials, then create one' across local workers so the count is exact."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    with open(store.root / f".sweep-{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def optuna_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int, int, dict], bool] | None:
+    """Intermediate values for pruners: eval points of the first seed, or one value per seed (Wilcoxon)."""
+    if len(space.objectives) > 1 or space.pruner.name == "none":
+        return None  # Optuna cannot prune multi-objective studies
+    metric = space.objectives[0].metric
+
+    def report(seed_index: int, step: int, entry: dict) -> bool:
+        if space.pruner.name == "wilcoxon" or seed_index > 0:
+            return False
+        value = eval_value(entry, metric)
+        if value is None:
+            return False
+        trial.report(value, step)
+        return trial.should_prune()
+    return report
+
+
+def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, store: Store,
+                         sweep: str) -> tuple[TrialState, list[float] | None]:
+    runner = ConfigRun(space, store, {"sweep": sweep, "backend": "optuna", "trial_number": trial.number},
+                       optuna_reporter(trial, space))
+    try:
+        values = runner.run(suggest(trial, space))
+    except TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED, None
+    except TrialFailed as e:
+        trial.set_user_attr("error", str(e)[:500])
+        study.tell(trial, state=TrialState.FAIL)
+        return TrialState.FAIL, None
+    if space.pruner.name == "wilcoxon" and len(space.objectives) == 1:
+        for i, r in enumerate(runner.records):
+            trial.report(record_value(r, space.objectives[0].metric, space.directions[0]), i)
+    study.tell(trial, values if len(values) > 1 else values[0])
+    return TrialState.COMPLETE, values
+
+
+def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str:
+    c = counts(study)
+    done = c["complete"] + c["pruned"]
+    line = (f"[{study.study_name}] done {done}/{n_trials} | running {c['running']} | pruned {c['pruned']} | "
+            f"failed {c['fail']}")
+    if c["complete"] and len(space.objectives) == 1:
+        best = study.best_trial
+        line += f" | best {space.objectives[0].metric}={best.value:.4g} (trial {best.number})"
+    elif c["complete"]:
+        line += f" | Pareto front: {len(study.best_trials)} trials"
+    return line
+
+
+def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: str | None, n_trials: int,
+                  max_failures: int, timeout_s: float | None, threads: int | None = None,
+                  log: Callable[[str], None] = print) -> None:
+    """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store, study = Store(store_root), open_study(space, sweep, storage_url)
+    fails_at_start, started = counts(study)["fail"], time.monotonic()
+    while True:
+        with sweep_lock(store, sweep):
+            c = counts(study)
+            if c["complete"] + c["pruned"] + c["running"] >= n_trials:
+                break
+            if c["fail"] - fails_at_start > max_failures:
+                log(f"[{sweep}] stopping: more than {max_failures} failed trials (see their records)")
+                break
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                log(f"[{sweep}] stopping: timeout of {timeout_s:g}s reached")
+                break
+            trial = study.ask()
+        state, values = run_one_optuna_trial(study, trial, space, store, sweep)
+        shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values)) if values else ""
+        log(f"trial {trial.number} {state.name.lower()} {shown}  {progress_line(study, n_trials, space)}")
+
+
+def _worker_entry(kwargs: dict) -> None:
+    optuna_worker(**kwargs)
+
+
+def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None,
+                     storage_url: str | None = None, n_trials: int | None = None, workers: int = 1,
+                     resume: bool = False, max_failures: int = 3, baselines: list[dict] | None = None,
+                     log: Callable[[str], None] = print) -> dict:
+    """Run (or continue) a sweep with Optuna; returns a summary with the best trial(s)."""
+    name = study_name or space.name
+    n_trials = n_trials or space.budget.trials
+    study = open_study(space, name, storage_url)
+    if resume:
+        retried = retry_interrupted(study)
+        if retried:
+            log(f"[{name}] resuming: {retried} interrupted trial(s) marked failed and queued again")
+    for params in baselines or []:
+        study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+    kwargs = dict(space=space, store_root=str(store.root), sweep=name, storage_url=storage_url,
+                  n_trials=n_trials, max_failures=max_failures, timeout_s=space.budget.timeout_s)
+    if workers <= 1:
+        optuna_worker(**kwargs, log=log)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker_entry, args=({**kwargs, "threads": threads},)) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    return summarize_study(open_study(space, name, storage_url), space)
+
+
+def summarize_study(study: optuna.Study, space: SearchSpace) -> dict:
+    c = counts(study)
+    out: dict[str, Any] = {"study": study.study_name, "counts": c}
+    if not c["complete"]:
+        return out
+    if len(space.objectives) == 1:
+        b = study.best_trial
+        out["best"] = {"trial": b.number, "value": b.value, "params": b.params}
+    else:
+        out["pareto_front"] = [{"trial": t.number, "values": t.values, "params": t.params}
+                               for t in study.best_trials]
+    return out
+
+
+def baseline_params(space: SearchSpace, baseline_cfg: dict) -> dict[str, Any]:
+    """A baseline's values for the space's keys (only keys active under its own values)."""
+    params: dict[str, Any] = {}
+    for key, d in space.space.items():
+        value: Any = baseline_cfg
+        for part in key.split("."):
+            value = value[part]
+        if d.when and not all(params.get(p) in v for p, v in d.when.items()):
+            continue
+        if isinstance(d, CategoricalDist) and value not in d.choices:
+            continue
+        params[key] = value
+    return params

@@ -1,0 +1,239 @@
+"""Search spaces: YAML -> validated `SearchSpace` -> Optuna distributions and trial configs.
+
+A space file names a base config (a path relative to the space file, or an inline mapping), fixed
+overrides, the distributions to search (dotted config keys, optionally conditional on a categorical
+parent), the objectives, the seeds every sampled config runs with, the budget, the sampler and the pruner.
+Everything is checked before any trial runs; errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import TrialConfig, apply_values, build_config, read_yaml, resolve_key
+from .errors import ConfigError
+
+# Metrics a space may optimise: keys of a record's `metrics` (quality metrics arrive with scoring).
+OBJECTIVE_METRICS = ("fid_digits", "kid_digits", "fid", "kid", "best_probe_loss", "final_probe_loss",
+                     "instability", "grad_norm_cv", "grad_spike_rate", "probe_loss_osc", "feature_norm_max",
+                     "feature_norm_growth", "clip_frac")
+UNSEARCHABLE = ("seed", "device")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatDist(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    when: dict[str, list[Any]] | None = None
+
+
+class IntDist(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+    when: dict[str, list[Any]] | None = None
+
+
+class CategoricalDist(_Strict):
+    type: Literal["categorical"]
+    choices: list[Any]
+    when: dict[str, list[Any]] | None = None
+
+
+Distribution = Annotated[FloatDist | IntDist | CategoricalDist, Field(discriminator="type")]
+
+
+class Objective(_Strict):
+    metric: str
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class Budget(_Strict):
+    trials: int = Field(10, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class SamplerSpec(_Strict):
+    name: Literal["tpe", "random", "cmaes", "gp", "nsga2", "qmc", "grid"] = "tpe"
+    seed: int | None = 0
+    options: dict[str, Any] = {}
+
+
+class PrunerSpec(_Strict):
+    name: Literal["median", "successive_halving", "hyperband", "wilcoxon", "none"] = "median"
+    options: dict[str, Any] = {}
+
+
+class SearchSpace(_Strict):
+    name: str | None = None
+    base: str | dict[str, Any] = Field(default_factory=dict)
+    fixed: dict[str, Any] = {}
+    space: dict[str, Distribution]
+    objectives: list[Objective] = Field(min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    budget: Budget = Budget()
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    source: str = "<inline>"  # the file it came from (set by load_space)
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+
+def _base_data(raw: dict, path: Path) -> dict:
+    base = raw.get("base", {})
+    if isinstance(base, str):
+        base_path = (path.parent / base).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: key 'base': config file '{base}' not found (looked at {base_path})")
+        return read_yaml(base_path)
+    return base
+
+
+def _check_dist(src: str, key: str, d: Any) -> None:
+    where = f"{src}: key 'space.{key}'"
+    if isinstance(d, CategoricalDist):
+        if not d.choices:
+            raise ConfigError(f"{where}: categorical needs at least one choice in 'choices'")
+        return
+    if d.low > d.high or (d.low == d.high and isinstance(d, FloatDist)):
+        raise ConfigError(f"{where}: empty range, low ({d.low}) must be below high ({d.high})")
+    if d.log and d.low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0, got low={d.low}")
+    if d.log and (d.step not in (None, 1)):
+        raise ConfigError(f"{where}: 'step' and 'log' cannot be combined")
+
+
+def _check_values_fit_config(src: str, key: str, d: Any, base: dict) -> None:
+    """Each end of a range and each choice must be a valid value for the config key."""
+    values = d.choices if isinstance(d, CategoricalDist) else [d.low, d.high]
+    for v in values:
+        try:
+            build_config(apply_values(base, {key: v}), src)
+        except ConfigError as e:
+            first = str(e).splitlines()[0].split(": ", 1)[-1]
+            raise ConfigError(f"{src}: key 'space.{key}': value {v!r} is not allowed ({first})") from None
+
+
+def validate_space(raw: dict, path: Path) -> SearchSpace:
+    src = str(path)
+    try:
+        sp = SearchSpace.model_validate({**raw, "source": src})
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"] if str(p) not in ("float", "int", "categorical"))
+        raise ConfigError(f"{src}: key '{key}': {e['msg']}"
+                          + ("; allowed: float, int, categorical" if "tag" in e["type"] else "")) from None
+    base = _base_data(raw, path)
+    resolved_fixed = {}
+    for k, v in sp.fixed.items():
+        try:
+            resolved_fixed[resolve_key(k)] = v
+        except ConfigError as e:
+            raise ConfigError(f"{src}: key 'fixed.{k}': {str(e).split(': ', 1)[-1]}") from None
+    base = apply_values(base, resolved_fixed)
+    build_config(base, f"{src} (base + fixed)")
+
+    space: dict[str, Any] = {}
+    for k, d in sp.space.items():
+        try:
+            full = resolve_key(k)
+        except ConfigError as e:
+            raise ConfigError(f"{src}: key 'space.{k}': {str(e).split(': ', 1)[-1]}") from None
+        if full in UNSEARCHABLE:
+            raise ConfigError(f"{src}: key 'space.{k}': '{full}' cannot be searched (use 'seeds' for seeds)")
+        if full in resolved_fixed:
+            raise ConfigError(f"{src}: key 'space.{k}': '{full}' is fixed in 'fixed'; "
+                              "a key is either fixed or searched, not both")
+        _check_dist(src, k, d)
+        _check_values_fit_config(src, full, d, base)
+        if d.when:
+            for parent, values in d.when.items():
+                pfull = resolve_key(parent) if parent not in space else parent
+                pd = space.get(pfull)
+                if not isinstance(pd, CategoricalDist):
+                    raise ConfigError(f"{src}: key 'space.{k}.when': parent '{parent}' must be a categorical "
+                                      "key declared earlier in 'space'")
+                bad = [v for v in values if v not in pd.choices]
+                if bad:
+                    raise ConfigError(f"{src}: key 'space.{k}.when.{parent}': {bad} not among the parent's "
+                                      f"choices {pd.choices}")
+            d = d.model_copy(update={"when": {resolve_key(p): v for p, v in d.when.items()}})
+        space[full] = d
+    for o in sp.objectives:
+        if o.metric not in OBJECTIVE_METRICS:
+            raise ConfigError(f"{src}: key 'objectives.metric': unknown metric '{o.metric}'; allowed: "
+                              + ", ".join(OBJECTIVE_METRICS))
+    if len(sp.objectives) > 1 and sp.sampler.name == "cmaes":
+        raise ConfigError(f"{src}: key 'sampler.name': cmaes is single-objective; use nsga2, tpe, gp or random "
+                          f"for {len(sp.objectives)} objectives")
+    if sp.sampler.name == "grid":
+        for k, d in space.items():
+            if isinstance(d, FloatDist) and d.step is None:
+                raise ConfigError(f"{src}: key 'space.{k}': the grid sampler needs 'step' on float ranges")
+    return sp.model_copy(update={"space": space, "fixed": resolved_fixed, "base": base,
+                                 "name": sp.name or path.stem})
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    return validate_space(read_yaml(path), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+def is_active(d: Any, params: dict) -> bool:
+    return not d.when or all(params.get(p) in values for p, values in d.when.items())
+
+
+def suggest(trial, space: SearchSpace) -> dict[str, Any]:
+    """Define-by-run sampling (Optuna trial or Ray's OptunaSearch): only active conditional keys."""
+    params: dict[str, Any] = {}
+    for key, d in space.space.items():
+        if not is_active(d, params):
+            continue
+        if isinstance(d, CategoricalDist):
+            params[key] = trial.suggest_categorical(key, d.choices)
+        elif isinstance(d, IntDist):
+            params[key] = trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
+        else:
+            params[key] = trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+    return params
+
+
+def grid_values(space: SearchSpace) -> dict[str, list]:
+    """Every key's grid points, for Optuna's GridSampler."""
+    out = {}
+    for key, d in space.space.items():
+        if isinstance(d, CategoricalDist):
+            out[key] = list(d.choices)
+        elif isinstance(d, IntDist):
+            out[key] = list(range(d.low, d.high + 1, d.step))
+        else:
+            n = int(round((d.high - d.low) / d.step))
+            out[key] = [d.low + i * d.step for i in range(n + 1)]
+    return out
+
+
+def trial_config(space: SearchSpace, params: dict[str, Any], seed: int) -> TrialConfig:
+    """The base + fixed config with sampled params and the seed applied."""
+    data = apply_values(space.base, {**params, "seed": seed})
+    return build_config(data, f"{space.source} (trial params {params})")
