@@ -110,6 +110,118 @@ def print_summary(record: dict) -> None:
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("space_file", metavar="SPACE.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(["optuna", "ray"]), default="optuna", show_default=True,
+              help="optuna: in-process or --workers local processes; ray: Ray Tune, local or a cluster.")
+@click.option("--study", default=None, metavar="NAME",
+              help="Study/sweep name (default: the space's name or file stem).")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Finished trials wanted in the study (default: the space's budget.trials).")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Results store for the trial records (default: runs/, or $STABENCH_STORE).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted sweep: retry trials left running by a killed process "
+                   "(optuna) or restore the Ray Tune experiment (ray).")
+@click.option("--with-baselines", is_flag=True,
+              help="Enqueue the baselines/*.yaml points of this space as the first trials.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
+              help="Failed trials tolerated before the sweep stops (optuna) / retries per trial (ray).")
+# Optuna backend
+@click.option("--storage", default=None, metavar="URL_OR_FILE",
+              help="[optuna] Journal file path (default results/optuna/<study>.journal) or an RDB URL, "
+                   "e.g. postgresql://user:pw@host/db.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="[optuna] Local worker processes sharing the study.")
+# Ray backend
+@click.option("--address", default=None, metavar="ADDR",
+              help="[ray] Cluster to join: 'auto' or ray://host:port (default: start a local Ray).")
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+              metavar="C", help="[ray] CPUs reserved per trial.")
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
+              help="[ray] GPUs per trial; fractions share a GPU (0.25 = four trials per GPU).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, metavar="K",
+              help="[ray] Trials running at once (default: as many as resources allow).")
+@click.option("--storage-path", default=None, metavar="DIR_OR_URI",
+              help="[ray] Where Ray Tune keeps experiment state (default results/ray).")
+@click.pass_context
+def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None, n_trials: int | None,
+          store_dir: Path | None, resume: bool, with_baselines: bool, max_failures: int, storage: str | None,
+          workers: int, address: str | None, cpus_per_trial: float, gpus_per_trial: float,
+          max_concurrent: int | None, storage_path: str | None) -> None:
+    """Search the knobs of SPACE.yaml and record every trial in the store.
+
+    Re-running the same command continues the same study. The Optuna storage opens in
+    optuna-dashboard: `optuna-dashboard results/optuna/<study>.journal`.
+
+    \b
+    Examples:
+      stabench sweep search_spaces/quickstart.yaml
+      stabench sweep search_spaces/lsc.yaml --workers 2
+      stabench sweep search_spaces/cifar10-full.yaml --backend ray --address auto --gpus-per-trial 0.25
+    """
+    from .space import load_space
+    from .store import DEFAULT_STORE, Store
+
+    try:
+        space = load_space(space_file)
+        store = Store(store_dir or DEFAULT_STORE)
+        baselines = baseline_points(space) if with_baselines else []
+    except UserError as err:
+        _fail(err, ctx.obj["debug"])
+    name = study or space.name
+    click.echo(f"sweep '{name}' ({backend}): {len(space.space)} knobs, seeds {space.seeds}, "
+               f"objectives {[o.metric + ' ' + o.direction for o in space.objectives]}, store {store.root}")
+    try:
+        if backend == "optuna":
+            from .search import run_optuna_sweep
+
+            summary = run_optuna_sweep(space, store, study_name=name, storage_url=storage, n_trials=n_trials,
+                                       workers=workers, resume=resume, max_failures=max_failures,
+                                       baselines=baselines)
+        else:
+            from .ray_backend import run_ray_sweep
+
+            summary = run_ray_sweep(space, store, study_name=name, n_trials=n_trials, address=address,
+                                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                                    max_concurrent=max_concurrent, storage_path=storage_path, resume=resume,
+                                    max_failures=max_failures, baselines=baselines)
+    except UserError as err:
+        _fail(err, ctx.obj["debug"])
+    print_sweep_summary(summary, space)
+
+
+def baseline_points(space) -> list[dict]:
+    """The baselines/*.yaml configs as points of this space (only for the same workload)."""
+    from .config import config_to_dict, load_config
+    from .search import baseline_params
+
+    points = []
+    for path in sorted(Path("baselines").glob("*.yaml")):
+        cfg = config_to_dict(load_config(path))
+        if cfg["workload"] == space.base.get("workload", cfg["workload"]):
+            params = baseline_params(space, cfg)
+            if params and params not in points:
+                points.append(params)
+    return points
+
+
+def print_sweep_summary(summary: dict, space) -> None:
+    click.echo("")
+    if "best" in summary:
+        best = summary["best"]
+        click.echo(f"best {space.objectives[0].metric} = {best['value']:.4g}"
+                   + (f" (trial {best['trial']})" if "trial" in best else ""))
+        for k, v in best["params"].items():
+            click.echo(f"  {k}: {v}")
+    for point in summary.get("pareto_front", []):
+        values = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, point["values"]))
+        click.echo(f"Pareto trial {point['trial']}: {values}  {point['params']}")
+    if "counts" in summary:
+        c = summary["counts"]
+        click.echo(f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed")
+
+
+@main.command(context_settings=CONTEXT)
 def keys() -> None:
     """List every config key with its default and allowed values."""
     from .config import TrialConfig, allowed_values, leaf_keys

@@ -1,0 +1,212 @@
+"""Ray Tune backend: the same sampled configs and records as the Optuna backend, run on a Ray cluster.
+
+`Tuner(with_resources(StabenchTrainable), TuneConfig(search_alg=OptunaSearch, scheduler=ASHA), RunConfig)`.
+The trainable is a class so that a trial stopped by ASHA still finishes its record (status `pruned`)
+in `cleanup()`: Ray calls it between two `step()`s, never in the middle of training.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from .config import config_hash
+from .errors import UserError
+from .search import eval_value, make_sampler, record_value
+from .space import SearchSpace, suggest, trial_config
+from .store import Store
+from .train import Trial
+
+DEFAULT_RAY_DIR = Path("results") / "ray"
+
+
+def _define_by_run(trial, space: SearchSpace) -> None:
+    suggest(trial, space)  # OptunaSearch captures the suggested values itself
+
+
+def metric_names(space: SearchSpace) -> list[str]:
+    return [o.metric for o in space.objectives]
+
+
+class StabenchTrainable(tune.Trainable):
+    """One sampled config: every seed of the space in turn, one `step()` per evaluation point."""
+
+    def setup(self, config: dict, space: SearchSpace = None, store_root: str = "", sweep: str = "",
+              threads: int = 1):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.space, self.store, self.sweep = space, Store(store_root), sweep
+        self.params = dict(config)
+        self.records: list[dict] = []
+        self.seed_index, self.current = 0, None
+
+    def _start_seed(self) -> None:
+        seed = self.space.seeds[self.seed_index]
+        cfg = trial_config(self.space, self.params, seed)
+        tags = {"sweep": self.sweep, "backend": "ray", "trial_number": self.trial_id,
+                "seed_index": self.seed_index, "params": self.params}
+        self.current = Trial(cfg, self.store.root, tags=tags)
+
+    def step(self) -> dict:
+        while True:
+            if self.current is None:
+                self._start_seed()
+            entry = self.current.next_eval()
+            if entry is not None:
+                return self._intermediate(entry)
+            rec = self.current.record
+            self.records.append(rec)
+            self.current = None
+            self.seed_index += 1
+            if rec["status"] == "failed":
+                raise RuntimeError(f"trial failed: {rec['error']['type']}: {rec['error']['message']}")
+            if self.seed_index == len(self.space.seeds):
+                return self._final()
+
+    def _intermediate(self, entry: dict) -> dict:
+        out: dict[str, Any] = {"step": entry["step"], "seed_index": self.seed_index}
+        for o in self.space.objectives:
+            v = eval_value(entry, o.metric)
+            # metrics only known at the end (e.g. instability) report the worst value meanwhile
+            out[o.metric] = v if v is not None else (math.inf if o.direction == "minimize" else -math.inf)
+        return out
+
+    def _final(self) -> dict:
+        out: dict[str, Any] = {"done": True, "step": self.records[-1].get("steps_completed"),
+                               "statuses": [r["status"] for r in self.records]}
+        for o in self.space.objectives:
+            vals = [record_value(r, o.metric, o.direction) for r in self.records]
+            out[o.metric] = sum(vals) / len(vals)
+        return out
+
+    def cleanup(self) -> None:
+        if self.current is not None and not self.current.finished:
+            self.current.stop()  # stopped by the scheduler: record it as pruned
+
+    def save_checkpoint(self, checkpoint_dir: str) -> dict:
+        return {"seed_index": self.seed_index, "run_ids": [r["run_id"] for r in self.records]}
+
+    def load_checkpoint(self, checkpoint: dict) -> None:
+        # Finished seeds are found again in the store (same config, seed and sweep); a seed that was
+        # interrupted mid-training starts over.
+        self.seed_index = 0
+        for seed in self.space.seeds[:checkpoint["seed_index"]]:
+            rec = self.store.find(config_hash(trial_config(self.space, self.params, seed)), seed, sweep=self.sweep)
+            if rec is None:
+                break
+            self.records.append(rec)
+            self.seed_index += 1
+
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "runtime_env": {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+    except Exception as e:  # unreachable address, version mismatch, ...
+        raise UserError(f"--address: cannot connect to Ray at '{address}': {type(e).__name__}: {e}. Allowed: "
+                        "omit it for a local Ray, 'auto' for a running cluster, or ray://host:port") from None
+
+
+def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None, n_trials: int | None = None,
+                  address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+                  max_concurrent: int | None = None, storage_path: str | None = None, resume: bool = False,
+                  max_failures: int = 3, baselines: list[dict] | None = None, num_cpus: int | None = None,
+                  log=print) -> dict:
+    """Run (or restore) a sweep with Ray Tune; returns the best config(s)."""
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    name = study_name or space.name
+    n_trials = n_trials or space.budget.trials
+    init_ray(address, num_cpus)
+    storage = str(Path(storage_path or DEFAULT_RAY_DIR).absolute()) if "://" not in (storage_path or "") \
+        else storage_path
+    store.root.mkdir(parents=True, exist_ok=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(StabenchTrainable, space=space, store_root=str(store.root), sweep=name,
+                             threads=max(1, int(cpus_per_trial))),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    metrics, modes = metric_names(space), [d[:3] for d in space.directions]
+    single = len(metrics) == 1
+    searcher = OptunaSearch(space=functools.partial(_define_by_run, space=space),
+                            metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
+                            sampler=make_sampler(space), points_to_evaluate=baselines or None)
+    if max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    # ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping.
+    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2) if single \
+        else FIFOScheduler()
+    run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                failure_config=tune.FailureConfig(max_failures=max_failures),
+                                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
+                                callbacks=[ProgressCallback(name, n_trials, space, log)])
+    experiment = str(Path(storage) / name) if "://" not in storage else f"{storage}/{name}"
+    if resume and tune.Tuner.can_restore(experiment):
+        log(f"[{name}] restoring Ray Tune experiment from {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=n_trials,
+            metric=metrics[0] if single else None, mode=modes[0] if single else None))
+    results = tuner.fit()
+    return summarize_results(results, space)
+
+
+def summarize_results(results, space: SearchSpace) -> dict:
+    statuses = [r.metrics.get("statuses") for r in results]
+    out: dict[str, Any] = {"trials": len(results), "errors": results.num_errors,
+                           "finished": sum(1 for s in statuses if s)}
+    if len(space.objectives) == 1:
+        o = space.objectives[0]
+        try:
+            best = results.get_best_result(metric=o.metric, mode=o.direction[:3], scope="last")
+            out["best"] = {"value": best.metrics.get(o.metric), "params": best.config}
+        except RuntimeError:
+            pass
+    return out
+
+
+class ProgressCallback(tune.Callback):
+    """One line per finished trial: done / running / errored, best so far."""
+
+    def __init__(self, name: str, n_trials: int, space: SearchSpace, log):
+        self.name, self.n_trials, self.space, self.log = name, n_trials, space, log
+        self.best: float | None = None
+
+    def _line(self, trials) -> str:
+        states = [t.status for t in trials]
+        done = sum(s == "TERMINATED" for s in states)
+        line = (f"[{self.name}] done {done}/{self.n_trials} | running {states.count('RUNNING')} | "
+                f"errored {states.count('ERROR')}")
+        if self.best is not None:
+            line += f" | best {self.space.objectives[0].metric}={self.best:.4g}"
+        return line
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        o = self.space.objectives[0]
+        value = (trial.last_result or {}).get(o.metric)
+        if (trial.last_result or {}).get("done") and value is not None and math.isfinite(value):
+            better = self.best is None or (value < self.best if o.direction == "minimize" else value > self.best)
+            self.best = value if better else self.best
+        self.log(f"ray trial {trial.trial_id} finished {o.metric}={value}  {self._line(trials)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.log(f"ray trial {trial.trial_id} errored  {self._line(trials)}")
