@@ -78,15 +78,18 @@ class ConfigRun:
     tags: dict
     report: Callable[[int, int, dict], bool] | None = None  # (seed_index, step, eval entry) -> prune?
     records: list[dict] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)  # run ids found in the store instead of re-run
 
     def run(self, params: dict[str, Any]) -> list[float]:
         for i, seed in enumerate(self.space.seeds):
             cfg = trial_config(self.space, params, seed)
             rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"])
-            if rec is None:  # resumed sweeps do not re-run (or re-record) a finished seed
+            if rec is None:  # resumed sweeps (or a config sampled twice) do not re-run a finished seed
                 reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
                 rec = run_trial(cfg, self.store.root, reporter=reporter,
                                 tags={**self.tags, "seed_index": i, "params": params})
+            else:
+                self.reused.append(rec["run_id"])
             self.records.append(rec)
             if rec["status"] == "failed":
                 raise TrialFailed(f"seed {seed}: {rec['error']['type']}: {rec['error']['message']}")
@@ -100,15 +103,18 @@ class ConfigRun:
 # Optuna backend
 # ---------------------------------------------------------------------------------------------
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The space's sampler. `seed_offset` differs per worker and per restart so that a seeded sampler in a
+    second process does not propose the same sequence of configs again."""
     s = space.sampler
     opts = dict(s.options)
+    seed = None if s.seed is None else s.seed + seed_offset
     if s.name == "grid":
-        return optuna.samplers.GridSampler(grid_values(space), seed=s.seed)
+        return optuna.samplers.GridSampler(grid_values(space), seed=seed)
     cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
            "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
            "nsga2": optuna.samplers.NSGAIISampler, "qmc": optuna.samplers.QMCSampler}[s.name]
-    return cls(seed=s.seed, **opts)
+    return cls(seed=seed, **opts)
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
@@ -199,6 +205,8 @@ def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: Search
                        optuna_reporter(trial, space))
     try:
         values = runner.run(suggest(trial, space))
+        if runner.reused:
+            trial.set_user_attr("reused", runner.reused)
     except TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED, None
@@ -227,7 +235,7 @@ def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str
 
 
 def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: str | None, n_trials: int,
-                  max_failures: int, timeout_s: float | None, threads: int | None = None,
+                  max_failures: int, timeout_s: float | None, threads: int | None = None, worker: int = 0,
                   log: Callable[[str], None] = print) -> None:
     """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout."""
     if threads:
@@ -235,6 +243,7 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store, study = Store(store_root), open_study(space, sweep, storage_url)
+    study.sampler = make_sampler(space, seed_offset=1000 * len(study.trials) + worker)
     fails_at_start, started = counts(study)["fail"], time.monotonic()
     while True:
         with sweep_lock(store, sweep):
@@ -278,7 +287,8 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_entry, args=({**kwargs, "threads": threads},)) for _ in range(workers)]
+        procs = [ctx.Process(target=_worker_entry, args=({**kwargs, "threads": threads, "worker": i},))
+                 for i in range(workers)]
         for p in procs:
             p.start()
         for p in procs:

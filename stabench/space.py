@@ -120,15 +120,26 @@ def _check_dist(src: str, key: str, d: Any) -> None:
         raise ConfigError(f"{where}: 'step' and 'log' cannot be combined")
 
 
-def _check_values_fit_config(src: str, key: str, d: Any, base: dict) -> None:
+def _check_values_fit_config(src: str, key: str, full: str, d: Any, base: dict) -> None:
     """Each end of a range and each choice must be a valid value for the config key."""
     values = d.choices if isinstance(d, CategoricalDist) else [d.low, d.high]
     for v in values:
         try:
-            build_config(apply_values(base, {key: v}), src)
+            build_config(apply_values(base, {full: v}), src)
         except ConfigError as e:
             first = str(e).splitlines()[0].split(": ", 1)[-1]
             raise ConfigError(f"{src}: key 'space.{key}': value {v!r} is not allowed ({first})") from None
+
+
+def _parents_first(space: dict[str, Any], src: str) -> dict[str, Any]:
+    """Order keys so every conditional key comes after the keys it depends on."""
+    ordered: dict[str, Any] = {}
+    while len(ordered) < len(space):
+        ready = [k for k, d in space.items() if k not in ordered and all(p in ordered for p in (d.when or {}))]
+        if not ready:
+            raise ConfigError(f"{src}: key 'space': conditional keys depend on each other in a cycle")
+        ordered.update((k, space[k]) for k in ready)
+    return ordered
 
 
 def validate_space(raw: dict, path: Path) -> SearchSpace:
@@ -151,6 +162,7 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
     build_config(base, f"{src} (base + fixed)")
 
     space: dict[str, Any] = {}
+    names: dict[str, str] = {}  # full key -> key as written
     for k, d in sp.space.items():
         try:
             full = resolve_key(k)
@@ -162,20 +174,28 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
             raise ConfigError(f"{src}: key 'space.{k}': '{full}' is fixed in 'fixed'; "
                               "a key is either fixed or searched, not both")
         _check_dist(src, k, d)
-        _check_values_fit_config(src, full, d, base)
-        if d.when:
-            for parent, values in d.when.items():
-                pfull = resolve_key(parent) if parent not in space else parent
-                pd = space.get(pfull)
-                if not isinstance(pd, CategoricalDist):
-                    raise ConfigError(f"{src}: key 'space.{k}.when': parent '{parent}' must be a categorical "
-                                      "key declared earlier in 'space'")
-                bad = [v for v in values if v not in pd.choices]
-                if bad:
-                    raise ConfigError(f"{src}: key 'space.{k}.when.{parent}': {bad} not among the parent's "
-                                      f"choices {pd.choices}")
-            d = d.model_copy(update={"when": {resolve_key(p): v for p, v in d.when.items()}})
-        space[full] = d
+        _check_values_fit_config(src, k, full, d, base)
+        space[full], names[full] = d, k
+    for full, d in list(space.items()):
+        if not d.when:
+            continue
+        when = {}
+        for parent, values in d.when.items():
+            try:
+                pfull = resolve_key(parent)
+            except ConfigError:
+                pfull = parent
+            pd = space.get(pfull)
+            if not isinstance(pd, CategoricalDist):
+                raise ConfigError(f"{src}: key 'space.{names[full]}.when': parent '{parent}' must be a "
+                                  "categorical key of 'space'")
+            bad = [v for v in values if v not in pd.choices]
+            if bad:
+                raise ConfigError(f"{src}: key 'space.{names[full]}.when.{parent}': {bad} not among the "
+                                  f"parent's choices {pd.choices}")
+            when[pfull] = values
+        space[full] = d.model_copy(update={"when": when})
+    space = _parents_first(space, src)
     for o in sp.objectives:
         if o.metric not in OBJECTIVE_METRICS:
             raise ConfigError(f"{src}: key 'objectives.metric': unknown metric '{o.metric}'; allowed: "

@@ -1,0 +1,136 @@
+"""Real sweeps on tiny trials: Optuna (in-process and as a killed/resumed CLI process) and Ray Tune."""
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+
+from stabench.search import run_optuna_sweep
+from stabench.space import load_space
+from stabench.store import Store
+
+TINY_FIXED = {"workload.preset": "tiny", "optim.batch_size": 32, "eval.every": 10, "eval.probe_every": 5,
+              "eval.probe_size": 16, "eval.samples": 0, "stability.burn_in": 5, "optim.steps": 20}
+
+
+def space_file(tmp_path, space=None, objectives=None, seeds=(0,), trials=4, pruner="none", fixed=None, **extra):
+    body = {"name": "t", "base": {}, "fixed": {**TINY_FIXED, **(fixed or {})},
+            "space": space or {"lsc.mode": {"type": "categorical", "choices": ["none", "constant"]},
+                               "lsc.kappa": {"type": "float", "low": 0.5, "high": 0.95,
+                                             "when": {"lsc.mode": ["constant"]}},
+                               "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+            "objectives": objectives or [{"metric": "best_probe_loss"}], "seeds": list(seeds),
+            "budget": {"trials": trials}, "pruner": {"name": pruner}, **extra}
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(body, sort_keys=False))
+    return p
+
+
+def by_trial(store, sweep="t"):
+    return collections.Counter(r["tags"]["trial_number"] for r in store.records(sweep=sweep))
+
+
+def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
+    space = load_space(space_file(tmp_path, seeds=(0, 1)))
+    store = Store(tmp_path / "store")
+    summary = run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
+    assert summary["counts"]["complete"] == 4 and summary["best"]["params"]
+    records = list(store.records(sweep="t"))
+    assert len(records) == 8 and by_trial(store) == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert {r["tags"]["backend"] for r in records} == {"optuna"} and {r["seed"] for r in records} == {0, 1}
+    # the study value is the mean over seeds of each record's metric
+    study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))))
+    for t in study.trials:
+        vals = [r["metrics"]["best_probe_loss"] for r in records if r["tags"]["trial_number"] == t.number]
+        assert t.value == pytest.approx(sum(vals) / 2)
+    # re-running the same sweep continues the study: nothing new to do, nothing recorded twice
+    run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
+    assert len(list(store.records(sweep="t"))) == 8
+
+
+def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
+    space = load_space(space_file(
+        tmp_path, space={"optim.lr": {"type": "categorical", "choices": [3e-3, 2e-3, 1e-9]}}, trials=3,
+        pruner="median", fixed={"optim.steps": 40}))
+    space = space.model_copy(update={"pruner": space.pruner.model_copy(
+        update={"options": {"n_startup_trials": 2, "n_warmup_steps": 0}})})
+    store = Store(tmp_path / "store")
+    points = [{"optim.lr": 3e-3}, {"optim.lr": 2e-3}, {"optim.lr": 1e-9}]  # the last one cannot learn
+    summary = run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), baselines=points,
+                               log=lambda s: None)
+    assert summary["counts"]["pruned"] == 1 and summary["counts"]["complete"] == 2
+    (pruned,) = [r for r in store.records(sweep="t") if r["status"] == "pruned"]
+    assert pruned["config"]["optim"]["lr"] == 1e-9 and pruned["pruned_at"] == 10
+    assert pruned["steps_completed"] == 10 and pruned["metrics"]["instability"] is not None
+
+
+def test_two_objectives_report_a_pareto_front(tmp_path):
+    space = load_space(space_file(tmp_path, objectives=[{"metric": "best_probe_loss"}, {"metric": "instability"}],
+                                  sampler={"name": "nsga2", "seed": 0}))
+    summary = run_optuna_sweep(space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"),
+                               log=lambda s: None)
+    front = summary["pareto_front"]
+    assert front and all(len(p["values"]) == 2 for p in front)
+    # nobody on the front is dominated by another member
+    for a in front:
+        assert not any(all(x <= y for x, y in zip(b["values"], a["values"])) and b["values"] != a["values"]
+                       for b in front)
+
+
+def stabench_cli(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "stabench.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_killed_sweep_resumes_to_the_requested_count_without_duplicates(tmp_path):
+    path = space_file(tmp_path, fixed={"optim.steps": 150}, trials=4)
+    args = ["sweep", str(path), "--store", "store", "--storage", "j.journal"]
+    proc = stabench_cli(*args, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "store").glob("*/record.json"))) < 1:
+        time.sleep(0.2)
+    time.sleep(1.0)  # now inside a later trial
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(list((tmp_path / "store").glob("*/record.json")))
+    assert 1 <= before < 4
+    out = subprocess.run([sys.executable, "-m", "stabench.cli", *args, "--resume"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    store = Store(tmp_path / "store")
+    records = list(store.records(sweep="t"))
+    assert len({(r["config_hash"], r["seed"]) for r in records}) == len(records)  # nothing recorded twice
+    study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))))
+    states = collections.Counter(t.state.name for t in study.trials)
+    assert states["COMPLETE"] == 4 and states["RUNNING"] == 0  # the requested count
+    # every complete trial has its record; the interrupted one was retried with the same params
+    hashes = {r["tags"]["trial_number"]: r["config_hash"] for r in records}
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert all(t.number in hashes or t.user_attrs.get("reused") for t in complete)
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    assert "interrupted trial(s) marked failed and queued again" in out.stdout
+
+
+def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
+    from stabench.ray_backend import run_ray_sweep
+
+    space = load_space(space_file(tmp_path, trials=4))
+    store = Store(tmp_path / "store")
+    run_ray_sweep(space, store, storage_path=str(tmp_path / "ray"), num_cpus=2, log=lambda s: None)
+    records = list(store.records(sweep="t"))
+    assert len(by_trial(store)) == 4  # 4 Ray trials, each recorded (ok or pruned by ASHA)
+    assert all(r["status"] in ("ok", "pruned") and r["tags"]["backend"] == "ray" for r in records)
+    optuna_record = Store(tmp_path / "o").root
+    ref = run_optuna_sweep(load_space(space_file(tmp_path, trials=1)), Store(optuna_record),
+                           storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
+    assert ref["counts"]["complete"] == 1
+    (opt,) = Store(optuna_record).records()
+    assert set(opt) == set(records[0]) and set(opt["tags"]) == set(records[0]["tags"])
