@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,27 @@ class StabenchTrainable(tune.Trainable):
 
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
+    hostport = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in hostport:
+        return
+    host, port = hostport.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"--address: cannot reach Ray at '{address}' ({e}). Allowed: omit it for a local Ray, "
+                        "'auto' for the cluster this machine belongs to, host:port or ray://host:port") from None
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to (or start) Ray; returns True when this call initialised it."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
+    if address:
+        check_reachable(address)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "runtime_env": {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}}
     try:
@@ -120,6 +137,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     except Exception as e:  # unreachable address, version mismatch, ...
         raise UserError(f"--address: cannot connect to Ray at '{address}': {type(e).__name__}: {e}. Allowed: "
                         "omit it for a local Ray, 'auto' for a running cluster, or ray://host:port") from None
+    return True
 
 
 def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None, n_trials: int | None = None,
@@ -130,13 +148,25 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
     """Run (or restore) a sweep with Ray Tune; returns the best config(s)."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
+    name = study_name or space.name
+    n_trials = n_trials or space.budget.trials
+    started_ray = init_ray(address, num_cpus)
+    try:
+        return _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path,
+                    resume, max_failures, baselines, log)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path, resume,
+         max_failures, baselines, log) -> dict:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    name = study_name or space.name
-    n_trials = n_trials or space.budget.trials
-    init_ray(address, num_cpus)
     storage = str(Path(storage_path or DEFAULT_RAY_DIR).absolute()) if "://" not in (storage_path or "") \
         else storage_path
     store.root.mkdir(parents=True, exist_ok=True)

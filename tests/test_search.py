@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import optuna
@@ -134,3 +135,30 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
     assert ref["counts"]["complete"] == 1
     (opt,) = Store(optuna_record).records()
     assert set(opt) == set(records[0]) and set(opt["tags"]) == set(records[0]["tags"])
+
+
+def test_ray_sweep_joins_a_cluster_started_with_ray_start(tmp_path):
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    port = "6391"
+    # token auth off on both sides: this throwaway cluster is on loopback only
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                            f"--temp-dir={temp_dir}"], capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        path = space_file(tmp_path, trials=2)
+        out = subprocess.run([sys.executable, "-m", "stabench.cli", "sweep", str(path), "--backend", "ray",
+                              "--address", f"127.0.0.1:{port}", "--store", "store", "--storage-path", "ray"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert len(by_trial(Store(tmp_path / "store"))) == 2
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=60)
+
+
+def test_unreachable_ray_address_is_a_user_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "stabench.cli", "sweep", str(space_file(tmp_path)), "--backend",
+                          "ray", "--address", "127.0.0.1:1", "--store", "store"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "--address" in out.stderr and "Traceback" not in out.stderr
