@@ -192,11 +192,12 @@ def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None,
 
 def baseline_points(space) -> list[dict]:
     """The baselines/*.yaml configs as points of this space (only for the same workload)."""
+    from .baselines import BASELINES_DIR
     from .config import config_to_dict, load_config
     from .search import baseline_params
 
     points = []
-    for path in sorted(Path("baselines").glob("*.yaml")):
+    for path in sorted(BASELINES_DIR.glob("*.yaml")):
         cfg = config_to_dict(load_config(path))
         if cfg["workload"] == space.base.get("workload", cfg["workload"]):
             params = baseline_params(space, cfg)
@@ -219,6 +220,94 @@ def print_sweep_summary(summary: dict, space) -> None:
     if "counts" in summary:
         c = summary["counts"]
         click.echo(f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Run only these baselines (repeatable); default: every baselines/*.yaml.")
+@click.option("--seeds", default="0,1,2", show_default=True, metavar="LIST", help="Comma-separated seeds.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key in every baseline (e.g. steps=600 for a CPU-sized run).")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Results store (default: runs/, or $STABENCH_STORE).")
+@click.option("--backend", type=click.Choice(["optuna", "ray"]), default="optuna", show_default=True,
+              help="optuna: one after another in this process; ray: as Ray Tune trials.")
+@click.option("--address", default=None, metavar="ADDR", help="[ray] Cluster to join ('auto', ray://host:port).")
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+              metavar="C", help="[ray] CPUs per trial.")
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
+              help="[ray] GPUs per trial.")
+@click.pass_context
+def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: tuple[str, ...],
+              store_dir: Path | None, backend: str, address: str | None, cpus_per_trial: float,
+              gpus_per_trial: float) -> None:
+    """Run the named reference configs of baselines/ over several seeds.
+
+    Records are tagged sweep=baselines and baseline=NAME; a (baseline, seed) already in the store is
+    not run again, so an interrupted run continues where it stopped.
+    """
+    from .baselines import SWEEP, baseline_jobs, baseline_names, run_baselines_local
+    from .store import DEFAULT_STORE, Store
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        _fail(UserError(f"--seeds: expected comma-separated integers like 0,1,2, got '{seeds}'"), ctx.obj["debug"])
+    try:
+        names = list(only) or baseline_names()
+        jobs = baseline_jobs(names, seed_list, list(overrides))
+        store = Store(store_dir or DEFAULT_STORE)
+    except UserError as err:
+        _fail(err, ctx.obj["debug"])
+    click.echo(f"{len(names)} baselines x {len(seed_list)} seeds = {len(jobs)} trials -> {store.root}")
+    if backend == "optuna":
+        run_baselines_local(jobs, store)
+    else:
+        from .config import config_hash
+        from .ray_backend import run_ray_jobs
+
+        todo = [(n, c, {"sweep": SWEEP, "baseline": n, "backend": "ray"}) for n, c in jobs
+                if store.find(config_hash(c), c.seed, sweep=SWEEP, baseline=n) is None]
+        try:
+            run_ray_jobs(todo, store, address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+        except UserError as err:
+            _fail(err, ctx.obj["debug"])
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Results store to read (default: runs/, or $STABENCH_STORE).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="NAME",
+              help="Only records of these sweeps (repeatable); the baseline's records are always included.")
+@click.option("--baseline", default="ddpm", show_default=True, metavar="NAME",
+              help="Baseline for deltas, steps-to-target and speedup ('' for none).")
+@click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
+              help="Quality metric (lower is better): fid_digits, kid_digits, fid, kid, best_probe_loss, ...")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
+              metavar="DIR", help="Writes leaderboard.md, .csv, .html and PNG plots here.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.pass_context
+def leaderboard(ctx: click.Context, store_dir: Path | None, sweeps: tuple[str, ...], baseline: str, metric: str,
+                out: Path, no_plots: bool) -> None:
+    """Regenerate the leaderboard from the results store (same store in -> byte-identical files out)."""
+    from .leaderboard import write_leaderboard
+    from .store import DEFAULT_STORE, Store
+
+    try:
+        store = Store(store_dir or DEFAULT_STORE)
+        records = [r for r in store.records() if not sweeps or (r.get("tags") or {}).get("sweep") in sweeps
+                   or (baseline and (r.get("tags") or {}).get("baseline") == baseline)]
+        if not records:
+            raise UserError(f"--store: no records in {store.root}" + (f" for sweeps {list(sweeps)}" if sweeps else ""))
+        have = {k for r in records for k in (r.get("metrics") or {})}
+        if metric not in have:
+            raise UserError(f"--metric: no record has '{metric}'; available: {', '.join(sorted(have))}")
+    except UserError as err:
+        _fail(err, ctx.obj["debug"])
+    lb = write_leaderboard(records, out, metric, baseline or None, plots=not no_plots)
+    click.echo(f"leaderboard of {len(lb.rows)} configs ({len(records)} records) -> {out}/leaderboard.md")
+    for r in lb.rows[:5]:
+        click.echo(f"  {r['rank']}. {r['config']}: {metric} {r['q_mean']:.4g} (n={r['n']}, diverged {r['diverged']})")
 
 
 @main.command(context_settings=CONTEXT)

@@ -240,3 +240,35 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.log(f"ray trial {trial.trial_id} errored  {self._line(trials)}")
+
+
+def _run_job(config: dict, jobs: list = None, store_root: str = "", threads: int = 1) -> None:
+    import torch
+
+    from .train import run_trial
+
+    torch.set_num_threads(max(1, threads))
+    name, cfg, tags = jobs[config["job"]]
+    rec = run_trial(cfg, store_root, tags=tags)
+    tune.report({"status_ok": rec["status"] == "ok", "done": True})
+
+
+def run_ray_jobs(jobs: list[tuple[str, Any, dict]], store: Store, *, address: str | None = None,
+                 cpus_per_trial: float = 1, gpus_per_trial: float = 0, storage_path: str | None = None,
+                 name: str = "baselines", num_cpus: int | None = None) -> None:
+    """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    started_ray = init_ray(address, num_cpus)
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+        trainable = tune.with_resources(
+            tune.with_parameters(_run_job, jobs=jobs, store_root=str(store.root), threads=max(1, int(cpus_per_trial))),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        storage = str(Path(storage_path or DEFAULT_RAY_DIR).absolute())
+        tune.Tuner(trainable, param_space={"job": tune.grid_search(list(range(len(jobs))))},
+                   run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0)).fit()
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()

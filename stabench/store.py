@@ -11,6 +11,9 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import polars as pl
 
 from .errors import UserError
 
@@ -45,3 +48,49 @@ class Store:
             if rec["config_hash"] == config_hash and rec["seed"] == seed and rec["status"] != "failed":
                 return rec
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: scalars (one row per record) and curves (one row per record and step), read with polars
+# ---------------------------------------------------------------------------------------------
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def scalar_row(rec: dict) -> dict[str, Any]:
+    tags = rec.get("tags") or {}
+    row = {"run_id": rec["run_id"], "config_hash": rec["config_hash"], "seed": rec["seed"],
+           "status": rec["status"], "sweep": tags.get("sweep"), "baseline": tags.get("baseline"),
+           "backend": tags.get("backend"), "trial_number": None if tags.get("trial_number") is None
+           else str(tags.get("trial_number")), "steps_completed": rec.get("steps_completed"),
+           "wall_time_s": rec.get("wall_time_s")}
+    row.update({f"metrics.{k}": v for k, v in (rec.get("metrics") or {}).items() if not isinstance(v, (dict, list))})
+    row.update({f"config.{k}": v for k, v in flatten(rec["config"]).items()})
+    return row
+
+
+def curve_rows(rec: dict) -> dict[str, list]:
+    curves = rec.get("curves") or {"step": []}
+    n = len(curves["step"])
+    return {"run_id": [rec["run_id"]] * n, "step": curves["step"], "loss": curves.get("loss", []),
+            "grad_norm": curves.get("grad_norm", [])}
+
+
+def scalars_table(records: list[dict]) -> pl.DataFrame:
+    """One row per record: ids, status, tags, every scalar metric, every config key (flattened)."""
+    rows = [scalar_row(r) for r in records]
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def curves_table(records: list[dict]) -> pl.DataFrame:
+    """Per-step loss and pre-clip grad norm of every record (downsampled curves), long format."""
+    frames = [pl.DataFrame(curve_rows(r), schema={"run_id": pl.Utf8, "step": pl.Int64, "loss": pl.Float64,
+                                                 "grad_norm": pl.Float64}) for r in records]
+    return pl.concat(frames) if frames else pl.DataFrame()

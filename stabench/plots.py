@@ -1,0 +1,99 @@
+"""Leaderboard figures (matplotlib, PNG, deterministic): training curves with seed bands, ScaleLong's
+feature-norm figure, and quality vs instability with the Pareto front."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+MAX_CONFIGS = 8  # top-ranked configs drawn in the curve plots (legibility)
+PNG_META = {"Software": None}  # no version string in the file, so regenerated PNGs are byte-identical
+
+
+def _setup():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "font.size": 8, "svg.hashsalt": "stabench"})
+    return plt
+
+
+def _band(ax, curves: list[tuple[list, list]], label: str, log: bool = False) -> None:
+    """Mean over seeds with a min-max band, on the steps all seeds share."""
+    if not curves:
+        return
+    n = min(len(s) for s, _ in curves)
+    steps = np.asarray(curves[0][0][:n])
+    ys = np.asarray([np.asarray(y[:n], dtype=float) for _, y in curves])
+    ys = np.where(np.isfinite(ys), ys, np.nan)
+    with warnings.catch_warnings():  # all-NaN columns (smoothing tail, diverged seeds) are expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, lo, hi = np.nanmean(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
+    line = ax.plot(steps, mean, label=label, lw=1)[0]
+    ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    if log:
+        ax.set_yscale("log")
+
+
+def _smooth(y: list, k: int = 25) -> list:
+    y = np.asarray([v if v is not None else np.nan for v in y], dtype=float)
+    if len(y) < k:
+        return list(y)
+    return list(np.convolve(y, np.ones(k) / k, mode="valid")) + [np.nan] * (k - 1)
+
+
+def write_plots(records: list[dict], lb, out: Path) -> list[str]:
+    plt = _setup()
+    by_hash: dict[str, list[dict]] = {}
+    for r in records:
+        by_hash.setdefault(r["config_hash"], []).append(r)
+    top = [row for row in lb.rows[:MAX_CONFIGS]]
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for row in top:
+        recs = [r for r in by_hash[row["config_hash"]] if r["status"] in ("ok", "diverged")]
+        _band(axes[0], [(r["curves"]["step"], _smooth(r["curves"]["loss"])) for r in recs], row["config"], log=True)
+        _band(axes[1], [(r["curves"]["step"], _smooth(r["curves"]["grad_norm"])) for r in recs], row["config"],
+              log=True)
+    axes[0].set(title="training loss (smoothed; band = seeds min-max)", xlabel="step")
+    axes[1].set(title="pre-clip gradient norm (smoothed)", xlabel="step")
+    axes[1].legend(fontsize=6)
+    paths.append(_save(fig, out / "curves.png", plt))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for row in top:
+        recs = [r for r in by_hash[row["config_hash"]] if r["status"] in ("ok", "diverged")]
+        _band(axes[0], [(r["probes"]["step"], r["probes"]["feature_norm"]) for r in recs], row["config"])
+        _band(axes[1], [(r["probes"]["step"], r["probes"]["probe_loss"]) for r in recs], row["config"], log=True)
+    axes[0].set(title="norm of long-skip features entering the decoder (ScaleLong)", xlabel="step")
+    axes[1].set(title="probe loss (fixed batch)", xlabel="step")
+    axes[1].legend(fontsize=6)
+    paths.append(_save(fig, out / "feature_norms.png", plt))
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for row in lb.rows:
+        q, u = row["q_mean"], row["u_mean"]
+        if math.isfinite(q) and math.isfinite(u):
+            ax.scatter([q], [u], marker="*" if row["pareto"] else "o", s=60 if row["pareto"] else 20,
+                       color="C3" if row["pareto"] else "C0")
+            ax.annotate(row["config"], (q, u), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    front = sorted((r["q_mean"], r["u_mean"]) for r in lb.rows if r["pareto"])
+    if front:
+        ax.plot(*zip(*front), color="C3", lw=0.8, ls="--")
+    ax.set(xlabel=f"{lb.metric} (mean over seeds)", ylabel="instability (mean over seeds)",
+           title="quality vs instability (★ Pareto front)")
+    paths.append(_save(fig, out / "pareto.png", plt))
+    return paths
+
+
+def _save(fig, path: Path, plt) -> str:
+    fig.tight_layout()
+    fig.savefig(path, metadata=PNG_META)
+    plt.close(fig)
+    return str(path)
