@@ -1,0 +1,113 @@
+import copy
+import math
+
+import pytest
+
+from stabench.leaderboard import (
+    bootstrap_ci,
+    build_leaderboard,
+    mean_std,
+    pareto_front,
+    speedup,
+    steps_to_target,
+    write_leaderboard,
+)
+
+BASE_CONFIG = {"lsc": {"mode": "none", "kappa": 0.5}, "optim": {"lr": 0.001}}
+
+
+def rec(config_hash, seed, fid, status="ok", evals=None, instability=0.1, baseline=None, mode="none", floor=None):
+    metrics = {"fid_digits": fid, "instability": None if status == "diverged" else instability}
+    if floor is not None:
+        metrics["fid_digits_floor"] = floor
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg["lsc"]["mode"] = mode
+    return {"run_id": f"{config_hash}-{seed}", "config_hash": config_hash, "seed": seed, "status": status,
+            "config": cfg, "metrics": metrics, "tags": {"baseline": baseline} if baseline else {"sweep": "s",
+                                                                                                 "trial_number": 0},
+            "evals": evals or [], "curves": {"step": [1, 2], "loss": [1.0, 0.5], "grad_norm": [1.0, 1.0]},
+            "probes": {"step": [0, 2], "feature_norm": [1.0, 1.1], "probe_loss": [1.0, 0.5]}}
+
+
+def test_bootstrap_ci_matches_hand_computation():
+    # resampling [0, 1]: means 0 (p=1/4), 0.5 (1/2), 1 (1/4) -> 2.5th and 97.5th percentiles are 0 and 1
+    assert bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+    # constant values: the CI collapses to the value
+    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    # [1, 2, 3]: P(mean = 1) = 1/27 = 3.7% > 2.5%, so the lower percentile is exactly 1 (and 3 above)
+    assert bootstrap_ci([1.0, 2.0, 3.0]) == (1.0, 3.0)
+    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    assert lo < 4.5 < hi and 2.5 < lo and hi < 6.5
+    assert bootstrap_ci([1.0]) is None and bootstrap_ci([1.0, math.inf]) is None
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+
+
+def test_steps_to_target_and_speedup_as_defined():
+    assert steps_to_target([(100, 5.0), (200, 3.0), (300, 2.0)], target=3.0) == 200
+    assert steps_to_target([(100, 5.0), (200, 4.0)], target=3.0) == math.inf
+    assert speedup([300.0, 300.0], [200.0, 200.0]) == 1.5
+    assert speedup([300.0], [math.inf]) == 0.0 and speedup([math.inf], [100.0]) == math.inf
+
+
+def test_pareto_front_marks_non_dominated_points():
+    assert pareto_front([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0), (3.0, 3.0), (math.inf, 0.0)]) == \
+        [True, True, True, False, False]
+
+
+def test_diverged_seeds_rank_last_and_are_counted():
+    records = [rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)]
+    records += [rec("good", s, 5.0 + s, mode="constant") for s in range(3)]
+    # "lucky" has the best finite FIDs but one diverged seed: it must rank below every config without one
+    records += [rec("lucky", 0, 1.0, mode="learnable"), rec("lucky", 1, 1.0, mode="learnable"),
+                rec("lucky", 2, 0.0, status="diverged", mode="learnable")]
+    lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
+    by_hash = {r["config_hash"]: r for r in lb.rows}
+    assert [r["config_hash"] for r in lb.rows] == ["good", "base", "lucky"]
+    assert by_hash["lucky"]["n"] == 3 and by_hash["lucky"]["diverged"] == 1
+    assert by_hash["lucky"]["q_mean"] == math.inf and by_hash["lucky"]["u_mean"] == math.inf
+    # paired delta on shared seeds: (5-10 + 6-11 + 7-12) / 3 = -5
+    assert by_hash["good"]["delta"] == pytest.approx(-5.0) and by_hash["good"]["delta_n"] == 3
+    assert by_hash["good"]["knobs"] == "lsc.mode=constant"
+
+
+def test_speedup_vs_baseline_from_eval_curves():
+    curve_base = [(100, 20.0), (200, 12.0), (300, 11.0)]
+    curve_fast = [(100, 15.0), (200, 10.0), (300, 9.0)]
+    records = [rec("base", s, 11.0, evals=[{"step": st, "fid_digits": {"raw": v}} for st, v in curve_base],
+                   baseline="ddpm") for s in range(3)]
+    records += [rec("fast", s, 9.0, evals=[{"step": st, "fid_digits": {"raw": v, "ema_0.99": v + 1}}
+                                          for st, v in curve_fast], mode="constant") for s in range(3)]
+    records += [rec("never", s, 30.0, evals=[{"step": 300, "fid_digits": {"raw": 30.0}}], mode="inv_sqrt2")
+                for s in range(3)]
+    lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
+    rows = {r["config_hash"]: r for r in lb.rows}
+    assert lb.target == 11.0  # the baseline's median final FID
+    assert rows["base"]["steps_to_target"] == 300 and rows["fast"]["steps_to_target"] == 200
+    assert rows["fast"]["speedup"] == pytest.approx(1.5)
+    assert rows["never"]["steps_to_target"] == math.inf and rows["never"]["speedup"] == 0.0
+
+
+def test_kendall_tau_between_seed_halves_needs_four_seeds():
+    records = [rec(h, s, v + 0.01 * s) for h, v in (("a", 1.0), ("b", 2.0), ("c", 3.0)) for s in range(4)]
+    assert build_leaderboard(records, "fid_digits").kendall_tau == pytest.approx(1.0)
+    assert build_leaderboard([r for r in records if r["seed"] < 3], "fid_digits").kendall_tau is None
+
+
+def test_one_config_one_seed_renders_without_ci(tmp_path):
+    write_leaderboard([rec("only", 0, 3.0)], tmp_path, "fid_digits", baseline=None, plots=False)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "n/a" in md and "no confidence interval" in md
+    assert (tmp_path / "leaderboard.csv").read_text().count("\n") == 2
+
+
+def test_regeneration_is_byte_identical_including_plots(tmp_path):
+    records = [rec("base", s, 10.0 + s, baseline="ddpm", floor=0.5) for s in range(3)]
+    records += [rec("good", s, 5.0 + s, mode="constant") for s in range(3)]
+    write_leaderboard(records, tmp_path / "a", "fid_digits", baseline="ddpm")
+    write_leaderboard(list(reversed(records)), tmp_path / "b", "fid_digits", baseline="ddpm")
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["curves.png", "feature_norms.png", "leaderboard.csv", "leaderboard.html", "leaderboard.md",
+                     "pareto.png"]
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert "Floor (two halves of the real data): fid_digits = 0.5" in (tmp_path / "a" / "leaderboard.md").read_text()

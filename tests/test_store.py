@@ -1,0 +1,76 @@
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+from stabench.errors import UserError
+from stabench.record import write_record
+from stabench.store import Store, curves_table, scalars_table
+
+
+def fake_record(run_id, size=10):
+    return {"run_id": run_id, "config_hash": run_id[:4], "seed": 0, "status": "ok", "tags": {"sweep": "w"},
+            "config": {"optim": {"lr": 0.1}}, "metrics": {"instability": 0.5},
+            "curves": {"step": list(range(size)), "loss": [1.0] * size, "grad_norm": [2.0] * size}}
+
+
+def _writer(root, worker, n):
+    for i in range(n):
+        rid = f"w{worker}-{i:03d}"
+        write_record(fake_record(rid), os.path.join(root, rid))
+
+
+def test_concurrent_writers_leave_every_record_readable(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 50)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    records = list(Store(tmp_path).records())
+    assert len(records) == 200 and len({r["run_id"] for r in records}) == 200
+
+
+def _endless_big_writer(root):
+    i = 0
+    while True:
+        rid = f"big-{i:05d}"
+        write_record(fake_record(rid, size=200_000), os.path.join(root, rid))
+        i += 1
+
+
+def test_writer_killed_mid_write_leaves_no_partial_record(tmp_path):
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=_endless_big_writer, args=(str(tmp_path),))
+    p.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(tmp_path.glob("*/record.json"))) < 2:
+        time.sleep(0.05)
+    while time.time() < deadline and not list(tmp_path.glob("*/.record.json.*.tmp")):
+        time.sleep(0.005)  # catch it while a temp file is being written
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+    for path in tmp_path.glob("*/record.json"):
+        json.loads(path.read_text())  # every visible record is complete
+    records = list(Store(tmp_path).records())
+    assert len(records) == len(list(tmp_path.glob("*/record.json"))) >= 2
+
+
+def test_scalar_and_curve_tables(tmp_path):
+    for i in range(3):
+        write_record(fake_record(f"r{i}xxx", size=5), tmp_path / f"r{i}xxx")
+    records = list(Store(tmp_path).records())
+    scalars, curves = scalars_table(records), curves_table(records)
+    assert scalars.height == 3 and "metrics.instability" in scalars.columns and "config.optim.lr" in scalars.columns
+    assert curves.height == 15 and set(curves.columns) == {"run_id", "step", "loss", "grad_norm"}
+
+
+def test_store_path_that_is_a_file_is_a_user_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="not a directory"):
+        Store(f)
