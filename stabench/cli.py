@@ -166,6 +166,11 @@ def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None,
         space = load_space(space_file)
         store = Store(store_dir or DEFAULT_STORE)
         baselines = baseline_points(space) if with_baselines else []
+        if not address:  # on a cluster the data lives on the workers, not necessarily here
+            from .data import check_available
+            from .space import trial_config
+
+            check_available(trial_config(space, {}, space.seeds[0]).workload)
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     name = study or space.name
@@ -257,6 +262,11 @@ def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: 
         names = list(only) or baseline_names()
         jobs = baseline_jobs(names, seed_list, list(overrides))
         store = Store(store_dir or DEFAULT_STORE)
+        if not address:
+            from .data import check_available
+
+            for workload in {c.workload for _, c in jobs}:
+                check_available(workload)
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     click.echo(f"{len(names)} baselines x {len(seed_list)} seeds = {len(jobs)} trials -> {store.root}")

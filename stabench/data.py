@@ -87,6 +87,17 @@ def load_folder_images(root: str, resolution: int, split: str) -> torch.Tensor:
     return _fixed_split(images, split)
 
 
+def check_available(workload: WorkloadConfig) -> None:
+    """Cheap existence check of a workload's data, so a sweep fails before its first trial."""
+    if workload.dataset == "cifar10":
+        if not (Path(workload.root) / "cifar-10-batches-py").is_dir():
+            load_cifar10_images(workload.root, workload.resolution, "train")  # raises the full explanation
+    elif workload.dataset == "folder":
+        base = Path(workload.root)
+        if not base.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in base.rglob("*")):
+            load_folder_images(workload.root, workload.resolution, "train")
+
+
 def load_images(workload: WorkloadConfig, split: str = "train") -> torch.Tensor:
     """(N, C, H, W) float32 images in [-1, 1] for a workload split ('train' or 'test')."""
     assert split in ("train", "test")

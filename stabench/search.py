@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import math
 import multiprocessing as mp
 import os
@@ -321,5 +322,6 @@ def baseline_params(space: SearchSpace, baseline_cfg: dict) -> dict[str, Any]:
             continue
         if isinstance(d, CategoricalDist) and value not in d.choices:
             continue
-        params[key] = value
+        scalar = value is None or isinstance(value, (bool, int, float, str))
+        params[key] = value if scalar or not isinstance(d, CategoricalDist) else json.dumps(value)
     return params

@@ -8,6 +8,7 @@ Everything is checked before any trial runs; errors name the file and the key.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -231,7 +232,10 @@ def suggest(trial, space: SearchSpace) -> dict[str, Any]:
         if not is_active(d, params):
             continue
         if isinstance(d, CategoricalDist):
-            params[key] = trial.suggest_categorical(key, d.choices)
+            if all(c is None or isinstance(c, (bool, int, float, str)) for c in d.choices):
+                params[key] = trial.suggest_categorical(key, d.choices)
+            else:  # Optuna choices must be scalars: lists (e.g. ema.betas) travel as JSON strings
+                params[key] = json.loads(trial.suggest_categorical(key, [json.dumps(c) for c in d.choices]))
         elif isinstance(d, IntDist):
             params[key] = trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
         else:
@@ -244,7 +248,8 @@ def grid_values(space: SearchSpace) -> dict[str, list]:
     out = {}
     for key, d in space.space.items():
         if isinstance(d, CategoricalDist):
-            out[key] = list(d.choices)
+            scalar = all(c is None or isinstance(c, (bool, int, float, str)) for c in d.choices)
+            out[key] = list(d.choices) if scalar else [json.dumps(c) for c in d.choices]
         elif isinstance(d, IntDist):
             out[key] = list(range(d.low, d.high + 1, d.step))
         else:

@@ -88,3 +88,14 @@ def test_shipped_spaces_validate():
 
     for path in sorted(Path(__file__).parents[1].glob("search_spaces/*.yaml")):
         assert load_space(path).space, path
+
+
+def test_list_valued_choices_round_trip_through_optuna(tmp_path):
+    p = write_space(tmp_path, {"space": {"ema.betas": {"type": "categorical", "choices": [[0.99], [0.99, 0.999]]}}})
+    space = load_space(p)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(8):
+        params = suggest(study.ask(), space)
+        seen.add(trial_config(space, params, 0).ema.betas)
+    assert seen == {(0.99,), (0.99, 0.999)}
