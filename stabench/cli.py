@@ -228,6 +228,33 @@ def print_sweep_summary(summary: dict, space) -> None:
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("sweep_name", metavar="SWEEP")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
+              help="How many of the sweep's best configs to confirm.")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
+              help="Seeds 0..N-1 for each of them (seeds already recorded are not re-run).")
+@click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
+              help="Ranks the sweep's configs (lower is better; diverged = worst).")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Results store (default: runs/, or $STABENCH_STORE).")
+@click.pass_context
+def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric: str, store_dir: Path | None) -> None:
+    """Re-run the TOP best configs of SWEEP with more seeds, so the leaderboard can give CIs."""
+    from .search import confirm as run_confirm
+    from .store import DEFAULT_STORE, Store
+
+    try:
+        store = Store(store_dir or DEFAULT_STORE)
+        if not any(True for _ in store.records(sweep=sweep_name)):
+            raise UserError(f"SWEEP: no records of sweep '{sweep_name}' in {store.root}")
+    except UserError as err:
+        _fail(err, ctx.obj["debug"])
+    records = run_confirm(store, sweep_name, metric, top, n_seeds)
+    click.echo(f"{len(records)} records for the top {top} configs of '{sweep_name}' "
+               f"(run `stabench leaderboard --sweep {sweep_name}`)")
+
+
+@main.command(context_settings=CONTEXT)
 @click.option("--only", "only", multiple=True, metavar="NAME",
               help="Run only these baselines (repeatable); default: every baselines/*.yaml.")
 @click.option("--seeds", default="0,1,2", show_default=True, metavar="LIST", help="Comma-separated seeds.")

@@ -325,3 +325,37 @@ def baseline_params(space: SearchSpace, baseline_cfg: dict) -> dict[str, Any]:
         scalar = value is None or isinstance(value, (bool, int, float, str))
         params[key] = value if scalar or not isinstance(d, CategoricalDist) else json.dumps(value)
     return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Confirmation: the top configs of a sweep again, with more seeds (DeepOBS / AlgoPerf practice)
+# ---------------------------------------------------------------------------------------------
+
+def top_configs(store: Store, sweep: str, metric: str, top: int) -> list[dict]:
+    """One representative record per config of the sweep, best mean `metric` first (diverged = worst)."""
+    groups: dict[str, list[dict]] = {}
+    for rec in store.records(sweep=sweep):
+        if rec["status"] in ("ok", "diverged"):
+            groups.setdefault(rec["config_hash"], []).append(rec)
+    scored = sorted(groups.values(), key=lambda rs: (sum(record_value(r, metric, "minimize") for r in rs) / len(rs),
+                                                     rs[0]["config_hash"]))
+    return [min(rs, key=lambda r: r["run_id"]) for rs in scored[:top]]
+
+
+def confirm(store: Store, sweep: str, metric: str, top: int, n_seeds: int,
+            log: Callable[[str], None] = print) -> list[dict]:
+    """Run seeds 0..n_seeds-1 of the `top` best configs of `sweep` (seeds already recorded are skipped)."""
+    from .config import build_config
+
+    records = []
+    for rank, rep in enumerate(top_configs(store, sweep, metric, top), 1):
+        tags = {**(rep.get("tags") or {}), "job_type": "confirm"}
+        for seed in range(n_seeds):
+            cfg = build_config({**rep["config"], "seed": seed}, f"record {rep['run_id']}")
+            rec = store.find(rep["config_hash"], seed, sweep=sweep)
+            if rec is None:
+                rec = run_trial(cfg, store.root, tags={**tags, "seed_index": seed})
+                log(f"confirm #{rank} {rep['config_hash'][:8]} seed {seed}: {rec['status']} "
+                    f"{metric}={(rec.get('metrics') or {}).get(metric)}")
+            records.append(rec)
+    return records

@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from stabench.search import run_optuna_sweep
+from stabench.search import confirm, run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
 
@@ -54,6 +54,11 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     # re-running the same sweep continues the study: nothing new to do, nothing recorded twice
     run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
     assert len(list(store.records(sweep="t"))) == 8
+    # confirm: the 2 best configs get a third seed; seeds 0 and 1 are reused, not re-run
+    best = sorted(study.trials, key=lambda t: t.value)[:2]
+    confirmed = confirm(store, "t", "best_probe_loss", top=2, n_seeds=3, log=lambda s: None)
+    assert len(confirmed) == 6 and len(list(store.records(sweep="t"))) == 10
+    assert {r["tags"]["trial_number"] for r in confirmed} == {t.number for t in best}
 
 
 def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
