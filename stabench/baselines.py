@@ -9,6 +9,7 @@ from pathlib import Path
 from .config import TrialConfig, config_hash, load_config
 from .errors import UserError
 from .store import Store
+from .tracking import TrackingSettings
 from .train import run_trial
 
 # ./baselines when run from a checkout or a project of one's own, else the repository's (editable install)
@@ -37,13 +38,13 @@ def baseline_jobs(names: list[str], seeds: list[int], overrides: list[str] = (),
 
 
 def run_baselines_local(jobs: list[tuple[str, TrialConfig]], store: Store, log: Callable[[str], None] = print,
-                        progress: bool = False) -> list[dict]:
+                        progress: bool = False, tracking: TrackingSettings | None = None) -> list[dict]:
     """Run the jobs one after another in this process; jobs already in the store are not run again."""
     records = []
     for i, (name, cfg) in enumerate(jobs, 1):
         rec = store.find(config_hash(cfg), cfg.seed, sweep=SWEEP, baseline=name)
         if rec is None:
-            rec = run_trial(cfg, store.root, progress=progress,
+            rec = run_trial(cfg, store.root, progress=progress, tracking=tracking,
                             tags={"sweep": SWEEP, "baseline": name, "backend": "optuna"})
             log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: {rec['status']} ({rec['wall_time_s']:.0f}s)")
         else:

@@ -24,6 +24,22 @@ def _fail(err: UserError, debug: bool) -> None:
     raise UserFacingError(str(err)) from None
 
 
+def wandb_options(fn):
+    """--wandb MODE, --wandb-project, --wandb-entity (offline by default without an API key)."""
+    fn = click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (team or user).")(fn)
+    fn = click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME",
+                      help="W&B project.")(fn)
+    return click.option("--wandb", "wandb_mode", type=click.Choice(["online", "offline", "disabled"]), default=None,
+                        help="W&B mode (default: $WANDB_MODE, else online when logged in, else offline; offline "
+                             "runs go to <store>/wandb/, upload with `wandb sync <store>/wandb/offline-run-*`).")(fn)
+
+
+def tracking_settings(mode: str | None, project: str, entity: str | None, store_root: Path):
+    from .tracking import TrackingSettings
+
+    return TrackingSettings(mode=mode, project=project, entity=entity, dir=str(store_root))
+
+
 @click.group(context_settings=CONTEXT)
 @click.option("--debug", is_flag=True, help="Show full tracebacks for user errors too.")
 @click.version_option(package_name="stabench")
@@ -51,9 +67,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--checkpoint", is_flag=True, help="Also save the final weights, EMA and optimizer state.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved config, then exit.")
+@wandb_options
 @click.pass_context
 def train(ctx: click.Context, config: Path, overrides: tuple[str, ...], seed: int | None, device: str | None,
-          out: Path, checkpoint: bool, quiet: bool, dry_run: bool) -> None:
+          out: Path, checkpoint: bool, quiet: bool, dry_run: bool, wandb_mode: str | None, wandb_project: str,
+          wandb_entity: str | None) -> None:
     """Train one trial from CONFIG (a YAML file) and write its record.
 
     \b
@@ -77,7 +95,8 @@ def train(ctx: click.Context, config: Path, overrides: tuple[str, ...], seed: in
     from .train import run_trial
 
     try:
-        record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint)
+        record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint,
+                           tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, out))
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     print_summary(record)
@@ -143,11 +162,13 @@ def print_summary(record: dict) -> None:
               help="[ray] Trials running at once (default: as many as resources allow).")
 @click.option("--storage-path", default=None, metavar="DIR_OR_URI",
               help="[ray] Where Ray Tune keeps experiment state (default results/ray).")
+@wandb_options
 @click.pass_context
 def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None, n_trials: int | None,
           store_dir: Path | None, resume: bool, with_baselines: bool, max_failures: int, storage: str | None,
           workers: int, address: str | None, cpus_per_trial: float, gpus_per_trial: float,
-          max_concurrent: int | None, storage_path: str | None) -> None:
+          max_concurrent: int | None, storage_path: str | None, wandb_mode: str | None, wandb_project: str,
+          wandb_entity: str | None) -> None:
     """Search the knobs of SPACE.yaml and record every trial in the store.
 
     Re-running the same command continues the same study. The Optuna storage opens in
@@ -174,6 +195,7 @@ def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None,
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     name = study or space.name
+    tracking = tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root)
     click.echo(f"sweep '{name}' ({backend}): {len(space.space)} knobs, seeds {space.seeds}, "
                f"objectives {[o.metric + ' ' + o.direction for o in space.objectives]}, store {store.root}")
     try:
@@ -182,14 +204,14 @@ def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None,
 
             summary = run_optuna_sweep(space, store, study_name=name, storage_url=storage, n_trials=n_trials,
                                        workers=workers, resume=resume, max_failures=max_failures,
-                                       baselines=baselines)
+                                       baselines=baselines, tracking=tracking)
         else:
             from .ray_backend import run_ray_sweep
 
             summary = run_ray_sweep(space, store, study_name=name, n_trials=n_trials, address=address,
                                     cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                                     max_concurrent=max_concurrent, storage_path=storage_path, resume=resume,
-                                    max_failures=max_failures, baselines=baselines)
+                                    max_failures=max_failures, baselines=baselines, tracking=tracking)
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     print_sweep_summary(summary, space)
@@ -237,8 +259,10 @@ def print_sweep_summary(summary: dict, space) -> None:
               help="Ranks the sweep's configs (lower is better; diverged = worst).")
 @click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Results store (default: runs/, or $STABENCH_STORE).")
+@wandb_options
 @click.pass_context
-def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric: str, store_dir: Path | None) -> None:
+def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric: str, store_dir: Path | None,
+            wandb_mode: str | None, wandb_project: str, wandb_entity: str | None) -> None:
     """Re-run the TOP best configs of SWEEP with more seeds, so the leaderboard can give CIs."""
     from .search import confirm as run_confirm
     from .store import DEFAULT_STORE, Store
@@ -249,7 +273,8 @@ def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric:
             raise UserError(f"SWEEP: no records of sweep '{sweep_name}' in {store.root}")
     except UserError as err:
         _fail(err, ctx.obj["debug"])
-    records = run_confirm(store, sweep_name, metric, top, n_seeds)
+    records = run_confirm(store, sweep_name, metric, top, n_seeds,
+                          tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root))
     click.echo(f"{len(records)} records for the top {top} configs of '{sweep_name}' "
                f"(run `stabench leaderboard --sweep {sweep_name}`)")
 
@@ -269,10 +294,11 @@ def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric:
               metavar="C", help="[ray] CPUs per trial.")
 @click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
               help="[ray] GPUs per trial.")
+@wandb_options
 @click.pass_context
 def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: tuple[str, ...],
               store_dir: Path | None, backend: str, address: str | None, cpus_per_trial: float,
-              gpus_per_trial: float) -> None:
+              gpus_per_trial: float, wandb_mode: str | None, wandb_project: str, wandb_entity: str | None) -> None:
     """Run the named reference configs of baselines/ over several seeds.
 
     Records are tagged sweep=baselines and baseline=NAME; a (baseline, seed) already in the store is
@@ -297,8 +323,9 @@ def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: 
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     click.echo(f"{len(names)} baselines x {len(seed_list)} seeds = {len(jobs)} trials -> {store.root}")
+    tracking = tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root)
     if backend == "optuna":
-        run_baselines_local(jobs, store)
+        run_baselines_local(jobs, store, tracking=tracking)
     else:
         from .config import config_hash
         from .ray_backend import run_ray_jobs
@@ -306,7 +333,8 @@ def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: 
         todo = [(n, c, {"sweep": SWEEP, "baseline": n, "backend": "ray"}) for n, c in jobs
                 if store.find(config_hash(c), c.seed, sweep=SWEEP, baseline=n) is None]
         try:
-            run_ray_jobs(todo, store, address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+            run_ray_jobs(todo, store, address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                         tracking=tracking)
         except UserError as err:
             _fail(err, ctx.obj["debug"])
 
@@ -323,9 +351,14 @@ def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               metavar="DIR", help="Writes leaderboard.md, .csv, .html and PNG plots here.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--wandb", "wandb_mode", type=click.Choice(["online", "offline"]), default=None,
+              help="Also log the table and the files to W&B (job_type leaderboard, in the sweep's group).")
+@click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME", help="W&B project.")
+@click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (team or user).")
 @click.pass_context
 def leaderboard(ctx: click.Context, store_dir: Path | None, sweeps: tuple[str, ...], baseline: str, metric: str,
-                out: Path, no_plots: bool) -> None:
+                out: Path, no_plots: bool, wandb_mode: str | None, wandb_project: str,
+                wandb_entity: str | None) -> None:
     """Regenerate the leaderboard from the results store (same store in -> byte-identical files out)."""
     from .leaderboard import write_leaderboard
     from .store import DEFAULT_STORE, Store
@@ -345,6 +378,11 @@ def leaderboard(ctx: click.Context, store_dir: Path | None, sweeps: tuple[str, .
     click.echo(f"leaderboard of {len(lb.rows)} configs ({len(records)} records) -> {out}/leaderboard.md")
     for r in lb.rows[:5]:
         click.echo(f"  {r['rank']}. {r['config']}: {metric} {r['q_mean']:.4g} (n={r['n']}, diverged {r['diverged']})")
+    if wandb_mode:
+        from .tracking import log_leaderboard
+
+        log_leaderboard(tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root), out,
+                        group=",".join(sweeps) or "all")
 
 
 @main.command(context_settings=CONTEXT)

@@ -21,6 +21,7 @@ from .errors import UserError
 from .search import eval_value, make_sampler, record_value
 from .space import SearchSpace, suggest, trial_config
 from .store import Store
+from .tracking import TrackingSettings
 from .train import Trial
 
 DEFAULT_RAY_DIR = Path("results") / "ray"
@@ -38,11 +39,11 @@ class StabenchTrainable(tune.Trainable):
     """One sampled config: every seed of the space in turn, one `step()` per evaluation point."""
 
     def setup(self, config: dict, space: SearchSpace = None, store_root: str = "", sweep: str = "",
-              threads: int = 1):
+              threads: int = 1, tracking: TrackingSettings | None = None):
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.space, self.store, self.sweep = space, Store(store_root), sweep
+        self.space, self.store, self.sweep, self.tracking = space, Store(store_root), sweep, tracking
         self.params = dict(config)
         self.records: list[dict] = []
         self.seed_index, self.current = 0, None
@@ -52,7 +53,7 @@ class StabenchTrainable(tune.Trainable):
         cfg = trial_config(self.space, self.params, seed)
         tags = {"sweep": self.sweep, "backend": "ray", "trial_number": self.trial_id,
                 "seed_index": self.seed_index, "params": self.params}
-        self.current = Trial(cfg, self.store.root, tags=tags)
+        self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking)
 
     def step(self) -> dict:
         while True:
@@ -144,7 +145,7 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
                   address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                   max_concurrent: int | None = None, storage_path: str | None = None, resume: bool = False,
                   max_failures: int = 3, baselines: list[dict] | None = None, num_cpus: int | None = None,
-                  log=print) -> dict:
+                  tracking: TrackingSettings | None = None, log=print) -> dict:
     """Run (or restore) a sweep with Ray Tune; returns the best config(s)."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
@@ -153,7 +154,7 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
     started_ray = init_ray(address, num_cpus)
     try:
         return _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path,
-                    resume, max_failures, baselines, log)
+                    resume, max_failures, baselines, tracking, log)
     finally:
         if started_ray:
             import ray
@@ -162,7 +163,7 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
 
 
 def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path, resume,
-         max_failures, baselines, log) -> dict:
+         max_failures, baselines, tracking, log) -> dict:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -172,7 +173,7 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
     store.root.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(StabenchTrainable, space=space, store_root=str(store.root), sweep=name,
-                             threads=max(1, int(cpus_per_trial))),
+                             threads=max(1, int(cpus_per_trial)), tracking=tracking),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     metrics, modes = metric_names(space), [d[:3] for d in space.directions]
     single = len(metrics) == 1
@@ -242,27 +243,30 @@ class ProgressCallback(tune.Callback):
         self.log(f"ray trial {trial.trial_id} errored  {self._line(trials)}")
 
 
-def _run_job(config: dict, jobs: list = None, store_root: str = "", threads: int = 1) -> None:
+def _run_job(config: dict, jobs: list = None, store_root: str = "", threads: int = 1,
+             tracking: TrackingSettings | None = None) -> None:
     import torch
 
     from .train import run_trial
 
     torch.set_num_threads(max(1, threads))
     name, cfg, tags = jobs[config["job"]]
-    rec = run_trial(cfg, store_root, tags=tags)
+    rec = run_trial(cfg, store_root, tags=tags, tracking=tracking)
     tune.report({"status_ok": rec["status"] == "ok", "done": True})
 
 
 def run_ray_jobs(jobs: list[tuple[str, Any, dict]], store: Store, *, address: str | None = None,
                  cpus_per_trial: float = 1, gpus_per_trial: float = 0, storage_path: str | None = None,
-                 name: str = "baselines", num_cpus: int | None = None) -> None:
+                 name: str = "baselines", num_cpus: int | None = None,
+                 tracking: TrackingSettings | None = None) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     started_ray = init_ray(address, num_cpus)
     try:
         store.root.mkdir(parents=True, exist_ok=True)
         trainable = tune.with_resources(
-            tune.with_parameters(_run_job, jobs=jobs, store_root=str(store.root), threads=max(1, int(cpus_per_trial))),
+            tune.with_parameters(_run_job, jobs=jobs, store_root=str(store.root), threads=max(1, int(cpus_per_trial)),
+                                 tracking=tracking),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         storage = str(Path(storage_path or DEFAULT_RAY_DIR).absolute())
         tune.Tuner(trainable, param_space={"job": tune.grid_search(list(range(len(jobs))))},

@@ -27,6 +27,7 @@ from .config import config_hash
 from .errors import UserError
 from .space import CategoricalDist, SearchSpace, grid_values, suggest, trial_config
 from .store import Store
+from .tracking import TrackingSettings
 from .train import run_trial
 
 DEFAULT_STORAGE_DIR = Path("results") / "optuna"
@@ -78,6 +79,7 @@ class ConfigRun:
     store: Store
     tags: dict
     report: Callable[[int, int, dict], bool] | None = None  # (seed_index, step, eval entry) -> prune?
+    tracking: TrackingSettings | None = None
     records: list[dict] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)  # run ids found in the store instead of re-run
 
@@ -87,7 +89,7 @@ class ConfigRun:
             rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"])
             if rec is None:  # resumed sweeps (or a config sampled twice) do not re-run a finished seed
                 reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
-                rec = run_trial(cfg, self.store.root, reporter=reporter,
+                rec = run_trial(cfg, self.store.root, reporter=reporter, tracking=self.tracking,
                                 tags={**self.tags, "seed_index": i, "params": params})
             else:
                 self.reused.append(rec["run_id"])
@@ -201,9 +203,9 @@ def optuna_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int, i
 
 
 def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, store: Store,
-                         sweep: str) -> tuple[TrialState, list[float] | None]:
+                         sweep: str, tracking: TrackingSettings | None = None) -> tuple[TrialState, list[float] | None]:
     runner = ConfigRun(space, store, {"sweep": sweep, "backend": "optuna", "trial_number": trial.number},
-                       optuna_reporter(trial, space))
+                       optuna_reporter(trial, space), tracking)
     try:
         values = runner.run(suggest(trial, space))
         if runner.reused:
@@ -237,7 +239,7 @@ def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str
 
 def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: str | None, n_trials: int,
                   max_failures: int, timeout_s: float | None, threads: int | None = None, worker: int = 0,
-                  log: Callable[[str], None] = print) -> None:
+                  tracking: TrackingSettings | None = None, log: Callable[[str], None] = print) -> None:
     """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout."""
     if threads:
         import torch
@@ -258,7 +260,7 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
                 log(f"[{sweep}] stopping: timeout of {timeout_s:g}s reached")
                 break
             trial = study.ask()
-        state, values = run_one_optuna_trial(study, trial, space, store, sweep)
+        state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking)
         shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values)) if values else ""
         log(f"trial {trial.number} {state.name.lower()} {shown}  {progress_line(study, n_trials, space)}")
 
@@ -270,7 +272,7 @@ def _worker_entry(kwargs: dict) -> None:
 def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None,
                      storage_url: str | None = None, n_trials: int | None = None, workers: int = 1,
                      resume: bool = False, max_failures: int = 3, baselines: list[dict] | None = None,
-                     log: Callable[[str], None] = print) -> dict:
+                     tracking: TrackingSettings | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or continue) a sweep with Optuna; returns a summary with the best trial(s)."""
     name = study_name or space.name
     n_trials = n_trials or space.budget.trials
@@ -282,7 +284,7 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
     for params in baselines or []:
         study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
     kwargs = dict(space=space, store_root=str(store.root), sweep=name, storage_url=storage_url,
-                  n_trials=n_trials, max_failures=max_failures, timeout_s=space.budget.timeout_s)
+                  n_trials=n_trials, max_failures=max_failures, timeout_s=space.budget.timeout_s, tracking=tracking)
     if workers <= 1:
         optuna_worker(**kwargs, log=log)
     else:
@@ -343,7 +345,7 @@ def top_configs(store: Store, sweep: str, metric: str, top: int) -> list[dict]:
 
 
 def confirm(store: Store, sweep: str, metric: str, top: int, n_seeds: int,
-            log: Callable[[str], None] = print) -> list[dict]:
+            tracking: TrackingSettings | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Run seeds 0..n_seeds-1 of the `top` best configs of `sweep` (seeds already recorded are skipped)."""
     from .config import build_config
 
@@ -354,7 +356,7 @@ def confirm(store: Store, sweep: str, metric: str, top: int, n_seeds: int,
             cfg = build_config({**rep["config"], "seed": seed}, f"record {rep['run_id']}")
             rec = store.find(rep["config_hash"], seed, sweep=sweep)
             if rec is None:
-                rec = run_trial(cfg, store.root, tags={**tags, "seed_index": seed})
+                rec = run_trial(cfg, store.root, tags={**tags, "seed_index": seed}, tracking=tracking)
                 log(f"confirm #{rank} {rep['config_hash'][:8]} seed {seed}: {rec['status']} "
                     f"{metric}={(rec.get('metrics') or {}).get(metric)}")
             records.append(rec)

@@ -27,6 +27,7 @@ from .errors import UserError
 from .models import build_model, count_params
 from .record import atomic_torch_save, atomic_write_text, downsample, new_record, write_record
 from .telemetry import DivergenceDetector, StepLog, feature_norms, summarize
+from .tracking import TrackingSettings, make_tracker
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,8 +101,8 @@ class Trial:
     generator is exhausted. Search backends drive this; everyone else calls `run_trial`."""
 
     def __init__(self, cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
-                 save_checkpoint: bool = False, tags: dict | None = None):
-        self.cfg, self.progress, self.save_checkpoint = cfg, progress, save_checkpoint
+                 save_checkpoint: bool = False, tags: dict | None = None, tracking: TrackingSettings | None = None):
+        self.cfg, self.progress, self.save_checkpoint, self.tracking = cfg, progress, save_checkpoint, tracking
         self.device = resolve_device(cfg.device)
         self.images = load_images(cfg.workload, "train")  # user errors (missing data) surface here
         self.record = new_record(cfg, self.device)
@@ -119,6 +120,7 @@ class Trial:
         if self.run_dir is not None:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         started = time.perf_counter()
+        self.tracker = make_tracker(self.tracking, self.record)
         try:
             result = yield from _train(self)
             self.record.update(result)
@@ -128,7 +130,8 @@ class Trial:
         self.record["wall_time_s"] = time.perf_counter() - started
         if self.run_dir is not None:
             self.record["run_dir"] = str(self.run_dir)
-            write_record(self.record, self.run_dir)
+            write_record(self.record, self.run_dir)  # the store first: W&B is a view of it
+        self.tracker.finish(self.record)
 
     def next_eval(self) -> dict | None:
         """Advance to the next evaluation entry; None once the trial has finished."""
@@ -145,14 +148,15 @@ class Trial:
 
 
 def run_trial(cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
-              save_checkpoint: bool = False, reporter: Reporter | None = None, tags: dict | None = None) -> dict:
+              save_checkpoint: bool = False, reporter: Reporter | None = None, tags: dict | None = None,
+              tracking: TrackingSettings | None = None) -> dict:
     """Train one trial and return its record; with `out_dir`, also write `<out_dir>/<run_id>/`.
 
     `reporter(eval_entry)` is called at every evaluation point (search backends report intermediate
     values there); returning True stops the trial with status `pruned`. `tags` (sweep name, backend,
     trial number, ...) are stored in the record as they are.
     """
-    trial = Trial(cfg, out_dir, progress=progress, save_checkpoint=save_checkpoint, tags=tags)
+    trial = Trial(cfg, out_dir, progress=progress, save_checkpoint=save_checkpoint, tags=tags, tracking=tracking)
     while (entry := trial.next_eval()) is not None:
         if reporter is not None and reporter(entry):
             return trial.stop()
@@ -185,6 +189,7 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
         probes["step"].append(at_step)
         for k in ("probe_loss", "feature_norm", "out_norm", "skip_norms"):
             probes[k].append(m[k])
+        trial.tracker.log_probe(at_step, m)
 
     record_probe(0)
     bar = tqdm(total=o.steps, desc="train", unit="step", disable=not trial.progress, dynamic_ncols=True,
@@ -207,6 +212,8 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
         # Telemetry: read the step values in bulk, check divergence, probe the fixed batch.
         if step % cfg.eval.probe_every == 0 or step == o.steps:
             first = log.flush(o.clip_norm)
+            trial.tracker.log_steps(first + 1, log.loss[first:], log.grad_norm[first:], log.clipped[first:],
+                                    log.lr[first:])
             for i in range(first, len(log.loss)):
                 diverged_reason = detector.check(i + 1, log.loss[i], log.grad_norm[i])
                 if diverged_reason:
@@ -221,6 +228,7 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
         # Evaluation: every weight set (raw and each EMA beta) on the probe batch.
         if step % cfg.eval.every == 0 or step == o.steps:
             evals.append(evaluate(model, ema, probe, diffusion, step))
+            trial.tracker.log_eval(evals[-1])
             yield evals[-1]
             if trial.stop_requested and step < o.steps:
                 pruned_at = step
@@ -228,7 +236,8 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
     bar.close()
     loop_time = time.perf_counter() - t_loop
     steps_done = len(log.loss) if diverged_reason else step
-    log.flush(o.clip_norm)
+    first = log.flush(o.clip_norm)
+    trial.tracker.log_steps(first + 1, log.loss[first:], log.grad_norm[first:], log.clipped[first:], log.lr[first:])
 
     stability = summarize(log, probes, warmup, st.spike_factor, st.spike_window, diverged_reason is not None)
     result = {

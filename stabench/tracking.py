@@ -1,0 +1,186 @@
+"""Weights & Biases tracking: every trial a W&B run, never able to break or stall a sweep.
+
+Mode: `--wandb online|offline|disabled`, else $WANDB_MODE, else online when an API key is available
+($WANDB_API_KEY or a wandb.ai entry in ~/.netrc) and offline otherwise. Offline runs land in
+`<dir>/wandb/offline-run-*` (dir: the results store) and are uploaded later with `wandb sync`.
+Any W&B error (no network, bad key, service down, init timeout) becomes one warning; the trial goes on
+with tracking disabled, and the results store stays the source of truth. W&B is imported only when used.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODES = ("online", "offline", "disabled")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    mode: str | None = None  # None: decide from $WANDB_MODE and the presence of an API key
+    project: str = "stabench"
+    entity: str | None = None
+    dir: str | None = None  # offline runs go to <dir>/wandb/
+    init_timeout_s: float = 30.0
+
+    def resolved_mode(self) -> str:
+        mode = self.mode or os.environ.get("WANDB_MODE")
+        if mode in ("dryrun",):
+            mode = "offline"
+        if mode in MODES:
+            return mode
+        return "online" if has_api_key() else "offline"
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class Tracker:
+    """No-op tracker; `WandbTracker` overrides these. Every call is safe to make."""
+
+    def log_steps(self, first_step: int, loss: list, grad_norm: list, clipped: list, lr: list) -> None: ...
+
+    def log_probe(self, step: int, probe: dict) -> None: ...
+
+    def log_eval(self, entry: dict) -> None: ...
+
+    def finish(self, record: dict) -> None: ...
+
+
+def run_tags(config: dict, tags: dict) -> list[str]:
+    """The knob values that matter for filtering in the UI, plus the baseline name."""
+    out = [f"lsc={config['lsc']['mode']}", f"weighting={config['timestep_weighting']['kind']}",
+           f"schedule={config['diffusion']['schedule']}", f"backbone={config['workload']['backbone']}"]
+    if tags.get("baseline"):
+        out.append(f"baseline={tags['baseline']}")
+    return out
+
+
+def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class WandbTracker(Tracker):
+    """One W&B run per trial. A failing W&B call warns once and turns the tracker into a no-op."""
+
+    def __init__(self, settings: TrackingSettings, record: dict):
+        self.run = None
+        try:
+            import wandb
+
+            tags = record.get("tags") or {}
+            job_type = tags.get("job_type") or ("baseline" if tags.get("baseline") else "trial")
+            name = tags.get("baseline") or (f"{tags['sweep']}#{tags['trial_number']}" if "trial_number" in tags
+                                            else record["config_hash"][:8])
+            directory = Path(settings.dir or ".")
+            directory.mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(
+                project=settings.project, entity=settings.entity, group=tags.get("sweep") or "train",
+                job_type=job_type, name=f"{name} s{record['seed']}", tags=run_tags(record["config"], tags),
+                config={**flat_config(record["config"]), "config_hash": record["config_hash"],
+                        "seed": record["seed"], "run_id": record["run_id"]},
+                dir=str(directory), mode=settings.resolved_mode(), reinit="create_new",
+                settings=wandb.Settings(init_timeout=settings.init_timeout_s, console="off", x_disable_stats=True,
+                                        silent=True))
+            for prefix in ("train", "probe", "eval"):  # every curve shares the training step as x-axis
+                self.run.define_metric(f"{prefix}/*", step_metric="step")
+        except Exception as e:  # never let tracking break a trial
+            self._disable(e)
+
+    def _disable(self, error: Exception) -> None:
+        warnings.warn(f"W&B disabled for this trial: {type(error).__name__}: {error}", RuntimeWarning, stacklevel=3)
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=1)
+            except Exception:
+                pass
+
+    def _log(self, data: dict) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(data)
+        except Exception as e:
+            self._disable(e)
+
+    def log_steps(self, first_step, loss, grad_norm, clipped, lr):
+        for i, (l, g, c, r) in enumerate(zip(loss, grad_norm, clipped, lr)):
+            self._log({"step": first_step + i, "train/loss": l, "train/grad_norm": g, "train/clipped": int(c),
+                       "train/lr": r})
+
+    def log_probe(self, step, probe):
+        data = {"step": step, "probe/loss": probe["probe_loss"], "probe/feature_norm": probe["feature_norm"],
+                "probe/out_norm": probe["out_norm"]}
+        data.update({f"probe/skip_norm_{i + 1}": v for i, v in enumerate(probe["skip_norms"])})
+        self._log(data)
+
+    def log_eval(self, entry):
+        data = {"step": entry["step"]}
+        for metric, per_weights in entry.items():
+            if isinstance(per_weights, dict):
+                data.update({f"eval/{metric}/{w}": v for w, v in per_weights.items()})
+        self._log(data)
+
+    def finish(self, record):
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            m = record.get("metrics") or {}
+            self.run.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float, str))})
+            self.run.summary["status"] = record["status"]
+            if record.get("samples_png"):
+                self.run.log({"step": record.get("steps_completed") or 0,
+                              "eval/samples": wandb.Image(record["samples_png"])})
+            self.run.finish(exit_code=0 if record["status"] != "failed" else 1)
+        except Exception as e:
+            self._disable(e)
+        self.run = None
+
+
+def make_tracker(settings: TrackingSettings | None, record: dict) -> Tracker:
+    if settings is None or settings.resolved_mode() == "disabled":
+        return Tracker()
+    return WandbTracker(settings, record)
+
+
+def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str) -> None:
+    """The leaderboard as a wandb.Table and the results files as an artifact, in a `leaderboard` run."""
+    if settings.resolved_mode() == "disabled":
+        return
+    try:
+        import polars as pl
+        import wandb
+
+        run = wandb.init(project=settings.project, entity=settings.entity, group=group, job_type="leaderboard",
+                         name=f"leaderboard {group}", dir=str(settings.dir or "."), mode=settings.resolved_mode(),
+                         reinit="create_new", settings=wandb.Settings(init_timeout=settings.init_timeout_s,
+                                                                      console="off", silent=True))
+        df = pl.read_csv(out_dir / "leaderboard.csv", infer_schema_length=0)
+        run.log({"leaderboard": wandb.Table(columns=df.columns, data=[list(r) for r in df.iter_rows()])})
+        artifact = wandb.Artifact(f"leaderboard-{group}", type="leaderboard")
+        for path in sorted(out_dir.iterdir()):
+            if path.suffix in (".md", ".csv", ".html", ".png"):
+                artifact.add_file(str(path))
+        run.log_artifact(artifact)
+        run.finish()
+    except Exception as e:
+        warnings.warn(f"W&B leaderboard upload skipped: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)

@@ -1,0 +1,94 @@
+"""W&B: offline runs readable with wandb's own records, failures never break a trial, disabled = nothing."""
+
+import pytest
+
+from stabench.search import run_optuna_sweep
+from stabench.space import load_space
+from stabench.store import Store
+from stabench.tracking import TrackingSettings
+from stabench.train import run_trial
+from tests.conftest import tiny_config
+from tests.test_search import space_file
+from tests.wandb_reader import read_offline_run
+
+
+def offline_runs(root):
+    return sorted((root / "wandb").glob("offline-run-*"))
+
+
+def check_runs(runs, n):
+    assert len(runs) == n
+    for run_dir in runs:
+        run = read_offline_run(run_dir)
+        assert run["config"]["lsc.mode"] in ("none", "constant") and "config_hash" in run["config"]
+        keys = set().union(*run["history"])
+        assert {"train/loss", "train/grad_norm", "probe/loss", "probe/feature_norm", "step"} <= keys
+        assert any(k.startswith("eval/probe_loss/") for k in keys)
+
+
+def test_two_trial_optuna_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    store = Store(tmp_path / "store")
+    run_optuna_sweep(load_space(space_file(tmp_path, trials=2)), store, storage_url=str(tmp_path / "j.journal"),
+                     tracking=TrackingSettings(dir=str(store.root)), log=lambda s: None)
+    check_runs(offline_runs(store.root), 2)
+
+
+def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
+    from stabench.ray_backend import run_ray_sweep
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    store = Store(tmp_path / "store")
+    space = load_space(space_file(tmp_path, trials=2))
+    run_ray_sweep(space, store, storage_path=str(tmp_path / "ray"), num_cpus=2,
+                  tracking=TrackingSettings(mode="offline", dir=str(store.root)), log=lambda s: None)
+    check_runs(offline_runs(store.root), 2)
+
+
+def test_failing_wandb_init_leaves_the_trial_ok(tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(*a, **k):
+        raise wandb.errors.CommError("simulated: service down")
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with pytest.warns(RuntimeWarning, match="W&B disabled"):
+        rec = run_trial(tiny_config(), tmp_path, tracking=TrackingSettings(mode="online", dir=str(tmp_path)))
+    assert rec["status"] == "ok"
+    assert (tmp_path / rec["run_id"] / "record.json").exists()
+
+
+def test_failing_wandb_log_midway_leaves_the_trial_ok(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    import wandb.sdk.wandb_run as wr
+
+    calls = {"n": 0}
+    original = wr.Run.log
+
+    def flaky_log(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise ConnectionError("simulated network loss")
+        return original(self, *a, **k)
+    monkeypatch.setattr(wr.Run, "log", flaky_log)
+    with pytest.warns(RuntimeWarning, match="simulated network loss"):
+        rec = run_trial(tiny_config(), tmp_path, tracking=TrackingSettings(dir=str(tmp_path)))
+    assert rec["status"] == "ok" and len(rec["curves"]["loss"]) == 20
+
+
+def test_disabled_creates_nothing(tmp_path):
+    rec = run_trial(tiny_config(), tmp_path, tracking=TrackingSettings(mode="disabled", dir=str(tmp_path)))
+    assert rec["status"] == "ok" and not (tmp_path / "wandb").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [rec["run_id"]]
+
+
+def test_mode_resolution(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    monkeypatch.setenv("HOME", "/nonexistent")
+    assert TrackingSettings().resolved_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert TrackingSettings().resolved_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert TrackingSettings().resolved_mode() == "disabled"
+    assert TrackingSettings(mode="offline").resolved_mode() == "offline"
