@@ -54,7 +54,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key; repeatable. KEY is a dotted path (optim.lr) or a unique leaf "
                    "name (lr, steps). VALUE is parsed as YAML: 1e-3, null, [0.999,0.9999].")
@@ -65,13 +65,18 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, metavar="DIR", help="Each trial writes DIR/<run_id>/record.json and more.")
 @click.option("--checkpoint", is_flag=True, help="Also save the final weights, EMA and optimizer state.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Save a resumable checkpoint (atomically) every K steps.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              metavar="RUN_DIR", help="Continue an interrupted trial from RUN_DIR/checkpoint.pt (CONFIG defaults to "
+                                      "RUN_DIR/config.yaml); the result equals an uninterrupted run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved config, then exit.")
 @wandb_options
 @click.pass_context
-def train(ctx: click.Context, config: Path, overrides: tuple[str, ...], seed: int | None, device: str | None,
-          out: Path, checkpoint: bool, quiet: bool, dry_run: bool, wandb_mode: str | None, wandb_project: str,
-          wandb_entity: str | None) -> None:
+def train(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], seed: int | None, device: str | None,
+          out: Path, checkpoint: bool, checkpoint_every: int | None, resume_dir: Path | None, quiet: bool,
+          dry_run: bool, wandb_mode: str | None, wandb_project: str, wandb_entity: str | None) -> None:
     """Train one trial from CONFIG (a YAML file) and write its record.
 
     \b
@@ -81,9 +86,12 @@ def train(ctx: click.Context, config: Path, overrides: tuple[str, ...], seed: in
     from .config import config_hash, dump_yaml, load_config
 
     extra = list(overrides) + ([f"seed={seed}"] if seed is not None else []) + \
-        ([f"device={device}"] if device is not None else [])
+        ([f"device={device}"] if device is not None else []) + \
+        ([f"checkpoint_every={checkpoint_every}"] if checkpoint_every else [])
     try:
-        cfg = load_config(config, extra)
+        if config is None and resume_dir is None:
+            raise UserError("CONFIG: give a config file (or --resume RUN_DIR)")
+        cfg = load_config(config or resume_dir / "config.yaml", extra)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out: '{out}' exists and is not a directory")
     except UserError as err:
@@ -95,7 +103,7 @@ def train(ctx: click.Context, config: Path, overrides: tuple[str, ...], seed: in
     from .train import run_trial
 
     try:
-        record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint,
+        record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint, resume_dir=resume_dir,
                            tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, out))
     except UserError as err:
         _fail(err, ctx.obj["debug"])

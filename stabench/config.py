@@ -120,6 +120,7 @@ class StabilityConfig(_Section):
 class TrialConfig(_Section):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: never)")
     workload: WorkloadConfig = WorkloadConfig()
     model: ModelConfig = ModelConfig()
     lsc: LSCConfig = LSCConfig()
@@ -157,7 +158,7 @@ class TrialConfig(_Section):
 
 
 # Keys that do not change what a trial computes: excluded from config_hash.
-NON_RESULT_KEYS = ("seed", "device")
+NON_RESULT_KEYS = ("seed", "device", "checkpoint_every")
 
 
 # ---------------------------------------------------------------------------------------------

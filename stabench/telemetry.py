@@ -48,6 +48,22 @@ class DivergenceDetector:
         self.factor, self.warmup, self.smoothing = factor, warmup_steps, smoothing
         self.smoothed: float | None = None
         self.running_min = math.inf
+        self.checked = 0  # steps fed so far
+
+    def check_new(self, loss: list[float], grad_norm: list[float]) -> tuple[int, str] | None:
+        """Feed every step not checked yet; (step, reason) of the first divergence, if any."""
+        while self.checked < len(loss):
+            self.checked += 1
+            reason = self.check(self.checked, loss[self.checked - 1], grad_norm[self.checked - 1])
+            if reason:
+                return self.checked, reason
+        return None
+
+    def state_dict(self) -> dict:
+        return {"smoothed": self.smoothed, "running_min": self.running_min, "checked": self.checked}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.smoothed, self.running_min, self.checked = state["smoothed"], state["running_min"], state["checked"]
 
     def check(self, step: int, loss: float, grad_norm: float) -> str | None:
         """Feed one step (1-based); returns the reason when this step diverged."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .config import TrialConfig, dump_yaml
+from .config import TrialConfig, config_hash, dump_yaml
 from .data import BatchStream, load_images
 from .diffusion import Diffusion
 from .ema import MultiEMA
@@ -93,6 +93,7 @@ class Probe:
 
 
 Reporter = Callable[[dict], bool]
+CHECKPOINT = "checkpoint.pt"
 
 
 class Trial:
@@ -101,13 +102,19 @@ class Trial:
     generator is exhausted. Search backends drive this; everyone else calls `run_trial`."""
 
     def __init__(self, cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
-                 save_checkpoint: bool = False, tags: dict | None = None, tracking: TrackingSettings | None = None):
+                 save_checkpoint: bool = False, tags: dict | None = None, tracking: TrackingSettings | None = None,
+                 resume_dir: str | Path | None = None):
         self.cfg, self.progress, self.save_checkpoint, self.tracking = cfg, progress, save_checkpoint, tracking
         self.device = resolve_device(cfg.device)
         self.images = load_images(cfg.workload, "train")  # user errors (missing data) surface here
         self.record = new_record(cfg, self.device)
         self.record["tags"] = dict(tags or {})
         self.run_dir = Path(out_dir) / self.record["run_id"] if out_dir is not None else None
+        self.resume_state = None
+        if resume_dir is not None:  # continue an interrupted trial: same run id, same directory
+            self.resume_state = load_checkpoint(Path(resume_dir), cfg)
+            self.record.update(self.resume_state["record_head"])
+            self.run_dir = Path(resume_dir)
         self.stop_requested = False
         self._generator: Iterator[dict] | None = None
 
@@ -147,20 +154,80 @@ class Trial:
         return self.record
 
 
+def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at '{path}' (trials write one every `checkpoint_every` steps)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["record_head"]["config_hash"] != config_hash(cfg) or state["record_head"]["seed"] != cfg.seed:
+        raise UserError(f"--resume: '{path}' belongs to config {state['record_head']['config_hash']} seed "
+                        f"{state['record_head']['seed']}, not to this config ({config_hash(cfg)} seed {cfg.seed})")
+    return state
+
+
 def run_trial(cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
               save_checkpoint: bool = False, reporter: Reporter | None = None, tags: dict | None = None,
-              tracking: TrackingSettings | None = None) -> dict:
+              tracking: TrackingSettings | None = None, resume_dir: str | Path | None = None) -> dict:
     """Train one trial and return its record; with `out_dir`, also write `<out_dir>/<run_id>/`.
 
     `reporter(eval_entry)` is called at every evaluation point (search backends report intermediate
     values there); returning True stops the trial with status `pruned`. `tags` (sweep name, backend,
     trial number, ...) are stored in the record as they are.
     """
-    trial = Trial(cfg, out_dir, progress=progress, save_checkpoint=save_checkpoint, tags=tags, tracking=tracking)
+    trial = Trial(cfg, out_dir, progress=progress, save_checkpoint=save_checkpoint, tags=tags, tracking=tracking,
+                  resume_dir=resume_dir)
     while (entry := trial.next_eval()) is not None:
         if reporter is not None and reporter(entry):
             return trial.stop()
     return trial.record
+
+
+class LoopState:
+    """Everything the training loop carries from one step to the next (what a checkpoint holds)."""
+
+    def __init__(self, trial: Trial, diffusion: Diffusion):
+        cfg, device, o = trial.cfg, trial.device, trial.cfg.optim
+        torch.manual_seed(cfg.seed)  # model init, dropout, drop-path: everything random derives from the seed
+        self.model = build_model(cfg, in_channels=trial.images.shape[1]).to(device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay, o.decay_all), lr=o.lr,
+                                           betas=o.betas, eps=o.eps)
+        self.ema = MultiEMA(self.model, cfg.ema.betas, cfg.ema.warmup)
+        self.batches = BatchStream(trial.images.to(device), o.batch_size, stream_seed(cfg.seed, "data"),
+                                   cfg.augment.hflip)
+        self.noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))
+        self.log = StepLog()
+        self.detector = DivergenceDetector(cfg.stability.divergence_factor, burn_in(cfg))
+        self.probes: dict[str, list] = {"step": [], "probe_loss": [], "feature_norm": [], "out_norm": [],
+                                        "skip_norms": []}
+        self.evals: list[dict] = []
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict(), "batches": self.batches.state_dict(),
+                "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "log": {k: getattr(self.log, k) for k in ("loss", "grad_norm", "clipped", "lr")},
+                "detector": self.detector.state_dict(), "probes": self.probes, "evals": self.evals,
+                "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.batches.load_state_dict(state["batches"])
+        self.noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for k, v in state["log"].items():
+            setattr(self.log, k, list(v))
+        self.detector.load_state_dict(state["detector"])
+        self.probes, self.evals, self.step = state["probes"], state["evals"], state["step"]
+
+
+def burn_in(cfg: TrialConfig) -> int:
+    return min(cfg.stability.burn_in, cfg.optim.steps // 2)
 
 
 def _train(trial: Trial) -> Generator[dict, None, dict]:
@@ -168,21 +235,12 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
     cfg, images, device, run_dir = trial.cfg, trial.images, trial.device, trial.run_dir
     o, st = cfg.optim, cfg.stability
 
-    # Set-up: everything random derives from the trial seed.
-    torch.manual_seed(cfg.seed)  # model init, dropout, drop-path
-    model = build_model(cfg, in_channels=images.shape[1]).to(device)
+    # Set-up (or restore an interrupted run from its checkpoint).
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.decay_all), lr=o.lr, betas=o.betas,
-                                  eps=o.eps)
-    ema = MultiEMA(model, cfg.ema.betas, cfg.ema.warmup)
-    batches = BatchStream(images.to(device), o.batch_size, stream_seed(cfg.seed, "data"), cfg.augment.hflip)
-    noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))
+    state = LoopState(trial, diffusion)
+    model, ema, log, probes, evals = state.model, state.ema, state.log, state.probes, state.evals
     probe = Probe(images, cfg.eval.probe_size, diffusion.T, cfg.seed, device)
-    warmup = min(st.burn_in, o.steps // 2)
-    log, detector = StepLog(), DivergenceDetector(st.divergence_factor, warmup)
-    probes = {"step": [], "probe_loss": [], "feature_norm": [], "out_norm": [], "skip_norms": []}
-    evals: list[dict] = []
-    diverged_reason, diverged_at, pruned_at, step = None, None, None, 0
+    diverged, pruned_at = None, None
 
     def record_probe(at_step: int) -> None:
         m = probe.measure(model, diffusion)
@@ -191,22 +249,27 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
             probes[k].append(m[k])
         trial.tracker.log_probe(at_step, m)
 
-    record_probe(0)
-    bar = tqdm(total=o.steps, desc="train", unit="step", disable=not trial.progress, dynamic_ncols=True,
-               mininterval=0.2 if sys.stderr.isatty() else 10.0)  # few lines in CI logs
-    t_loop = time.perf_counter()
+    if trial.resume_state is not None:
+        state.load_state_dict(trial.resume_state["loop"])
+        probes, evals = state.probes, state.evals
+    else:
+        record_probe(0)
+    bar = tqdm(total=o.steps, initial=state.step, desc="train", unit="step", disable=not trial.progress,
+               dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0)  # few lines in CI logs
+    t_loop, start_step = time.perf_counter(), state.step
     model.train()
-    for step in range(1, o.steps + 1):
+    for step in range(state.step + 1, o.steps + 1):
         # One optimisation step: warm-up lr, weighted loss, clip between backward and step, EMA.
         lr = o.lr * min(1.0, step / o.warmup_steps) if o.warmup_steps else o.lr
-        for group in optimizer.param_groups:
+        for group in state.optimizer.param_groups:
             group["lr"] = lr
-        x0 = next(batches)
-        t = torch.randint(0, diffusion.T, (len(x0),), generator=noise_gen, device=device)
-        noise = torch.randn(x0.shape, generator=noise_gen, device=device)
-        loss, grad_norm = optimization_step(model, diffusion, optimizer, x0, t, noise, o.clip_norm)
+        x0 = next(state.batches)
+        t = torch.randint(0, diffusion.T, (len(x0),), generator=state.noise_gen, device=device)
+        noise = torch.randn(x0.shape, generator=state.noise_gen, device=device)
+        loss, grad_norm = optimization_step(model, diffusion, state.optimizer, x0, t, noise, o.clip_norm)
         ema.update()
         log.append(loss, grad_norm, lr)
+        state.step = step
         bar.update(1)
 
         # Telemetry: read the step values in bulk, check divergence, probe the fixed batch.
@@ -214,12 +277,8 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
             first = log.flush(o.clip_norm)
             trial.tracker.log_steps(first + 1, log.loss[first:], log.grad_norm[first:], log.clipped[first:],
                                     log.lr[first:])
-            for i in range(first, len(log.loss)):
-                diverged_reason = detector.check(i + 1, log.loss[i], log.grad_norm[i])
-                if diverged_reason:
-                    diverged_at = i + 1
-                    break
-            if diverged_reason:
+            diverged = state.detector.check_new(log.loss, log.grad_norm)
+            if diverged:
                 break
             record_probe(step)
             bar.set_postfix(loss=f"{log.loss[-1]:.4f}", probe=f"{probes['probe_loss'][-1]:.4f}",
@@ -233,20 +292,26 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
             if trial.stop_requested and step < o.steps:
                 pruned_at = step
                 break
+
+        # Checkpoint: atomic, so a kill at any moment leaves the previous one intact.
+        if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < o.steps:
+            log.flush(o.clip_norm)
+            save_checkpoint(run_dir, trial.record, state)
     bar.close()
     loop_time = time.perf_counter() - t_loop
-    steps_done = len(log.loss) if diverged_reason else step
+    steps_done = state.step
     first = log.flush(o.clip_norm)
     trial.tracker.log_steps(first + 1, log.loss[first:], log.grad_norm[first:], log.clipped[first:], log.lr[first:])
 
-    stability = summarize(log, probes, warmup, st.spike_factor, st.spike_window, diverged_reason is not None)
+    stability = summarize(log, probes, burn_in(cfg), st.spike_factor, st.spike_window, diverged is not None)
     result = {
-        "status": "diverged" if diverged_reason else "pruned" if pruned_at else "ok",
-        "diverged_at": diverged_at,
+        "status": "diverged" if diverged else "pruned" if pruned_at else "ok",
+        "diverged_at": diverged[0] if diverged else None,
         "pruned_at": pruned_at,
-        "diverged_reason": diverged_reason,
+        "diverged_reason": diverged[1] if diverged else None,
         "steps_completed": steps_done,
-        "steps_per_s": steps_done / loop_time if loop_time > 0 else None,
+        "resumed_from_step": start_step or None,
+        "steps_per_s": (steps_done - start_step) / loop_time if loop_time > 0 else None,
         "params": count_params(model),
         "metrics": {
             "final_loss": log.loss[-1] if log.loss else None,
@@ -263,11 +328,15 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
     if run_dir is not None and result["status"] == "ok" and cfg.eval.samples > 0:
         result["samples_png"] = save_samples(cfg, model, ema, diffusion, result["metrics"],
                                              images.shape[1], device, run_dir)
-    if run_dir is not None and trial.save_checkpoint:
-        atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer":
-                           optimizer.state_dict(), "step": steps_done}, run_dir / "checkpoint.pt")
-        result["checkpoint"] = str(run_dir / "checkpoint.pt")
+    if run_dir is not None and (trial.save_checkpoint or cfg.checkpoint_every):
+        save_checkpoint(run_dir, trial.record, state)
+        result["checkpoint"] = str(run_dir / CHECKPOINT)
     return result
+
+
+def save_checkpoint(run_dir: Path, record: dict, state: LoopState) -> None:
+    head = {k: record[k] for k in ("run_id", "config_hash", "seed", "created_at")}
+    atomic_torch_save({"record_head": head, "loop": state.state_dict()}, run_dir / CHECKPOINT)
 
 
 def weight_sets(model: nn.Module, ema: MultiEMA):
