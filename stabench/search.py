@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize uses; we ask/tell
 from optuna.trial import TrialState
 
 from .config import config_hash
@@ -128,8 +129,14 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     return cls(**p.options)
 
 
+HEARTBEAT_INTERVAL_S = int(os.environ.get("STABENCH_HEARTBEAT_S", "60"))
+HEARTBEAT_GRACE_S = int(os.environ.get("STABENCH_HEARTBEAT_GRACE_S", "180"))
+MAX_RETRY = 2  # a trial whose worker died is retried this many times (RDB storages, via heartbeats)
+
+
 def make_storage(url: str | None, study_name: str) -> tuple[optuna.storages.BaseStorage, str]:
-    """Journal file by default (safe for several local processes); any RDB URL otherwise."""
+    """Journal file by default (safe for several local processes); any RDB URL otherwise, with heartbeats:
+    a trial whose worker stops beating for HEARTBEAT_GRACE_S is marked FAIL and retried (up to MAX_RETRY)."""
     if url is None:
         DEFAULT_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
         url = str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
@@ -142,7 +149,11 @@ def make_storage(url: str | None, study_name: str) -> tuple[optuna.storages.Base
 
         return JournalStorage(JournalFileBackend(str(path))), str(path)
     try:
-        return optuna.storages.RDBStorage(url), url
+        storage = optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY),
+            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        return storage, url
     except Exception as e:  # bad dialect, unreachable server, ...
         raise UserError(f"--storage: cannot open '{url}': {type(e).__name__}: {e}. Allowed: a journal file "
                         "path, or an RDB URL such as postgresql://user:pw@host/db") from None
@@ -249,6 +260,7 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
     study.sampler = make_sampler(space, seed_offset=1000 * len(study.trials) + worker)
     fails_at_start, started = counts(study)["fail"], time.monotonic()
     while True:
+        optuna.storages.fail_stale_trials(study)  # RDB: trials of dead workers -> FAIL -> retried
         with sweep_lock(store, sweep):
             c = counts(study)
             if c["complete"] + c["pruned"] + c["running"] >= n_trials:
@@ -260,7 +272,8 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
                 log(f"[{sweep}] stopping: timeout of {timeout_s:g}s reached")
                 break
             trial = study.ask()
-        state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking)
+        with get_heartbeat_thread(trial._trial_id, study._storage):  # no-op for journal files
+            state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking)
         shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values)) if values else ""
         log(f"trial {trial.number} {state.name.lower()} {shown}  {progress_line(study, n_trials, space)}")
 
