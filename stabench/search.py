@@ -15,6 +15,7 @@ import math
 import multiprocessing as mp
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,10 +150,12 @@ def make_storage(url: str | None, study_name: str) -> tuple[optuna.storages.Base
 
         return JournalStorage(JournalFileBackend(str(path))), str(path)
     try:
-        storage = optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
         return storage, url
     except Exception as e:  # bad dialect, unreachable server, ...
         raise UserError(f"--storage: cannot open '{url}': {type(e).__name__}: {e}. Allowed: a journal file "
