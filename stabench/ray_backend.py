@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
     run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=max_failures),
                                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
-                                callbacks=[ProgressCallback(name, n_trials, space, log)])
+                                callbacks=[progress := ProgressCallback(name, n_trials, space, log)])
     experiment = str(Path(storage) / name) if "://" not in storage else f"{storage}/{name}"
     if resume and tune.Tuner.can_restore(experiment):
         log(f"[{name}] restoring Ray Tune experiment from {experiment}")
@@ -198,7 +199,7 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
             search_alg=searcher, scheduler=scheduler, num_samples=n_trials,
             metric=metrics[0] if single else None, mode=modes[0] if single else None))
     results = tuner.fit()
-    return summarize_results(results, space)
+    return {**summarize_results(results, space), "trial_started_unix": progress.started_unix}
 
 
 def summarize_results(results, space: SearchSpace) -> dict:
@@ -221,6 +222,10 @@ class ProgressCallback(tune.Callback):
     def __init__(self, name: str, n_trials: int, space: SearchSpace, log):
         self.name, self.n_trials, self.space, self.log = name, n_trials, space, log
         self.best: float | None = None
+        self.started_unix: dict[str, float] = {}  # driver-side start of each trial (overhead benchmark)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started_unix[trial.trial_id] = time.time()
 
     def _line(self, trials) -> str:
         states = [t.status for t in trials]

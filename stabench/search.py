@@ -218,8 +218,8 @@ def optuna_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int, i
 
 def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, store: Store,
                          sweep: str, tracking: TrackingSettings | None = None) -> tuple[TrialState, list[float] | None]:
-    runner = ConfigRun(space, store, {"sweep": sweep, "backend": "optuna", "trial_number": trial.number},
-                       optuna_reporter(trial, space), tracking)
+    runner = ConfigRun(space, store, {"sweep": sweep, "backend": "optuna", "trial_number": trial.number,
+                                      "scheduled_unix": time.time()}, optuna_reporter(trial, space), tracking)
     try:
         values = runner.run(suggest(trial, space))
         if runner.reused:

@@ -266,6 +266,8 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
         x0 = next(state.batches)
         t = torch.randint(0, diffusion.T, (len(x0),), generator=state.noise_gen, device=device)
         noise = torch.randn(x0.shape, generator=state.noise_gen, device=device)
+        if step == start_step + 1:
+            trial.record["first_step_unix"] = time.time()  # backends' start-up overhead ends here
         loss, grad_norm = optimization_step(model, diffusion, state.optimizer, x0, t, noise, o.clip_norm)
         ema.update()
         log.append(loss, grad_norm, lr)
