@@ -125,7 +125,9 @@ def print_summary(record: dict) -> None:
     rows = [("steps", record.get("steps_completed")), ("steps/s", record.get("steps_per_s")),
             ("probe loss", f"{m.get('initial_probe_loss', float('nan')):.4f} -> "
                            f"{m.get('final_probe_loss', float('nan')):.4f}" if m else None),
-            ("best weights", m.get("best_weights")), ("instability", m.get("instability")),
+            ("best weights", m.get("best_weights")),
+            *[(k, m[k]) for k in ("fid_digits", "kid_digits", "fid", "kid", "fid_digits_floor", "fid_floor") if k in m],
+            ("instability", m.get("instability")),
             ("grad norm cv", m.get("grad_norm_cv")), ("grad spikes / 1k", m.get("grad_spike_rate")),
             ("clip frac", m.get("clip_frac")), ("probe loss osc", m.get("probe_loss_osc")),
             ("feature norm max", m.get("feature_norm_max")),

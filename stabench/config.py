@@ -105,9 +105,14 @@ class EvalConfig(_Section):
     every: int = Field(500, ge=1, description="evaluate EMA/raw weights every N steps (and at the end)")
     probe_every: int = Field(25, ge=1, description="stability probe every N steps")
     probe_size: int = Field(64, ge=1, description="images in the fixed probe batch")
-    samples: int = Field(64, ge=0, description="samples generated at the end (grid PNG)")
+    samples: int = Field(500, ge=0, description="samples per weight set and eval point for FID/KID (0: no scoring)")
     sampler: Literal["ddim", "ddpm"] = "ddim"
     sampler_steps: int = Field(50, ge=1)
+    extractor: Literal["auto", "digits", "inception"] = Field(
+        "auto", description="FID/KID features; auto: the digits CNN for digits, Inception otherwise")
+    inception_weights: str | None = Field(None, description="local torch-fidelity Inception weights file")
+    grid: int = Field(64, ge=0, description="samples in the PNG grid saved at the end")
+
 
 
 class StabilityConfig(_Section):
@@ -144,6 +149,13 @@ class TrialConfig(_Section):
             data = {**data, "model": {**model, "norm": "layer" if backbone == "uvit" else "group"}}
         return data
 
+    @property
+    def extractor(self) -> str:
+        """The FID/KID extractor this trial uses ('digits' or 'inception')."""
+        if self.eval.extractor != "auto":
+            return self.eval.extractor
+        return "digits" if self.workload.dataset == "digits" else "inception"
+
     @model_validator(mode="after")
     def _check_combinations(self) -> TrialConfig:
         if self.workload.backbone == "uvit" and self.model.norm == "group":
@@ -152,6 +164,8 @@ class TrialConfig(_Section):
             raise ValueError(f"workload.root: required for dataset '{self.workload.dataset}'")
         if self.workload.dataset == "digits" and self.workload.resolution not in (8, 16):
             raise ValueError(f"workload.resolution: digits supports 8 or 16, got {self.workload.resolution}")
+        if self.eval.extractor == "digits" and self.workload.dataset != "digits":
+            raise ValueError("eval.extractor: 'digits' scores only the digits workload; allowed here: auto, inception")
         if self.diffusion.schedule == "linear" and self.diffusion.beta_start >= self.diffusion.beta_end:
             raise ValueError("diffusion.beta_start must be below diffusion.beta_end")
         return self
@@ -159,6 +173,7 @@ class TrialConfig(_Section):
 
 # Keys that do not change what a trial computes: excluded from config_hash.
 NON_RESULT_KEYS = ("seed", "device", "checkpoint_every")
+NON_RESULT_LEAVES = (("eval", "inception_weights"),)  # where a file lives does not change the result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +329,8 @@ def config_to_dict(cfg: TrialConfig) -> dict:
 def config_hash(cfg: TrialConfig) -> str:
     """sha256 over every key that affects the result (not the seed, not the device)."""
     data = {k: v for k, v in config_to_dict(cfg).items() if k not in NON_RESULT_KEYS}
+    for section, leaf in NON_RESULT_LEAVES:
+        data[section].pop(leaf, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -110,6 +110,12 @@ class Trial:
         self.record = new_record(cfg, self.device)
         self.record["tags"] = dict(tags or {})
         self.run_dir = Path(out_dir) / self.record["run_id"] if out_dir is not None else None
+        self.scorer = None
+        if cfg.eval.samples > 0:  # FID/KID against the held-out split; a missing Inception file fails here
+            from .scoring import ReferenceScorer
+
+            self.scorer = ReferenceScorer(cfg.extractor, load_images(cfg.workload, "test"), cfg.workload.dataset,
+                                          cfg.workload.resolution, "test", cfg.eval.inception_weights)
         self.resume_state = None
         if resume_dir is not None:  # continue an interrupted trial: same run id, same directory
             self.resume_state = load_checkpoint(Path(resume_dir), cfg)
@@ -256,7 +262,7 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
         record_probe(0)
     bar = tqdm(total=o.steps, initial=state.step, desc="train", unit="step", disable=not trial.progress,
                dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0)  # few lines in CI logs
-    t_loop, start_step = time.perf_counter(), state.step
+    t_loop, start_step, eval_time = time.perf_counter(), state.step, 0.0
     model.train()
     for step in range(state.step + 1, o.steps + 1):
         # One optimisation step: warm-up lr, weighted loss, clip between backward and step, EMA.
@@ -288,7 +294,9 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
 
         # Evaluation: every weight set (raw and each EMA beta) on the probe batch.
         if step % cfg.eval.every == 0 or step == o.steps:
-            evals.append(evaluate(model, ema, probe, diffusion, step))
+            t_eval = time.perf_counter()
+            evals.append(evaluate(trial, model, ema, probe, diffusion, step))
+            eval_time += time.perf_counter() - t_eval
             trial.tracker.log_eval(evals[-1])
             yield evals[-1]
             if trial.stop_requested and step < o.steps:
@@ -313,23 +321,23 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
         "diverged_reason": diverged[1] if diverged else None,
         "steps_completed": steps_done,
         "resumed_from_step": start_step or None,
-        "steps_per_s": (steps_done - start_step) / loop_time if loop_time > 0 else None,
+        "steps_per_s": (steps_done - start_step) / (loop_time - eval_time) if loop_time > eval_time else None,
+        "eval_time_s": eval_time,
         "params": count_params(model),
         "metrics": {
             "final_loss": log.loss[-1] if log.loss else None,
             "initial_probe_loss": probes["probe_loss"][0],
             "final_probe_loss": probes["probe_loss"][-1],
             **stability,
-            **best_ema(evals),
+            **best_weights(evals, trial.scorer),
         },
         "evals": evals,
         "curves": downsample({"step": list(range(1, len(log.loss) + 1)), "loss": log.loss,
                               "grad_norm": log.grad_norm, "clipped": log.clipped, "lr": log.lr}),
         "probes": probes,
     }
-    if run_dir is not None and result["status"] == "ok" and cfg.eval.samples > 0:
-        result["samples_png"] = save_samples(cfg, model, ema, diffusion, result["metrics"],
-                                             images.shape[1], device, run_dir)
+    if run_dir is not None and result["status"] == "ok" and cfg.eval.grid > 0:
+        result["samples_png"] = save_grid(trial, model, ema, diffusion, result["metrics"], run_dir)
     if run_dir is not None and (trial.save_checkpoint or cfg.checkpoint_every):
         save_checkpoint(run_dir, trial.record, state)
         result["checkpoint"] = str(run_dir / CHECKPOINT)
@@ -348,38 +356,67 @@ def weight_sets(model: nn.Module, ema: MultiEMA):
         yield f"ema_{beta:g}", ema.copy_to(model, beta)
 
 
-def evaluate(model: nn.Module, ema: MultiEMA, probe: Probe, diffusion: Diffusion, step: int) -> dict:
-    losses = {name: probe.measure(m, diffusion, features=False)["probe_loss"] for name, m in
-              weight_sets(model, ema)}
-    return {"step": step, "probe_loss": losses}
+def generate(trial: Trial, net: nn.Module, diffusion: Diffusion, n: int, chunk: int = 500) -> torch.Tensor:
+    """`n` samples from `net` with the configured sampler and a fixed seed (the same noise at every eval)."""
+    cfg = trial.cfg
+    g = torch.Generator(device=trial.device).manual_seed(stream_seed(cfg.seed, "samples"))
+    shape = (trial.images.shape[1], cfg.workload.resolution, cfg.workload.resolution)
+    was_training = net.training
+    net.eval()
+    out = [diffusion.sample(net, (min(chunk, n - i), *shape), cfg.eval.sampler_steps, g, cfg.eval.sampler,
+                            trial.device).cpu() for i in range(0, n, chunk)]
+    net.train(was_training)
+    return torch.cat(out)
 
 
-def best_ema(evals: list[dict]) -> dict:
-    """The weight set with the lowest probe loss at the last evaluation."""
+def evaluate(trial: Trial, model: nn.Module, ema: MultiEMA, probe: Probe, diffusion: Diffusion, step: int) -> dict:
+    """Probe loss, and FID/KID of `eval.samples` samples, for the raw weights and each EMA beta."""
+    entry: dict = {"step": step, "probe_loss": {}}
+    for name, net in weight_sets(model, ema):
+        entry["probe_loss"][name] = probe.measure(net, diffusion, features=False)["probe_loss"]
+        if trial.scorer is not None:
+            samples = generate(trial, net, diffusion, trial.cfg.eval.samples)
+            scores = trial.scorer.score(samples)
+            for key in (trial.scorer.fid_key, trial.scorer.kid_key):
+                entry.setdefault(key, {})[name] = scores[key]
+            entry["n_samples"] = len(samples)
+    return entry
+
+
+def best_weights(evals: list[dict], scorer=None) -> dict:
+    """The best weight set at the last evaluation (by FID when scored, else by probe loss), its values,
+    the best probe loss, and the FID's area under the curve over training (mean over eval points)."""
     if not evals:
         return {}
-    last = {k: v for k, v in evals[-1]["probe_loss"].items() if math.isfinite(v)}
-    if not last:
-        return {}
-    name = min(last, key=last.get)
-    return {"best_weights": name, "best_probe_loss": last[name]}
+    last = evals[-1]
+    probe = {k: v for k, v in last["probe_loss"].items() if math.isfinite(v)}
+    out: dict = {"best_probe_loss": min(probe.values())} if probe else {}
+    if scorer is not None and scorer.fid_key in last:
+        fid = {k: v for k, v in last[scorer.fid_key].items() if math.isfinite(v)}
+        if fid:
+            name = min(fid, key=fid.get)
+            best_per_eval = [min(e[scorer.fid_key].values()) for e in evals]
+            out.update({"best_weights": name, scorer.fid_key: fid[name], scorer.kid_key: last[scorer.kid_key][name],
+                        f"{scorer.fid_key}_auc": sum(best_per_eval) / len(best_per_eval),
+                        f"{scorer.fid_key}_floor": scorer.floor(), "fid_samples": trial_samples(evals)})
+            return out
+    if probe:
+        out["best_weights"] = min(probe, key=probe.get)
+    return out
 
 
-def save_samples(cfg: TrialConfig, model: nn.Module, ema: MultiEMA, diffusion: Diffusion, metrics: dict,
-                 channels: int, device: torch.device, run_dir: Path) -> str:
-    """A grid of `eval.samples` samples from the best weight set, with a fixed sampler seed."""
+def trial_samples(evals: list[dict]) -> int | None:
+    return evals[-1].get("n_samples")
+
+
+def save_grid(trial: Trial, model: nn.Module, ema: MultiEMA, diffusion: Diffusion, metrics: dict,
+              run_dir: Path) -> str:
+    """A PNG grid of `eval.grid` samples from the best weight set, with the fixed sampler seed."""
     from torchvision.utils import save_image
 
     name = metrics.get("best_weights", "raw")
     net = model if name == "raw" else ema.copy_to(model, float(name.removeprefix("ema_")))
-    was_training = net.training
-    net.eval()
-    g = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "samples"))
-    res = cfg.workload.resolution
-    x = diffusion.sample(net, (cfg.eval.samples, channels, res, res), cfg.eval.sampler_steps, g,
-                         cfg.eval.sampler, device)
-    net.train(was_training)
+    x = generate(trial, net, diffusion, trial.cfg.eval.grid)
     path = run_dir / "samples.png"
-    save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(cfg.eval.samples))), padding=1)
+    save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(len(x)))), padding=1)
     return str(path)
-

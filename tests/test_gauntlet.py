@@ -71,7 +71,8 @@ CASES = [
     ("space-no-choices", lambda t: ["sweep", space(t, space={"lsc.mode": {"type": "categorical", "choices": []}})],
      ["space.lsc.mode", "at least one choice"]),
     ("space-orphan-conditional", lambda t: ["sweep", space(t, space={"kappa": {
-        "type": "float", "low": 0.5, "high": 0.9, "when": {"lsc.mode": ["constant"]}}})], ["space.kappa.when", "parent"]),
+        "type": "float", "low": 0.5, "high": 0.9, "when": {"lsc.mode": ["constant"]}}})],
+     ["space.kappa.when", "parent"]),
     ("space-unknown-key", lambda t: ["sweep", space(t, space={"lsc.kapa": {"type": "float", "low": 0.5, "high": 0.9}})],
      ["space.lsc.kapa", "unknown"]),
     ("space-fixed-and-searched", lambda t: ["sweep", space(t, fixed={**TINY, "optim.lr": 0.001},

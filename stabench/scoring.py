@@ -1,0 +1,285 @@
+"""Sample quality: FID and KID computed by torch-fidelity, with reference statistics cached on disk.
+
+Nothing here knows about configs: callers pass image tensors in [-1, 1] and names. Two extractors:
+
+- `digits`: stabench's small CNN (`stabench.extractor`, torch-fidelity name `digits-cnn`), penultimate
+  features. Keys `fid_digits`, `kid_digits`, `kid_digits_std`.
+- `inception`: torch-fidelity's `inception-v3-compat` (standard FID) from a LOCAL weights file, never
+  downloaded. Keys `fid`, `kid`, `kid_std`.
+
+The extractor is part of every metric key, so numbers from the two can never be mixed up.
+
+Reference features and FID statistics are cached by torch-fidelity under `cache_dir` (default
+`$STABENCH_CACHE/fidelity`, else `~/.cache/stabench/fidelity`). torch-fidelity's own cache key is the
+input name plus the extractor name only (not its weights, not the sample count), so stabench names each
+reference itself: `reference_name(...)` (dataset, resolution, split, extractor, weights hash) plus the
+reference's size and a hash of its pixels and of the extractor weights, so a stale entry is never read.
+
+torch_fidelity (slow to import) and stabench.extractor are imported on first use, so the CLI can call
+`resolve_inception_weights` to fail fast before training without paying for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .errors import UserError
+from .record import atomic_write_text
+
+EXTRACTORS = ("digits", "inception")
+INCEPTION_ENV = "STABENCH_INCEPTION_WEIGHTS"
+CACHE_ENV = "STABENCH_CACHE"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3 (0.4.0), quoted so the error needs no import.
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size
+
+
+# ---------------------------------------------------------------------------------------------
+# Images in torch-fidelity's format
+# ---------------------------------------------------------------------------------------------
+
+def images_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) floats in [-1, 1] -> (N, 3, H, W) uint8 on the CPU; grayscale repeated to 3 channels.
+
+    Non-finite pixels (a diverged model's samples) become mid-gray or the clamped extreme instead of
+    crashing the evaluation: such samples simply score badly.
+    """
+    assert x.dim() == 4 and x.shape[1] in (1, 3), f"expected (N, 1 or 3, H, W) images, got {tuple(x.shape)}"
+    x = torch.nan_to_num(x.detach().float().cpu(), nan=0.0).clamp(-1.0, 1.0)
+    u8 = ((x + 1.0) * 127.5).round().to(torch.uint8)
+    return u8.repeat(1, 3, 1, 1) if u8.shape[1] == 1 else u8.contiguous()
+
+
+class ImageDataset(Dataset):
+    """uint8 (N, 3, H, W) images; item i is one 3xHxW uint8 tensor, as torch-fidelity requires."""
+
+    def __init__(self, images: torch.Tensor):
+        assert images.dtype == torch.uint8 and images.dim() == 4 and images.shape[1] == 3, images.shape
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# Extractors
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Extractor:
+    """One torch-fidelity feature extractor, its weights file, and the suffix its metric keys carry."""
+
+    name: str  # stabench's name: "digits" | "inception"
+    fidelity_name: str  # torch-fidelity's registered name
+    feature_layer: str  # features used for both FID and KID
+    weights_path: Path
+    key_suffix: str  # "_digits" -> fid_digits; "" -> fid
+    batch_size: int = 64
+
+    @property
+    def weights_sha(self) -> str:
+        return file_sha256(self.weights_path)[:16]
+
+    def key(self, metric: str) -> str:
+        """'fid' -> 'fid_digits' for the digits extractor, 'fid' for inception."""
+        return f"{metric}{self.key_suffix}"
+
+    def reference_name(self, dataset: str, resolution: int, split: str) -> str:
+        return reference_name(dataset, resolution, split, self.fidelity_name, self.weights_sha)
+
+    def fidelity_kwargs(self) -> dict:
+        return dict(feature_extractor=self.fidelity_name, feature_layer_fid=self.feature_layer,
+                    feature_layer_kid=self.feature_layer, feature_extractor_weights_path=str(self.weights_path))
+
+
+def get_extractor(name: str = "digits", inception_weights: str | Path | None = None,
+                  digits_weights: str | Path | None = None) -> Extractor:
+    """The extractor called `name` ('digits' or 'inception'), registered with torch-fidelity and ready to use."""
+    if name == "digits":
+        from . import extractor as digits  # imports torch_fidelity
+
+        return Extractor("digits", digits.register(), digits.FEATURE_LAYER, Path(digits_weights or digits.WEIGHTS_PATH),
+                         key_suffix="_digits", batch_size=500)
+    if name == "inception":
+        # pool3 features, the standard FID layer
+        return Extractor("inception", "inception-v3-compat", "2048", resolve_inception_weights(inception_weights),
+                         key_suffix="")
+    raise UserError(f"eval.extractor: unknown extractor '{name}'; allowed: {', '.join(EXTRACTORS)}")
+
+
+def _inception_help(problem: str) -> str:
+    return (f"{problem}. FID with the 'inception' extractor needs torch-fidelity's InceptionV3 weights file "
+            f"{INCEPTION_FILE}, which is never downloaded at run time. Download it on a machine with internet "
+            f"from {INCEPTION_URL} and pass its path with --inception-weights PATH, the config key "
+            f"eval.inception_weights, or the environment variable {INCEPTION_ENV}=PATH.")
+
+
+def resolve_inception_weights(path: str | Path | None = None) -> Path:
+    """The local InceptionV3 weights file: `path`, else $STABENCH_INCEPTION_WEIGHTS; UserError if neither exists.
+
+    Cheap (no torch-fidelity import): call it before training so a missing file fails fast.
+    """
+    source = "--inception-weights / eval.inception_weights"
+    if not path:
+        path, source = os.environ.get(INCEPTION_ENV) or None, f"${INCEPTION_ENV}"
+    if not path:
+        raise UserError(_inception_help("eval.inception_weights: no Inception weights file given"))
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise UserError(_inception_help(f"eval.inception_weights: Inception weights file '{resolved}' "
+                                        f"(from {source}) does not exist"))
+    return resolved
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, memoised per (path, size, mtime): the Inception weights are ~100 MB."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache names
+# ---------------------------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    """$STABENCH_CACHE/fidelity, else ~/.cache/stabench/fidelity."""
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else Path.home() / ".cache" / "stabench").expanduser() / "fidelity"
+
+
+def reference_name(dataset: str, resolution: int, split: str, extractor: str, weights_sha: str) -> str:
+    """A readable cache name for a reference set, e.g. 'digits-8px-test-digits-cnn-64df0185c66a'."""
+    name = f"{dataset}-{resolution}px-{split}-{extractor}-{weights_sha[:12]}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)  # becomes part of a file name
+
+
+def _cache_name(name: str, reference: torch.Tensor, ext: Extractor) -> str:
+    """`name` plus the reference size and a hash of its pixels and the extractor weights.
+
+    torch-fidelity keys its cache by the name alone; this makes a different reference tensor (a
+    subset, another folder dataset, a changed loader) or other weights a different entry.
+    """
+    h = hashlib.sha256(f"{tuple(reference.shape)} {ext.fidelity_name} {ext.weights_sha}".encode())
+    h.update(reference.numpy().tobytes())
+    return f"{name}-n{len(reference)}-{h.hexdigest()[:12]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+def kid_subset_size(n_samples: int, n_reference: int) -> int:
+    """torch-fidelity refuses a KID subset larger than either input."""
+    return min(n_samples, n_reference, KID_MAX_SUBSET)
+
+
+def _calculate(images: torch.Tensor, reference: torch.Tensor, ext: Extractor, cache_name: str | None,
+               cache_dir: Path, kid_subsets: int) -> dict:
+    """One torch-fidelity call on uint8 images; the reference's features are cached when it has a name."""
+    import torch_fidelity
+
+    if min(len(images), len(reference)) < 2:
+        raise UserError(f"FID/KID need at least 2 images on each side, got {len(images)} samples "
+                        f"and {len(reference)} reference images")
+    m = torch_fidelity.calculate_metrics(
+        input1=ImageDataset(images), input2=ImageDataset(reference), input2_cache_name=cache_name,
+        cache=True, cache_root=str(cache_dir), fid=True, kid=True, kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size(len(images), len(reference)), batch_size=ext.batch_size,
+        cuda=torch.cuda.is_available(), save_cpu_ram=True,  # no DataLoader worker processes for in-memory images
+        verbose=False, **ext.fidelity_kwargs())
+    return {ext.key("fid"): m[torch_fidelity.KEY_METRIC_FID], ext.key("kid"): m[torch_fidelity.KEY_METRIC_KID_MEAN],
+            ext.key("kid") + "_std": m[torch_fidelity.KEY_METRIC_KID_STD], "extractor": ext.fidelity_name,
+            "kid_subset_size": kid_subset_size(len(images), len(reference))}
+
+
+def _resolve(extractor: str | Extractor, inception_weights: str | Path | None) -> Extractor:
+    return extractor if isinstance(extractor, Extractor) else get_extractor(extractor, inception_weights)
+
+
+def score(samples: torch.Tensor, reference: torch.Tensor, reference_name: str, extractor: str | Extractor = "digits",
+          inception_weights: str | Path | None = None, cache_dir: str | Path | None = None,
+          kid_subsets: int = 100) -> dict:
+    """FID and KID of `samples` against `reference` (both (N, C, H, W) in [-1, 1]) via torch-fidelity.
+
+    Returns e.g. {'fid_digits', 'kid_digits', 'kid_digits_std', 'n_samples', 'n_reference', 'extractor',
+    'kid_subset_size'}. The reference's features and statistics are computed once per cache entry.
+    """
+    ext = _resolve(extractor, inception_weights)
+    ref = images_to_uint8(reference)
+    cache_name = _cache_name(reference_name, ref, ext)
+    metrics = _calculate(images_to_uint8(samples), ref, ext, cache_name, Path(cache_dir or default_cache_dir()),
+                         kid_subsets)
+    return {**metrics, "n_samples": len(samples), "n_reference": len(reference)}
+
+
+def fid_floor(reference: torch.Tensor, reference_name: str, extractor: str | Extractor = "digits",
+              inception_weights: str | Path | None = None, cache_dir: str | Path | None = None,
+              seed: int = 0, splits: int = 5, kid_subsets: int = 100) -> dict:
+    """FID/KID between two disjoint, equal halves of the real data: the noise floor of the metric.
+
+    Averaged over `splits` seeded random halvings, since one halving alone is noisy. Returns the
+    mean as `fid_digits`/`kid_digits` (or `fid`/`kid`), the spread over splits as `*_std`, each split's
+    FID, and 'n_per_half'. Computed once and stored as JSON next to the cached reference statistics;
+    later calls read it. It is measured at half the reference size, and FID is biased upwards at small
+    sample counts, so compare it with FIDs of about that many samples.
+    """
+    ext = _resolve(extractor, inception_weights)
+    ref = images_to_uint8(reference)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    path = cache_dir / f"{_cache_name(reference_name, ref, ext)}-floor-seed{seed}x{splits}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    gen, half = torch.Generator().manual_seed(seed), len(ref) // 2
+    runs = []
+    for _ in range(splits):
+        perm = torch.randperm(len(ref), generator=gen)
+        runs.append(_calculate(ref[perm[:half]], ref[perm[half:2 * half]], ext, None, cache_dir, kid_subsets))
+    fid, kid = [r[ext.key("fid")] for r in runs], [r[ext.key("kid")] for r in runs]
+    result = {ext.key("fid"): statistics.mean(fid), ext.key("fid") + "_std": statistics.pstdev(fid),
+              ext.key("kid"): statistics.mean(kid), ext.key("kid") + "_std": statistics.pstdev(kid),
+              ext.key("fid") + "_splits": fid, "extractor": ext.fidelity_name, "n_per_half": half,
+              "splits": splits, "seed": seed, "reference": reference_name}
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+class ReferenceScorer:
+    """Scores sample batches of one trial against its workload's held-out reference split, with the
+    reference statistics cached on disk (computed by the first scoring, reused by every later one)."""
+
+    def __init__(self, extractor: str, reference: torch.Tensor, dataset: str, resolution: int, split: str = "test",
+                 inception_weights: str | Path | None = None, cache_dir: str | Path | None = None):
+        self.ext = get_extractor(extractor, inception_weights)
+        self.reference, self.cache_dir = reference, cache_dir
+        self.name = self.ext.reference_name(dataset, resolution, split)
+        self.fid_key, self.kid_key = self.ext.key("fid"), self.ext.key("kid")
+
+    def score(self, samples: torch.Tensor) -> dict:
+        return score(samples, self.reference, self.name, self.ext, cache_dir=self.cache_dir)
+
+    def floor(self) -> float:
+        return fid_floor(self.reference, self.name, self.ext, cache_dir=self.cache_dir)[self.fid_key]

@@ -1,0 +1,31 @@
+"""FID/KID wired into the trial's evaluation points."""
+
+import torch
+
+from stabench.diffusion import Diffusion
+from stabench.models import build_model
+from stabench.train import Trial, generate, run_trial
+from tests.conftest import tiny_config
+
+SCORED = ["lr=2e-3", "samples=200", "sampler_steps=20", "eval.every=100", "ema.betas=[0.99,0.999]", "batch_size=64",
+          "probe_every=25", "grid=16"]
+
+
+def test_trained_model_scores_better_than_its_step0_weights(tmp_path):
+    cfg = tiny_config(*SCORED, steps=300)
+    rec = run_trial(cfg, tmp_path)
+    assert rec["status"] == "ok"
+    m = rec["metrics"]
+    assert m["fid_digits"] > 0 and m["kid_digits"] is not None and m["fid_digits_floor"] > 0
+    assert [e["step"] for e in rec["evals"]] == [100, 200, 300]
+    for e in rec["evals"]:  # per eval point and per weight set
+        assert set(e["fid_digits"]) == set(e["kid_digits"]) == {"raw", "ema_0.99", "ema_0.999"}
+    assert m["fid_digits"] == min(rec["evals"][-1]["fid_digits"].values())
+    assert (tmp_path / rec["run_id"] / "samples.png").exists()
+
+    trial = Trial(cfg)  # the same sampler, seed and scorer, applied to the untrained weights
+    torch.manual_seed(cfg.seed)
+    untrained = build_model(cfg, 1)
+    diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting)
+    fid0 = trial.scorer.score(generate(trial, untrained, diffusion, 200))["fid_digits"]
+    assert m["fid_digits"] < 0.9 * fid0, (m["fid_digits"], fid0)
