@@ -227,19 +227,21 @@ def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None,
     print_sweep_summary(summary, space)
 
 
-def baseline_points(space) -> list[dict]:
-    """The baselines/*.yaml configs as points of this space (only for the same workload)."""
+def baseline_points(space) -> dict[str, dict]:
+    """The baselines/*.yaml configs as points of this space (same workload; baselines that land on the
+    same point as an earlier one are skipped)."""
     from .baselines import BASELINES_DIR
-    from .config import config_to_dict, load_config
+    from .config import build_config, config_to_dict, load_config
     from .search import baseline_params
 
-    points = []
-    for path in sorted(BASELINES_DIR.glob("*.yaml")):
+    points: dict[str, dict] = {}
+    workload = config_to_dict(build_config(space.base))["workload"]
+    for path in sorted(BASELINES_DIR.glob("*.yaml"), key=lambda p: (p.stem != "ddpm", p.stem)):
         cfg = config_to_dict(load_config(path))
-        if cfg["workload"] == space.base.get("workload", cfg["workload"]):
+        if cfg["workload"] == workload:
             params = baseline_params(space, cfg)
-            if params and params not in points:
-                points.append(params)
+            if params and params not in points.values():
+                points[path.stem] = params
     return points
 
 

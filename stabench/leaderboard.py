@@ -137,6 +137,8 @@ def label_of(rec: dict) -> str:
     tags = rec.get("tags") or {}
     if tags.get("baseline"):
         return tags["baseline"]
+    if tags.get("baseline_point"):  # a baseline's point inside a sweep's space (other fixed settings)
+        return f"{tags['baseline_point']}@{tags.get('sweep')}"
     if tags.get("sweep") is not None and tags.get("trial_number") is not None:
         return f"{tags['sweep']}#{tags['trial_number']}"
     return rec["config_hash"][:8]
@@ -264,7 +266,10 @@ def header_lines(lb: Leaderboard) -> list[str]:
     n_seeds = sorted({r["n"] for r in lb.rows})
     lines = [f"Metric: `{lb.metric}` (lower is better), from {lb.n_records} records in {len(lb.rows)} configs; "
              f"seeds per config: {', '.join(map(str, n_seeds)) or '–'}."]
-    if lb.baseline:
+    if lb.baseline and lb.target is None and not any(r["config"] == lb.baseline for r in lb.rows):
+        lines.append(f"Baseline `{lb.baseline}` has no records here: no deltas or speedups (run it into this store "
+                     "with `stabench baselines`, or pass --baseline with a label from the table).")
+    elif lb.baseline:
         lines.append(f"Baseline: `{lb.baseline}`; Δ is paired on shared seeds; target for steps-to-target = the "
                      f"baseline's median final {lb.metric} ({fmt(lb.target)}); ∞ = never reached (AlgoPerf).")
     if lb.floor is not None:

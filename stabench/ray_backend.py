@@ -145,7 +145,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
 def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None, n_trials: int | None = None,
                   address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                   max_concurrent: int | None = None, storage_path: str | None = None, resume: bool = False,
-                  max_failures: int = 3, baselines: list[dict] | None = None, num_cpus: int | None = None,
+                  max_failures: int = 3, baselines: dict[str, dict] | None = None, num_cpus: int | None = None,
                   tracking: TrackingSettings | None = None, log=print) -> dict:
     """Run (or restore) a sweep with Ray Tune; returns the best config(s)."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -180,7 +180,7 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
     single = len(metrics) == 1
     searcher = OptunaSearch(space=functools.partial(_define_by_run, space=space),
                             metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
-                            sampler=make_sampler(space), points_to_evaluate=baselines or None)
+                            sampler=make_sampler(space), points_to_evaluate=list((baselines or {}).values()) or None)
     if max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     # ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping.

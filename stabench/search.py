@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize uses; we ask/tell
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # as study.optimize; we ask/tell
 from optuna.trial import TrialState
 
 from .config import config_hash
@@ -218,8 +218,10 @@ def optuna_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int, i
 
 def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, store: Store,
                          sweep: str, tracking: TrackingSettings | None = None) -> tuple[TrialState, list[float] | None]:
-    runner = ConfigRun(space, store, {"sweep": sweep, "backend": "optuna", "trial_number": trial.number,
-                                      "scheduled_unix": time.time()}, optuna_reporter(trial, space), tracking)
+    tags = {"sweep": sweep, "backend": "optuna", "trial_number": trial.number, "scheduled_unix": time.time()}
+    if "baseline_point" in trial.user_attrs:
+        tags["baseline_point"] = trial.user_attrs["baseline_point"]
+    runner = ConfigRun(space, store, tags, optuna_reporter(trial, space), tracking)
     try:
         values = runner.run(suggest(trial, space))
         if runner.reused:
@@ -263,7 +265,10 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
     study.sampler = make_sampler(space, seed_offset=1000 * len(study.trials) + worker)
     fails_at_start, started = counts(study)["fail"], time.monotonic()
     while True:
-        optuna.storages.fail_stale_trials(study)  # RDB: trials of dead workers -> FAIL -> retried
+        if is_heartbeat_enabled(study._storage):  # RDB: trials of dead workers -> FAIL -> retried
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
         with sweep_lock(store, sweep):
             c = counts(study)
             if c["complete"] + c["pruned"] + c["running"] >= n_trials:
@@ -287,7 +292,7 @@ def _worker_entry(kwargs: dict) -> None:
 
 def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None,
                      storage_url: str | None = None, n_trials: int | None = None, workers: int = 1,
-                     resume: bool = False, max_failures: int = 3, baselines: list[dict] | None = None,
+                     resume: bool = False, max_failures: int = 3, baselines: dict[str, dict] | None = None,
                      tracking: TrackingSettings | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or continue) a sweep with Optuna; returns a summary with the best trial(s)."""
     name = study_name or space.name
@@ -297,8 +302,8 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
         retried = retry_interrupted(study)
         if retried:
             log(f"[{name}] resuming: {retried} interrupted trial(s) marked failed and queued again")
-    for params in baselines or []:
-        study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+    for baseline, params in (baselines or {}).items():  # named points first, labelled "<baseline>@<sweep>"
+        study.enqueue_trial(params, user_attrs={"baseline_point": baseline}, skip_if_exists=True)
     kwargs = dict(space=space, store_root=str(store.root), sweep=name, storage_url=storage_url,
                   n_trials=n_trials, max_failures=max_failures, timeout_s=space.budget.timeout_s, tracking=tracking)
     if workers <= 1:

@@ -68,12 +68,13 @@ def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
     space = space.model_copy(update={"pruner": space.pruner.model_copy(
         update={"options": {"n_startup_trials": 2, "n_warmup_steps": 0}})})
     store = Store(tmp_path / "store")
-    points = [{"optim.lr": 3e-3}, {"optim.lr": 2e-3}, {"optim.lr": 1e-9}]  # the last one cannot learn
+    points = {"a": {"optim.lr": 3e-3}, "b": {"optim.lr": 2e-3}, "frozen": {"optim.lr": 1e-9}}  # cannot learn
     summary = run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), baselines=points,
                                log=lambda s: None)
     assert summary["counts"]["pruned"] == 1 and summary["counts"]["complete"] == 2
     (pruned,) = [r for r in store.records(sweep="t") if r["status"] == "pruned"]
     assert pruned["config"]["optim"]["lr"] == 1e-9 and pruned["pruned_at"] == 10
+    assert pruned["tags"]["baseline_point"] == "frozen"
     assert pruned["steps_completed"] == 10 and pruned["metrics"]["instability"] is not None
 
 
