@@ -262,6 +262,31 @@ def print_sweep_summary(summary: dict, space) -> None:
 
 
 @main.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
+@click.option("--samples", type=click.IntRange(min=2), default=None, metavar="N",
+              help="Samples per weight set (default: the trial's eval.samples).")
+@click.option("--extractor", type=click.Choice(["digits", "inception"]), default=None,
+              help="Feature extractor (default: the trial's eval.extractor).")
+@click.option("--inception-weights", default=None, metavar="PATH",
+              help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (or $STABENCH_INCEPTION_WEIGHTS).")
+@click.pass_context
+def score(ctx: click.Context, run_dir: Path, samples: int | None, extractor: str | None,
+          inception_weights: str | None) -> None:
+    """Re-score a finished trial (raw and EMA weights) from its checkpoint; writes score-*.json beside it."""
+    from .train import rescore
+
+    try:
+        result = rescore(run_dir, samples, inception_weights, extractor)
+    except UserError as err:
+        _fail(err, ctx.obj["debug"])
+    for key, per_weights in result.items():
+        if isinstance(per_weights, dict):
+            click.echo(f"{key}: " + ", ".join(f"{w}={v:.4g}" for w, v in per_weights.items()))
+    click.echo(f"floor: {result[[k for k in result if k.endswith('_floor')][0]]:.4g}  "
+               f"({result['n_samples']} samples, step {result['step']})")
+
+
+@main.command(context_settings=CONTEXT)
 @click.argument("sweep_name", metavar="SWEEP")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
               help="How many of the sweep's best configs to confirm.")

@@ -420,3 +420,42 @@ def save_grid(trial: Trial, model: nn.Module, ema: MultiEMA, diffusion: Diffusio
     path = run_dir / "samples.png"
     save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(len(x)))), padding=1)
     return str(path)
+
+
+def rescore(run_dir: str | Path, samples: int | None = None, inception_weights: str | None = None,
+            extractor: str | None = None) -> dict:
+    """FID/KID of a finished trial's weights (raw and each EMA beta) from its checkpoint, with `samples`
+    samples; written to RUN_DIR/score-<extractor>-n<N>.json (the record itself is never rewritten)."""
+    import json
+
+    from .config import load_config
+
+    run_dir = Path(run_dir)
+    if run_dir.is_file():  # a checkpoint path was given
+        run_dir = run_dir.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"RUN_DIR: '{run_dir}' has no config.yaml; give a trial's directory from the store")
+    overrides = [f"eval.samples={samples}"] if samples else []
+    overrides += [f"eval.inception_weights={inception_weights}"] if inception_weights else []
+    overrides += [f"eval.extractor={extractor}"] if extractor else []
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    if cfg.eval.samples == 0:
+        raise UserError("--samples: give a sample count (the trial's config has eval.samples = 0)")
+    state_dict = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["loop"] \
+        if (run_dir / CHECKPOINT).is_file() else None
+    if state_dict is None:
+        raise UserError(f"RUN_DIR: no {CHECKPOINT} in '{run_dir}'; train with --checkpoint (or --checkpoint-every)")
+    trial = Trial(cfg)
+    diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(trial.device)
+    state = LoopState(trial, diffusion)
+    state.model.load_state_dict(state_dict["model"])
+    state.ema.load_state_dict(state_dict["ema"])
+    result: dict = {"run_dir": str(run_dir), "step": state_dict["step"], "n_samples": cfg.eval.samples,
+                    "extractor": cfg.extractor}
+    for name, net in weight_sets(state.model, state.ema):
+        scores = trial.scorer.score(generate(trial, net, diffusion, cfg.eval.samples))
+        for key in (trial.scorer.fid_key, trial.scorer.kid_key):
+            result.setdefault(key, {})[name] = scores[key]
+    result[f"{trial.scorer.fid_key}_floor"] = trial.scorer.floor()
+    atomic_write_text(run_dir / f"score-{cfg.extractor}-n{cfg.eval.samples}.json", json.dumps(result, indent=1) + "\n")
+    return result

@@ -29,3 +29,19 @@ def test_trained_model_scores_better_than_its_step0_weights(tmp_path):
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting)
     fid0 = trial.scorer.score(generate(trial, untrained, diffusion, 200))["fid_digits"]
     assert m["fid_digits"] < 0.9 * fid0, (m["fid_digits"], fid0)
+
+
+def test_score_command_rescores_a_finished_trial(tmp_path):
+    from click.testing import CliRunner
+
+    from stabench.cli import main
+
+    rec = run_trial(tiny_config("samples=0", "grid=0", steps=30), tmp_path, save_checkpoint=True)
+    result = CliRunner().invoke(main, ["score", str(tmp_path / rec["run_id"]), "--samples", "100"])
+    assert result.exit_code == 0, result.output
+    assert "fid_digits: raw=" in result.output and "ema_0.9999=" in result.output
+    assert (tmp_path / rec["run_id"] / "score-digits-n100.json").exists()
+    # without a checkpoint: a user error naming what to do
+    rec = run_trial(tiny_config("samples=0", "grid=0", steps=5), tmp_path)
+    result = CliRunner().invoke(main, ["score", str(tmp_path / rec["run_id"]), "--samples", "100"])
+    assert result.exit_code == 2 and "--checkpoint" in result.output
