@@ -45,7 +45,7 @@ def run_baselines_local(jobs: list[tuple[str, TrialConfig]], store: Store, log: 
         rec = store.find(config_hash(cfg), cfg.seed, sweep=SWEEP, baseline=name)
         if rec is None:
             rec = run_trial(cfg, store.root, progress=progress, tracking=tracking,
-                            tags={"sweep": SWEEP, "baseline": name, "backend": "optuna"})
+                            tags={"sweep": SWEEP, "baseline": name, "backend": "local"})
             log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: {rec['status']} ({rec['wall_time_s']:.0f}s)")
         else:
             log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: already in the store ({rec['run_id']})")

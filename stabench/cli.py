@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,26 @@ def _fail(err: UserError, debug: bool) -> None:
     if debug:
         raise err
     raise UserFacingError(str(err)) from None
+
+
+def inception_option(fn):
+    return click.option("--inception-weights", default=None, metavar="PATH", callback=_set_inception_env,
+                        expose_value=False, help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for the "
+                        "standard FID (same as $STABENCH_INCEPTION_WEIGHTS); nothing is downloaded.")(fn)
+
+
+def _set_inception_env(ctx, param, value):
+    if value:  # read by scoring.resolve_inception_weights, here and in Ray workers started from here
+        os.environ["STABENCH_INCEPTION_WEIGHTS"] = str(Path(value).absolute())
+    return value
+
+
+def check_scoring_inputs(cfg) -> None:
+    """Fail before training when the standard FID is requested and its weights file is missing."""
+    if cfg.eval.samples > 0 and cfg.extractor == "inception":
+        from .scoring import resolve_inception_weights
+
+        resolve_inception_weights(cfg.eval.inception_weights)
 
 
 def wandb_options(fn):
@@ -72,6 +93,7 @@ def main(ctx: click.Context, debug: bool) -> None:
                                       "RUN_DIR/config.yaml); the result equals an uninterrupted run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved config, then exit.")
+@inception_option
 @wandb_options
 @click.pass_context
 def train(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], seed: int | None, device: str | None,
@@ -92,6 +114,11 @@ def train(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], s
         if config is None and resume_dir is None:
             raise UserError("CONFIG: give a config file (or --resume RUN_DIR)")
         cfg = load_config(config or resume_dir / "config.yaml", extra)
+        if not dry_run:
+            from .data import check_available
+
+            check_available(cfg.workload)
+            check_scoring_inputs(cfg)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out: '{out}' exists and is not a directory")
     except UserError as err:
@@ -172,6 +199,7 @@ def print_summary(record: dict) -> None:
               help="[ray] Trials running at once (default: as many as resources allow).")
 @click.option("--storage-path", default=None, metavar="DIR_OR_URI",
               help="[ray] Where Ray Tune keeps experiment state (default results/ray).")
+@inception_option
 @wandb_options
 @click.pass_context
 def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None, n_trials: int | None,
@@ -197,11 +225,13 @@ def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None,
         space = load_space(space_file)
         store = Store(store_dir or DEFAULT_STORE)
         baselines = baseline_points(space) if with_baselines else []
+        from .space import trial_config
+
         if not address:  # on a cluster the data lives on the workers, not necessarily here
             from .data import check_available
-            from .space import trial_config
 
             check_available(trial_config(space, {}, space.seeds[0]).workload)
+        check_scoring_inputs(trial_config(space, {}, space.seeds[0]))
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     name = study or space.name
@@ -310,8 +340,11 @@ def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric:
             raise UserError(f"SWEEP: no records of sweep '{sweep_name}' in {store.root}")
     except UserError as err:
         _fail(err, ctx.obj["debug"])
-    records = run_confirm(store, sweep_name, metric, top, n_seeds,
-                          tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root))
+    try:
+        records = run_confirm(store, sweep_name, metric, top, n_seeds,
+                              tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root))
+    except UserError as err:
+        _fail(err, ctx.obj["debug"])
     click.echo(f"{len(records)} records for the top {top} configs of '{sweep_name}' "
                f"(run `stabench leaderboard --sweep {sweep_name}`)")
 
@@ -331,6 +364,7 @@ def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric:
               metavar="C", help="[ray] CPUs per trial.")
 @click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
               help="[ray] GPUs per trial.")
+@inception_option
 @wandb_options
 @click.pass_context
 def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: tuple[str, ...],
@@ -357,12 +391,17 @@ def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: 
 
             for workload in {c.workload for _, c in jobs}:
                 check_available(workload)
+        for _, c in jobs:
+            check_scoring_inputs(c)
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     click.echo(f"{len(names)} baselines x {len(seed_list)} seeds = {len(jobs)} trials -> {store.root}")
     tracking = tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root)
     if backend == "optuna":
-        run_baselines_local(jobs, store, tracking=tracking)
+        try:
+            run_baselines_local(jobs, store, tracking=tracking)
+        except UserError as err:
+            _fail(err, ctx.obj["debug"])
     else:
         from .config import config_hash
         from .ray_backend import run_ray_jobs

@@ -60,8 +60,16 @@ class DiffusionConfig(_Section):
 
 class WeightingConfig(_Section):
     kind: Literal["uniform", "snr", "min_snr", "max_snr", "p2", "cosine"] = "uniform"
-    gamma: float = Field(5.0, gt=0.0, description="min_snr/max_snr clamp; p2 exponent")
+    # None resolves per kind (KNOBS.md): 5 for min_snr/max_snr (Min-SNR-5), 1 for p2 (Choi et al.)
+    gamma: float | None = Field(None, gt=0.0, description="min_snr/max_snr clamp; p2 exponent")
     k: float = Field(1.0, gt=0.0, description="p2 offset")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_gamma_per_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("gamma") is None:
+            data = {**data, "gamma": 1.0 if data.get("kind") == "p2" else 5.0}
+        return data
 
 
 class OptimConfig(_Section):

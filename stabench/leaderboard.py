@@ -57,11 +57,17 @@ def steps_to_target(evals: list[tuple[int, float]], target: float) -> float:
     return math.inf
 
 
-def speedup(baseline_steps: list[float], steps: list[float]) -> float:
-    """Median baseline steps-to-target / median steps-to-target of this config (0 if it never gets there)."""
-    b, s = float(np.median(baseline_steps)), float(np.median(steps))
+def lower_median(values: list[float]) -> float:
+    """The median, taking the lower middle value for even counts (so [s, inf] gives s, not inf)."""
+    return float(np.quantile(np.asarray(values, dtype=np.float64), 0.5, method="lower"))
+
+
+def speedup(baseline_steps: list[float], steps: list[float]) -> float | None:
+    """Median baseline steps-to-target / median steps-to-target of this config: 0 if the config never
+    reaches the target, inf if only the baseline never does, None (undefined) if neither does."""
+    b, s = lower_median(baseline_steps), lower_median(steps)
     if math.isinf(s):
-        return 0.0
+        return None if math.isinf(b) else 0.0
     return math.inf if math.isinf(b) else b / s
 
 
@@ -73,6 +79,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
         dominated = any((q2 <= q and u2 <= u) and (q2 < q or u2 < u) for j, (q2, u2) in enumerate(points) if j != i)
         flags.append(math.isfinite(q) and math.isfinite(u) and not dominated)
     return flags
+
+
+def paired_delta(q: float, base: float) -> float | None:
+    """q - base on one seed; a diverged seed (inf) on one side gives -inf/+inf, on both sides None."""
+    if math.isinf(q) and math.isinf(base):
+        return None
+    return q - base
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float | None:
@@ -162,6 +175,7 @@ class Leaderboard:
     kendall_tau: float | None
     n_records: int
     floor: float | None
+    samples: list[int] = field(default_factory=list)
 
 
 def build_leaderboard(records: list[dict], metric: str, baseline: str | None = None) -> Leaderboard:
@@ -169,9 +183,9 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
     base = next((g for g in groups if g.label == baseline), None) if baseline else None
     base_q = base.by_seed(lambda r: record_quality(r, metric)) if base else {}
     finite_base = [v for v in base_q.values() if math.isfinite(v)]
-    target = float(np.median(finite_base)) if finite_base else None
-    base_steps = list(base.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target)).values()) \
-        if base and target is not None else []
+    target = lower_median(finite_base) if finite_base else None
+    base_steps = base.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target)) \
+        if base and target is not None else {}
 
     rows = []
     for g in groups:
@@ -186,17 +200,19 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
                "q_ci": bootstrap_ci(list(q.values())), "q_finite_mean": float(np.mean(finite_q)) if finite_q else None,
                "u_mean": u_mean, "u_std": u_std, "u_ci": bootstrap_ci(list(u.values()))}
         shared = sorted(set(q) & set(base_q)) if base else []
-        deltas = [q[s] - base_q[s] for s in shared]
-        row["delta"] = (float(np.mean(deltas)) if deltas and all(map(math.isfinite, deltas)) else
-                        (math.inf if deltas else None))
-        row["delta_ci"] = bootstrap_ci(deltas)
+        deltas = [paired_delta(q[s], base_q[s]) for s in shared]
+        finite_deltas = [d for d in deltas if d is not None and math.isfinite(d)]
+        row["delta"] = (float(np.mean(deltas)) if deltas and len(finite_deltas) == len(deltas) else
+                        (float(np.mean([d for d in deltas if d is not None])) if any(d is not None for d in deltas)
+                         else None))
+        row["delta_ci"] = bootstrap_ci(deltas) if len(finite_deltas) == len(deltas) else None
         row["delta_n"] = len(shared)
         if target is not None:
-            steps = list(g.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target)).values())
-            row["steps_to_target"] = float(np.median(steps))
-            row["speedup"] = speedup(base_steps, steps)
-            ratios = [speedup([b], [s]) for b, s in zip(base_steps, steps)] if len(steps) == len(base_steps) else []
-            row["speedup_ci"] = bootstrap_ci(ratios, stat=np.median) if ratios else None
+            steps = g.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target))
+            row["steps_to_target"] = lower_median(list(steps.values()))
+            row["speedup"] = speedup(list(base_steps.values()), list(steps.values()))
+            ratios = [speedup([base_steps[s]], [steps[s]]) for s in sorted(set(steps) & set(base_steps))]
+            row["speedup_ci"] = bootstrap_ci(ratios, stat=np.median) if ratios and None not in ratios else None
         row["knobs"] = knob_diff(g.config, base.config if base else None)
         rows.append(row)
 
@@ -208,8 +224,9 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
     for r, on_front in zip(rows, pareto_front([(r["q_mean"], r["u_mean"]) for r in rows])):
         r["pareto"] = on_front
     floors = [r["metrics"].get(f"{metric}_floor") for r in records if (r.get("metrics") or {}).get(f"{metric}_floor")]
+    samples = sorted({r["metrics"]["fid_samples"] for r in records if (r.get("metrics") or {}).get("fid_samples")})
     return Leaderboard(metric, baseline, rows, target, seed_half_tau(groups, metric), len(records),
-                       floors[0] if floors else None)
+                       floors[0] if floors else None, samples)
 
 
 def seed_half_tau(groups: list[ConfigGroup], metric: str) -> float | None:
@@ -265,7 +282,8 @@ def table(lb: Leaderboard) -> pl.DataFrame:
 def header_lines(lb: Leaderboard) -> list[str]:
     n_seeds = sorted({r["n"] for r in lb.rows})
     lines = [f"Metric: `{lb.metric}` (lower is better), from {lb.n_records} records in {len(lb.rows)} configs; "
-             f"seeds per config: {', '.join(map(str, n_seeds)) or '–'}."]
+             f"seeds per config: {', '.join(map(str, n_seeds)) or '–'}"
+             + (f"; {', '.join(map(str, lb.samples))} samples per FID/KID" if lb.samples else "") + "."]
     if lb.baseline and lb.target is None and not any(r["config"] == lb.baseline for r in lb.rows):
         lines.append(f"Baseline `{lb.baseline}` has no records here: no deltas or speedups (run it into this store "
                      "with `stabench baselines`, or pass --baseline with a label from the table).")

@@ -28,8 +28,9 @@ from .train import Trial
 DEFAULT_RAY_DIR = Path("results") / "ray"
 
 
-def _define_by_run(trial, space: SearchSpace) -> None:
-    suggest(trial, space)  # OptunaSearch captures the suggested values itself
+def _define_by_run(trial, space: SearchSpace) -> dict:
+    # OptunaSearch lays the returned dict over the values it captured: list-valued choices come back decoded
+    return suggest(trial, space)
 
 
 def metric_names(space: SearchSpace) -> list[str]:
@@ -129,8 +130,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
         return False
     if address:
         check_reachable(address)
+    env = {k: os.environ[k] for k in ("STABENCH_INCEPTION_WEIGHTS", "STABENCH_CACHE", "WANDB_MODE") if k in os.environ}
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                              "runtime_env": {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}}
+                              "runtime_env": {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **env}}}
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -184,8 +186,10 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
     if max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     # ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping.
-    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2) if single \
-        else FIFOScheduler()
+    base = trial_config(space, {}, space.seeds[0])
+    evals_per_seed = -(-base.optim.steps // base.eval.every)
+    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2,
+                              max_t=evals_per_seed * len(space.seeds)) if single else FIFOScheduler()
     run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=max_failures),
                                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),

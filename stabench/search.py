@@ -26,7 +26,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.trial import TrialState
 
 from .config import config_hash
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .space import CategoricalDist, SearchSpace, grid_values, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
@@ -82,13 +82,17 @@ class ConfigRun:
     tags: dict
     report: Callable[[int, int, dict], bool] | None = None  # (seed_index, step, eval entry) -> prune?
     tracking: TrackingSettings | None = None
+    after_seed: Callable[[int, dict], bool] | None = None  # (seed_index, record) -> prune? (Wilcoxon)
     records: list[dict] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)  # run ids found in the store instead of re-run
 
     def run(self, params: dict[str, Any]) -> list[float]:
         for i, seed in enumerate(self.space.seeds):
-            cfg = trial_config(self.space, params, seed)
-            rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"])
+            try:
+                cfg = trial_config(self.space, params, seed)
+            except ConfigError as e:  # values valid one by one but not together: this trial fails, the sweep goes on
+                raise TrialFailed(str(e)) from None
+            rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"], statuses=("ok", "diverged"))
             if rec is None:  # resumed sweeps (or a config sampled twice) do not re-run a finished seed
                 reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
                 rec = run_trial(cfg, self.store.root, reporter=reporter, tracking=self.tracking,
@@ -100,6 +104,8 @@ class ConfigRun:
                 raise TrialFailed(f"seed {seed}: {rec['error']['type']}: {rec['error']['message']}")
             if rec["status"] == "pruned":
                 raise TrialPruned(f"pruned at step {rec['pruned_at']}")
+            if self.after_seed is not None and i + 1 < len(self.space.seeds) and self.after_seed(i, rec):
+                raise TrialPruned(f"pruned after seed {seed}")
         return [sum(record_value(r, o.metric, o.direction) for r in self.records) / len(self.records)
                 for o in self.space.objectives]
 
@@ -216,12 +222,24 @@ def optuna_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int, i
     return report
 
 
+def wilcoxon_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int, dict], bool] | None:
+    """WilcoxonPruner compares per-instance values: report each seed's final value as one instance."""
+    if space.pruner.name != "wilcoxon" or len(space.objectives) > 1:
+        return None
+    o = space.objectives[0]
+
+    def after_seed(seed_index: int, record: dict) -> bool:
+        trial.report(record_value(record, o.metric, o.direction), seed_index)
+        return trial.should_prune()
+    return after_seed
+
+
 def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, store: Store,
                          sweep: str, tracking: TrackingSettings | None = None) -> tuple[TrialState, list[float] | None]:
     tags = {"sweep": sweep, "backend": "optuna", "trial_number": trial.number, "scheduled_unix": time.time()}
     if "baseline_point" in trial.user_attrs:
         tags["baseline_point"] = trial.user_attrs["baseline_point"]
-    runner = ConfigRun(space, store, tags, optuna_reporter(trial, space), tracking)
+    runner = ConfigRun(space, store, tags, optuna_reporter(trial, space), tracking, wilcoxon_reporter(trial, space))
     try:
         values = runner.run(suggest(trial, space))
         if runner.reused:
@@ -233,9 +251,12 @@ def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: Search
         trial.set_user_attr("error", str(e)[:500])
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL, None
+    except BaseException:  # anything else (Ctrl-C included): never leave the trial RUNNING in the study
+        study.tell(trial, state=TrialState.FAIL)
+        raise
     if space.pruner.name == "wilcoxon" and len(space.objectives) == 1:
-        for i, r in enumerate(runner.records):
-            trial.report(record_value(r, space.objectives[0].metric, space.directions[0]), i)
+        trial.report(record_value(runner.records[-1], space.objectives[0].metric, space.directions[0]),
+                     len(runner.records) - 1)
     study.tell(trial, values if len(values) > 1 else values[0])
     return TrialState.COMPLETE, values
 
@@ -375,7 +396,7 @@ def confirm(store: Store, sweep: str, metric: str, top: int, n_seeds: int,
         tags = {**(rep.get("tags") or {}), "job_type": "confirm"}
         for seed in range(n_seeds):
             cfg = build_config({**rep["config"], "seed": seed}, f"record {rep['run_id']}")
-            rec = store.find(rep["config_hash"], seed, sweep=sweep)
+            rec = store.find(rep["config_hash"], seed, sweep=sweep, statuses=("ok", "diverged"))
             if rec is None:
                 rec = run_trial(cfg, store.root, tags={**tags, "seed_index": seed}, tracking=tracking)
                 log(f"confirm #{rank} {rep['config_hash'][:8]} seed {seed}: {rec['status']} "

@@ -42,10 +42,16 @@ class Store:
             if all(rec.get("tags", {}).get(k) == v for k, v in tags.items()):
                 yield rec
 
-    def find(self, config_hash: str, seed: int, **tags) -> dict | None:
-        """A finished record (not `failed`) of this config and seed with these tags, if one exists."""
-        for rec in self.records(**tags):
-            if rec["config_hash"] == config_hash and rec["seed"] == seed and rec["status"] != "failed":
+    def find(self, config_hash: str, seed: int, statuses: tuple[str, ...] = ("ok", "diverged"), **tags) -> dict | None:
+        """A record of this config and seed with one of `statuses` and these tags, if one exists.
+        Run ids carry the hash prefix and seed, so only matching directories are read."""
+        for path in sorted(self.root.glob(f"*-{config_hash[:8]}-s{seed}-*/record.json")):
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if (rec["config_hash"] == config_hash and rec["seed"] == seed and rec["status"] in statuses
+                    and all(rec.get("tags", {}).get(k) == v for k, v in tags.items())):
                 return rec
         return None
 

@@ -80,12 +80,13 @@ class DivergenceDetector:
 
 @torch.no_grad()
 def feature_norms(features: dict) -> dict:
-    """ScaleLong's "norm of feature": mean per-sample L2 norm of each skip entering the decoder,
-    of all skips together, and of the decoder's output feature."""
+    """ScaleLong's "norm of feature": mean per-sample L2 norm of each long-skip feature (the encoder's
+    output, before LSC scaling, so that scaling does not lower the metric by construction), of all of
+    them together, and of the decoder's output feature."""
     def per_sample(x: torch.Tensor) -> torch.Tensor:
         return x.float().flatten(1).norm(dim=1)
 
-    skips = [per_sample(s) for s in features["skips"]]
+    skips = [per_sample(s) for s in features["encoder"]]
     return {
         "skip_norms": [s.mean().item() for s in skips],
         "feature_norm": torch.stack(skips).pow(2).sum(0).sqrt().mean().item(),

@@ -162,6 +162,8 @@ class Trial:
 
 def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
     path = run_dir / CHECKPOINT
+    if (run_dir / "record.json").exists():
+        raise UserError(f"--resume: '{run_dir}' already finished (it has a record.json); records are never rewritten")
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint at '{path}' (trials write one every `checkpoint_every` steps)")
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -233,7 +235,8 @@ class LoopState:
 
 
 def burn_in(cfg: TrialConfig) -> int:
-    return min(cfg.stability.burn_in, cfg.optim.steps // 2)
+    """Steps the stability statistics ignore: the burn-in, and at least the lr warm-up (METRICS.md)."""
+    return min(max(cfg.stability.burn_in, cfg.optim.warmup_steps), cfg.optim.steps // 2)
 
 
 def _train(trial: Trial) -> Generator[dict, None, dict]:
@@ -353,7 +356,11 @@ def weight_sets(model: nn.Module, ema: MultiEMA):
     """(name, model) for the raw weights and each EMA beta."""
     yield "raw", model
     for beta in ema.betas:
-        yield f"ema_{beta:g}", ema.copy_to(model, beta)
+        yield ema_name(beta), ema.copy_to(model, beta)
+
+
+def ema_name(beta: float) -> str:
+    return f"ema_{beta!r}"  # repr round-trips exactly: distinct betas never share a name
 
 
 def generate(trial: Trial, net: nn.Module, diffusion: Diffusion, n: int, chunk: int = 500) -> torch.Tensor:
@@ -415,7 +422,7 @@ def save_grid(trial: Trial, model: nn.Module, ema: MultiEMA, diffusion: Diffusio
     from torchvision.utils import save_image
 
     name = metrics.get("best_weights", "raw")
-    net = model if name == "raw" else ema.copy_to(model, float(name.removeprefix("ema_")))
+    net = model if name == "raw" else ema.copy_to(model, {ema_name(b): b for b in ema.betas}[name])
     x = generate(trial, net, diffusion, trial.cfg.eval.grid)
     path = run_dir / "samples.png"
     save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(len(x)))), padding=1)

@@ -130,13 +130,15 @@ class UNet(nn.Module):
             h = stage(h, emb)
             skips.append(h)
         h = self.mid(h, emb)
-        entering = []
+        entering, encoder = [], []
         for stage in self.up:
             i = len(skips)  # skips are popped innermost first; skip i = 1 is the stem output
-            s = self.skip_scaler(skips.pop(), i)
+            skip = skips.pop()
+            encoder.append(skip)
+            s = self.skip_scaler(skip, i)
             entering.append(s)
             h = stage(torch.cat([h, s], dim=1), emb)
         out = self.out(self.out_act(self.out_norm(h)))
         if return_features:
-            return out, {"skips": entering[::-1], "out": h}
+            return out, {"skips": entering[::-1], "encoder": encoder[::-1], "out": h}
         return out

@@ -89,13 +89,15 @@ class UViT(nn.Module):
             h = blk(h)
             skips.append(h)
         h = self.mid_block(h)
-        entering = []
+        entering, encoder = [], []
         for blk in self.out_blocks:
             i = len(skips)  # innermost skip first; skip i = 1 comes from the first in block
-            s = self.skip_scaler(skips.pop(), i)
+            skip = skips.pop()
+            encoder.append(skip)
+            s = self.skip_scaler(skip, i)
             entering.append(s)
             h = blk(h, s)
         out = self.unpatchify(self.head(self.norm(h))[:, 1:])
         if return_features:
-            return out, {"skips": entering[::-1], "out": h}
+            return out, {"skips": entering[::-1], "encoder": encoder[::-1], "out": h}
         return out
