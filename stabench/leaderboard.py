@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .store import flatten
+from .config import flatten
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from .config import flatten
 from .errors import UserError
 
 DEFAULT_STORE = Path(os.environ.get("STABENCH_STORE", "runs"))
@@ -60,16 +61,6 @@ class Store:
 # Tables: scalars (one row per record) and curves (one row per record and step), read with polars
 # ---------------------------------------------------------------------------------------------
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-    return out
-
-
 def scalar_row(rec: dict) -> dict[str, Any]:
     tags = rec.get("tags") or {}
     row = {"run_id": rec["run_id"], "config_hash": rec["config_hash"], "seed": rec["seed"],
@@ -78,7 +69,7 @@ def scalar_row(rec: dict) -> dict[str, Any]:
            else str(tags.get("trial_number")), "steps_completed": rec.get("steps_completed"),
            "wall_time_s": rec.get("wall_time_s")}
     row.update({f"metrics.{k}": v for k, v in (rec.get("metrics") or {}).items() if not isinstance(v, (dict, list))})
-    row.update({f"config.{k}": v for k, v in flatten(rec["config"]).items()})
+    row.update({f"config.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in flatten(rec["config"]).items()})
     return row
 
 

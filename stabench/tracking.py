@@ -14,7 +14,8 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from .config import flatten
 
 MODES = ("online", "offline", "disabled")
 
@@ -66,16 +67,6 @@ def run_tags(config: dict, tags: dict) -> list[str]:
     return out
 
 
-def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 class WandbTracker(Tracker):
     """One W&B run per trial. A failing W&B call warns once and turns the tracker into a no-op."""
 
@@ -93,7 +84,7 @@ class WandbTracker(Tracker):
             self.run = wandb.init(
                 project=settings.project, entity=settings.entity, group=tags.get("sweep") or "train",
                 job_type=job_type, name=f"{name} s{record['seed']}", tags=run_tags(record["config"], tags),
-                config={**flat_config(record["config"]), "config_hash": record["config_hash"],
+                config={**flatten(record["config"]), "config_hash": record["config_hash"],
                         "seed": record["seed"], "run_id": record["run_id"]},
                 dir=str(directory), mode=settings.resolved_mode(), reinit="create_new",
                 settings=wandb.Settings(init_timeout=settings.init_timeout_s, console="off", x_disable_stats=True,
