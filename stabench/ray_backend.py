@@ -48,13 +48,14 @@ class StabenchTrainable(tune.Trainable):
         self.space, self.store, self.sweep, self.tracking = space, Store(store_root), sweep, tracking
         self.params = dict(config)
         self.records: list[dict] = []
+        self.scheduled_unix = time.time()  # the trial's start as its actor sees it (overhead benchmark)
         self.seed_index, self.current = 0, None
 
     def _start_seed(self) -> None:
         seed = self.space.seeds[self.seed_index]
         cfg = trial_config(self.space, self.params, seed)
         tags = {"sweep": self.sweep, "backend": "ray", "trial_number": self.trial_id,
-                "seed_index": self.seed_index, "params": self.params}
+                "scheduled_unix": self.scheduled_unix, "seed_index": self.seed_index, "params": self.params}
         self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking)
 
     def step(self) -> dict:

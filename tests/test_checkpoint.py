@@ -48,6 +48,9 @@ def test_resumed_trial_equals_uninterrupted_bit_for_bit(tmp_path):
 
 def test_resume_refuses_another_config(tmp_path):
     rec = run_trial(tiny_config("checkpoint_every=10"), tmp_path)
+    with pytest.raises(UserError, match="already finished"):  # records are never rewritten
+        run_trial(tiny_config("checkpoint_every=10"), tmp_path, resume_dir=tmp_path / rec["run_id"])
+    (tmp_path / rec["run_id"] / "record.json").unlink()  # as if it had been killed before the end
     with pytest.raises(UserError, match="belongs to config"):
         run_trial(tiny_config("checkpoint_every=10", "lr=0.01"), tmp_path, resume_dir=tmp_path / rec["run_id"])
 
