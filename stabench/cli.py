@@ -450,7 +450,7 @@ def leaderboard(ctx: click.Context, store_dir: Path | None, sweeps: tuple[str, .
             raise UserError(f"--metric: no record has '{metric}'; available: {', '.join(sorted(have))}")
     except UserError as err:
         _fail(err, ctx.obj["debug"])
-    lb = write_leaderboard(records, out, metric, baseline or None, plots=not no_plots)
+    lb = write_leaderboard(records, out, metric, baseline or None, plots=not no_plots, studies=optuna_studies(sweeps))
     click.echo(f"leaderboard of {len(lb.rows)} configs ({len(records)} records) -> {out}/leaderboard.md")
     for r in lb.rows[:5]:
         click.echo(f"  {r['rank']}. {r['config']}: {metric} {r['q_mean']:.4g} (n={r['n']}, diverged {r['diverged']})")
@@ -459,6 +459,21 @@ def leaderboard(ctx: click.Context, store_dir: Path | None, sweeps: tuple[str, .
 
         log_leaderboard(tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root), out,
                         group=",".join(sweeps) or "all")
+
+
+def optuna_studies(sweeps: tuple[str, ...]) -> list:
+    """The Optuna studies of these sweeps that live in the default journal files (for knob importance)."""
+    from .search import DEFAULT_STORAGE_DIR
+
+    studies = []
+    for name in sweeps:
+        path = DEFAULT_STORAGE_DIR / f"{name}.journal"
+        if path.is_file():
+            import optuna
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            studies.append(optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path)))))
+    return studies
 
 
 @main.command(context_settings=CONTEXT)

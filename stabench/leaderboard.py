@@ -327,7 +327,7 @@ def to_html(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
 
 
 def write_leaderboard(records: list[dict], out_dir: str | Path, metric: str, baseline: str | None = None,
-                      plots: bool = True) -> Leaderboard:
+                      plots: bool = True, studies: list | None = None) -> Leaderboard:
     """Write leaderboard.md/.csv/.html (and PNG plots) into `out_dir`."""
     from .record import atomic_write_text
 
@@ -340,6 +340,9 @@ def write_leaderboard(records: list[dict], out_dir: str | Path, metric: str, bas
         from .plots import write_plots
 
         pngs = write_plots(records, lb, out)
+        from .plots import write_importance
+
+        pngs += [p for p in (write_importance(s, out) for s in studies or []) if p]
     atomic_write_text(out / "leaderboard.md", to_markdown(df, lb, pngs))
     atomic_write_text(out / "leaderboard.csv", df.write_csv())
     atomic_write_text(out / "leaderboard.html", to_html(df, lb, pngs))

@@ -97,3 +97,22 @@ def _save(fig, path: Path, plt) -> str:
     fig.savefig(path, metadata=PNG_META)
     plt.close(fig)
     return str(path)
+
+
+def write_importance(study, out: Path) -> str | None:
+    """Knob importance of an Optuna study (fANOVA via `optuna.importance`), as a bar chart."""
+    import optuna
+
+    try:
+        importances = optuna.importance.get_param_importances(study, target=None if len(study.directions) == 1
+                                                              else lambda t: t.values[0])
+    except (RuntimeError, ValueError):  # too few complete trials, or nothing varied
+        return None
+    if not importances:
+        return None
+    plt = _setup()
+    fig, ax = plt.subplots(figsize=(5.5, 0.4 + 0.35 * len(importances)))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    ax.set(xlabel="importance (fANOVA, sums to 1)", title=f"knob importance: study '{study.study_name}'")
+    return _save(fig, out / "importance.png", plt)

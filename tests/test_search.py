@@ -51,6 +51,9 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     for t in study.trials:
         vals = [r["metrics"]["best_probe_loss"] for r in records if r["tags"]["trial_number"] == t.number]
         assert t.value == pytest.approx(sum(vals) / 2)
+    from stabench.plots import write_importance
+
+    assert write_importance(study, tmp_path).endswith("importance.png")  # knob importance for the leaderboard
     # re-running the same sweep continues the study: nothing new to do, nothing recorded twice
     run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
     assert len(list(store.records(sweep="t"))) == 8
