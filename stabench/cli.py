@@ -424,8 +424,9 @@ def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: 
               help="Baseline for deltas, steps-to-target and speedup ('' for none).")
 @click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
               help="Quality metric (lower is better): fid_digits, kid_digits, fid, kid, best_probe_loss, ...")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/leaderboard"), show_default=True,
-              metavar="DIR", help="Writes leaderboard.md, .csv, .html and PNG plots here (results/ holds the committed one).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/leaderboard"),
+              show_default=True, metavar="DIR",
+              help="Writes leaderboard.md, .csv, .html and PNG plots here (results/ holds the committed one).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["online", "offline"]), default=None,
               help="Also log the table and the files to W&B (job_type leaderboard, in the sweep's group).")
