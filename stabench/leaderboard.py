@@ -20,10 +20,10 @@ import numpy as np
 import polars as pl
 
 from .config import flatten
+from .record import eval_value
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
-EVAL_KEYS = {"best_probe_loss": "probe_loss", "final_probe_loss": "probe_loss"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,13 +114,7 @@ def record_instability(rec: dict) -> float:
 
 
 def record_eval_curve(rec: dict, metric: str) -> list[tuple[int, float]]:
-    key = EVAL_KEYS.get(metric, metric)
-    out = []
-    for e in rec.get("evals") or []:
-        values = [v for v in (e.get(key) or {}).values() if v is not None]
-        if values:
-            out.append((e["step"], min(values)))
-    return out
+    return [(e["step"], v) for e in rec.get("evals") or [] if (v := eval_value(e, metric)) is not None]
 
 
 @dataclass

@@ -25,6 +25,8 @@ from .config import TrialConfig, config_hash, config_to_dict
 
 SCHEMA_VERSION = 1
 MAX_CURVE_POINTS = 2000
+# metrics measured at eval points under another name (best/final probe loss come from 'probe_loss')
+EVAL_KEYS = {"best_probe_loss": "probe_loss", "final_probe_loss": "probe_loss"}
 
 
 def git_sha() -> str | None:
@@ -125,3 +127,12 @@ def write_record(record: dict, run_dir: Path) -> Path:
     path = Path(run_dir) / "record.json"
     atomic_write_text(path, json.dumps(_json_safe(record), indent=1, allow_nan=False) + "\n")
     return path
+
+
+def eval_value(entry: dict, metric: str) -> float | None:
+    """The best weight set's value of `metric` at one evaluation point, if measured there."""
+    values = entry.get(EVAL_KEYS.get(metric, metric))
+    if not isinstance(values, dict) or not values:
+        return None
+    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+    return min(finite) if finite else math.inf

@@ -27,13 +27,13 @@ from optuna.trial import TrialState
 
 from .config import config_hash
 from .errors import ConfigError, UserError
+from .record import eval_value
 from .space import CategoricalDist, SearchSpace, grid_values, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
 from .train import run_trial
 
 DEFAULT_STORAGE_DIR = Path("results") / "optuna"
-EVAL_KEYS = {"best_probe_loss": "probe_loss", "final_probe_loss": "probe_loss"}
 
 
 class TrialFailed(Exception):
@@ -58,15 +58,6 @@ def record_value(record: dict, metric: str, direction: str) -> float:
         return worst(direction)
     value = (record.get("metrics") or {}).get(metric)
     return float(value) if value is not None and math.isfinite(value) else worst(direction)
-
-
-def eval_value(entry: dict, metric: str) -> float | None:
-    """The best weight set's value of `metric` at one evaluation point, if measured there."""
-    values = entry.get(EVAL_KEYS.get(metric, metric))
-    if not isinstance(values, dict) or not values:
-        return None
-    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
-    return min(finite) if finite else math.inf
 
 
 # ---------------------------------------------------------------------------------------------

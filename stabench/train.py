@@ -405,15 +405,11 @@ def best_weights(evals: list[dict], scorer=None) -> dict:
             best_per_eval = [min(e[scorer.fid_key].values()) for e in evals]
             out.update({"best_weights": name, scorer.fid_key: fid[name], scorer.kid_key: last[scorer.kid_key][name],
                         f"{scorer.fid_key}_auc": sum(best_per_eval) / len(best_per_eval),
-                        f"{scorer.fid_key}_floor": scorer.floor(), "fid_samples": trial_samples(evals)})
+                        f"{scorer.fid_key}_floor": scorer.floor(), "fid_samples": evals[-1].get("n_samples")})
             return out
     if probe:
         out["best_weights"] = min(probe, key=probe.get)
     return out
-
-
-def trial_samples(evals: list[dict]) -> int | None:
-    return evals[-1].get("n_samples")
 
 
 def save_grid(trial: Trial, model: nn.Module, ema: MultiEMA, diffusion: Diffusion, metrics: dict,
