@@ -51,23 +51,28 @@ class StabenchTrainable(tune.Trainable):
         self.scheduled_unix = time.time()  # the trial's start as its actor sees it (overhead benchmark)
         self.seed_index, self.current = 0, None
 
-    def _start_seed(self) -> None:
+    def _start_seed(self) -> dict | None:
+        """Start the next seed; returns its record instead when the store already has it finished (a restored
+        trial, or a config sampled twice), so no seed is recorded twice."""
         seed = self.space.seeds[self.seed_index]
         cfg = trial_config(self.space, self.params, seed)
+        found = self.store.find(config_hash(cfg), seed, sweep=self.sweep, statuses=("ok", "diverged"))
+        if found is not None:
+            return found
         tags = {"sweep": self.sweep, "backend": "ray", "trial_number": self.trial_id,
                 "scheduled_unix": self.scheduled_unix, "seed_index": self.seed_index, "params": self.params}
         self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking)
+        return None
 
     def step(self) -> dict:
         while True:
-            if self.current is None:
-                self._start_seed()
-            entry = self.current.next_eval()
-            if entry is not None:
-                return self._intermediate(entry)
-            rec = self.current.record
+            rec = self._start_seed() if self.current is None else None
+            if rec is None:
+                entry = self.current.next_eval()
+                if entry is not None:
+                    return self._intermediate(entry)
+                rec, self.current = self.current.record, None
             self.records.append(rec)
-            self.current = None
             self.seed_index += 1
             if rec["status"] == "failed":
                 raise RuntimeError(f"trial failed: {rec['error']['type']}: {rec['error']['message']}")
@@ -98,16 +103,9 @@ class StabenchTrainable(tune.Trainable):
         return {"seed_index": self.seed_index, "run_ids": [r["run_id"] for r in self.records]}
 
     def load_checkpoint(self, checkpoint: dict) -> None:
-        # Finished seeds are found again in the store (same config, seed and sweep); a seed that was
-        # interrupted mid-training starts over.
-        self.seed_index = 0
-        for seed in self.space.seeds[:checkpoint["seed_index"]]:
-            rec = self.store.find(config_hash(trial_config(self.space, self.params, seed)), seed, sweep=self.sweep)
-            if rec is None:
-                break
-            self.records.append(rec)
-            self.seed_index += 1
-
+        # Restarted (failed actor) or restored (killed driver) trial: start over from the first seed;
+        # `_start_seed` finds every seed already finished in the store, and an interrupted seed trains again.
+        self.seed_index, self.records, self.current = 0, [], None
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -187,10 +185,12 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
     if max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     # ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping.
+    # max_t counts every eval point of every seed plus the final result, so that a trial that runs to the end
+    # finishes on its own (its records written inside `step()`), not by a scheduler stop.
     base = trial_config(space, {}, space.seeds[0])
     evals_per_seed = -(-base.optim.steps // base.eval.every)
     scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2,
-                              max_t=evals_per_seed * len(space.seeds)) if single else FIFOScheduler()
+                              max_t=evals_per_seed * len(space.seeds) + 1) if single else FIFOScheduler()
     run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=max_failures),
                                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
@@ -232,9 +232,9 @@ class ProgressCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started_unix[trial.trial_id] = time.time()
 
-    def _line(self, trials) -> str:
-        states = [t.status for t in trials]
-        done = sum(s == "TERMINATED" for s in states)
+    def _line(self, trials, finishing=None) -> str:
+        states = [t.status for t in trials if t is not finishing]  # Tune marks `finishing` after the callback
+        done = sum(s == "TERMINATED" for s in states) + (finishing is not None)
         line = (f"[{self.name}] done {done}/{self.n_trials} | running {states.count('RUNNING')} | "
                 f"errored {states.count('ERROR')}")
         if self.best is not None:
@@ -243,11 +243,15 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         o = self.space.objectives[0]
-        value = (trial.last_result or {}).get(o.metric)
-        if (trial.last_result or {}).get("done") and value is not None and math.isfinite(value):
+        result = trial.last_result or {}
+        value = result.get(o.metric)
+        if "statuses" not in result:  # Tune sets `done` on any last result; only `_final` reports statuses
+            self.log(f"ray trial {trial.trial_id} stopped early by the scheduler  {self._line(trials, trial)}")
+            return
+        if value is not None and math.isfinite(value):
             better = self.best is None or (value < self.best if o.direction == "minimize" else value > self.best)
             self.best = value if better else self.best
-        self.log(f"ray trial {trial.trial_id} finished {o.metric}={value}  {self._line(trials)}")
+        self.log(f"ray trial {trial.trial_id} finished {o.metric}={value}  {self._line(trials, trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.log(f"ray trial {trial.trial_id} errored  {self._line(trials)}")

@@ -13,7 +13,9 @@ import fcntl
 import json
 import math
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -173,11 +175,38 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return c
 
 
-def retry_interrupted(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a killed process as FAIL and enqueue their params again."""
+def this_worker() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def worker_is_gone(worker: dict | None, heartbeats: bool) -> bool:
+    """Is the process that ran a RUNNING trial dead? Known for sure on this host; a trial of another host is
+    left to the heartbeats when the storage has them (RDB), and counted as dead otherwise (journal files)."""
+    if worker is None:  # died between ask() and tagging the trial
+        return True
+    if worker["host"] == socket.gethostname():
+        return not pid_alive(worker["pid"])
+    return not heartbeats
+
+
+def retry_interrupted(study: optuna.Study, dead: Callable[[dict | None], bool]) -> int:
+    """Mark RUNNING trials whose worker is `dead` as FAIL and enqueue their params again (same config; the
+    seeds it already finished are found in the store, so nothing is recorded twice)."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        with contextlib.suppress(Exception):  # another process may have finished it meanwhile
+        if not dead(t.user_attrs.get("worker")):
+            continue
+        with contextlib.suppress(Exception):  # another process (or a heartbeat check) got there first
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             n += 1
@@ -236,19 +265,20 @@ def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: Search
         if runner.reused:
             trial.set_user_attr("reused", runner.reused)
     except TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         return TrialState.PRUNED, None
     except TrialFailed as e:
         trial.set_user_attr("error", str(e)[:500])
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         return TrialState.FAIL, None
     except BaseException:  # anything else (Ctrl-C included): never leave the trial RUNNING in the study
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     if space.pruner.name == "wilcoxon" and len(space.objectives) == 1:
         trial.report(record_value(runner.records[-1], space.objectives[0].metric, space.directions[0]),
                      len(runner.records) - 1)
-    study.tell(trial, values if len(values) > 1 else values[0])
+    # skip_if_finished: a trial failed meanwhile by a heartbeat check was queued again; its retry reuses the records
+    study.tell(trial, values if len(values) > 1 else values[0], skip_if_finished=True)
     return TrialState.COMPLETE, values
 
 
@@ -292,6 +322,7 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
                 log(f"[{sweep}] stopping: timeout of {timeout_s:g}s reached")
                 break
             trial = study.ask()
+            trial.set_user_attr("worker", this_worker())  # lets the driver or --resume retry it
         with get_heartbeat_thread(trial._trial_id, study._storage):  # no-op for journal files
             state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking)
         shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values)) if values else ""
@@ -311,7 +342,8 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
     n_trials = n_trials or space.budget.trials
     study = open_study(space, name, storage_url)
     if resume:
-        retried = retry_interrupted(study)
+        heartbeats = is_heartbeat_enabled(study._storage)
+        retried = retry_interrupted(study, lambda w: worker_is_gone(w, heartbeats))
         if retried:
             log(f"[{name}] resuming: {retried} interrupted trial(s) marked failed and queued again")
     for baseline, params in (baselines or {}).items():  # named points first, labelled "<baseline>@<sweep>"
@@ -321,15 +353,37 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
     if workers <= 1:
         optuna_worker(**kwargs, log=log)
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_entry, args=({**kwargs, "threads": threads, "worker": i},))
-                 for i in range(workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+        supervise_workers(study, kwargs, workers, max_failures, log)
     return summarize_study(open_study(space, name, storage_url), space)
+
+
+def supervise_workers(study: optuna.Study, kwargs: dict, workers: int, max_restarts: int,
+                      log: Callable[[str], None]) -> None:
+    """Run `workers` local worker processes. When one dies (OOM killer, kill -9), its trial is marked failed and
+    queued again, and a replacement worker starts (at most `max_restarts` times)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+
+    def start(i: int) -> mp.Process:
+        p = ctx.Process(target=_worker_entry, args=({**kwargs, "threads": threads, "worker": i},), daemon=False)
+        p.start()
+        return p
+
+    running, restarts = {start(i) for i in range(workers)}, 0
+    while running:
+        for sentinel in mp_connection.wait([p.sentinel for p in running]):
+            p = next(q for q in running if q.sentinel == sentinel)
+            p.join()
+            running.discard(p)
+            if p.exitcode == 0:
+                continue
+            with sweep_lock(Store(kwargs["store_root"]), kwargs["sweep"]):  # workers ask and tag under this lock
+                n = retry_interrupted(study, lambda w, pid=p.pid: w is None or w == {**this_worker(), "pid": pid})
+            log(f"[{study.study_name}] worker pid {p.pid} died (exit code {p.exitcode}); "
+                f"{n} trial(s) marked failed and queued again")
+            if restarts < max_restarts:
+                restarts += 1
+                running.add(start(workers + restarts))
 
 
 def summarize_study(study: optuna.Study, space: SearchSpace) -> dict:

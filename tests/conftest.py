@@ -19,3 +19,11 @@ def tiny_config(*overrides: str, steps: int = 20):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.faults import ROWS, format_table
+
+    if ROWS:  # the kill -9 scenarios that ran (tests/test_faults.py)
+        terminalreporter.write_sep("=", "fault scenarios: trials requested / finished, records lost / duplicated")
+        terminalreporter.write_line(format_table(ROWS))

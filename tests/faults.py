@@ -1,0 +1,88 @@
+"""Audit of a sweep after a fault: what was asked for, what the backend finished, what the store holds.
+
+Each kill test calls `audit`, asserts on the row and adds it to ROWS; conftest prints ROWS as the fault table
+at the end of the session (`pytest tests/test_faults.py -m "slow or not slow"` prints every scenario).
+"""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stabench.config import config_hash
+from stabench.space import SearchSpace, trial_config
+from stabench.store import Store
+
+ROWS: list[dict] = []
+
+
+def audit(scenario: str, store: Store, sweep: str, space: SearchSpace, requested: int,
+          finished_params: list[dict], n_finished: int) -> dict:
+    """`finished_params`: params of every trial the backend counts as finished with a value (each of its seeds
+    must have a record); `n_finished` also counts trials stopped early by a pruner or scheduler."""
+    torn = 0
+    for path in store.record_paths():
+        try:
+            json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            torn += 1
+    records = list(store.records(sweep=sweep))
+    finished = collections.Counter((r["config_hash"], r["seed"]) for r in records if r["status"] in ("ok", "diverged"))
+    expected = {(config_hash(trial_config(space, p, seed)), seed) for p in finished_params for seed in space.seeds}
+    run_dirs = [d for d in store.root.iterdir() if d.is_dir()]
+    row = {"scenario": scenario, "requested": requested, "finished": n_finished, "records": len(records),
+           "lost": len(expected - set(finished)), "duplicated": sum(c - 1 for c in finished.values()),
+           "torn": torn, "unrecorded_dirs": sum(not (d / "record.json").exists() for d in run_dirs)}
+    ROWS.append(row)
+    return row
+
+
+def stabench(*args: str, cwd: Path, env: dict | None = None, log: str | None = None) -> subprocess.Popen:
+    """The CLI as a process group of its own, so that kill -9 reaches its workers too."""
+    out = open(cwd / log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (lives as long as the process)
+    return subprocess.Popen([sys.executable, "-m", "stabench.cli", *args], cwd=cwd, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+
+
+def wait_for_records(store_dir: Path, n: int, timeout_s: float = 180) -> None:
+    deadline = time.time() + timeout_s
+    while len(list(store_dir.glob("*/record.json"))) < n:
+        assert time.time() < deadline, f"no {n} record(s) in {store_dir} after {timeout_s}s"
+        time.sleep(0.2)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # gone meanwhile
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(c) for c in task.read_text().split()]
+    return found
+
+
+def processes_named(prefix: str) -> list[int]:
+    """Pids whose command line starts with `prefix` (Ray names its actor processes 'ray::<Class>...')."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return [pid for pid in pids if cmdline(pid).startswith(prefix)]
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""kill -9 of a worker and of the driver, on each backend (Optuna on a journal file and on PostgreSQL, Ray Tune).
+
+Every scenario ends with the requested number of finished trials, no finished trial missing from the store,
+no (config, seed) recorded twice and no torn record. The default run has one fast instance of each scenario;
+the `slow` instances use two seeds per config and more trials.
+"""
+
+import collections
+import os
+import signal
+import time
+
+import optuna
+import pytest
+
+from stabench.space import load_space
+from stabench.store import Store
+from tests.faults import audit, children, cmdline, kill_group, processes_named, stabench, wait_for_records
+from tests.postgres import postgres_url  # noqa: F401  (fixture)
+from tests.test_search import space_file
+
+FAST = {"trials": 3, "seeds": (0,)}
+SLOW = {"trials": 6, "seeds": (0, 1)}
+SIZES = [pytest.param(FAST, id="fast"), pytest.param(SLOW, id="slow", marks=pytest.mark.slow)]
+STEPS = {"optim.steps": 150}  # a few seconds per trial: long enough to be killed mid-trial
+
+
+def journal(tmp_path):
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal")))
+
+
+def optuna_audit(scenario, tmp_path, space, storage, study_name, requested):
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    states = collections.Counter(t.state.name for t in study.trials)
+    complete = [t.params for t in study.trials if t.state.name == "COMPLETE"]
+    row = audit(scenario, Store(tmp_path / "store"), study_name, space, requested, complete,
+                states["COMPLETE"] + states["PRUNED"])
+    assert states["RUNNING"] == 0, states
+    return row, states
+
+
+def assert_nothing_lost(row, requested):
+    assert row["finished"] == requested and row["lost"] == 0 and row["duplicated"] == 0 and row["torn"] == 0, row
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optuna: the driver (the whole process group) is killed; `--resume` retries the interrupted trial
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", SIZES)
+def test_optuna_journal_driver_killed_then_resumed(tmp_path, size):
+    path = space_file(tmp_path, fixed=STEPS, trials=size["trials"], seeds=size["seeds"])
+    args = ["sweep", str(path), "--store", "store", "--storage", "j.journal", "--wandb", "disabled"]
+    proc = stabench(*args, cwd=tmp_path)
+    wait_for_records(tmp_path / "store", 1)
+    time.sleep(1.0)  # inside the next seed or trial now
+    kill_group(proc)
+    resumed = stabench(*args, "--resume", cwd=tmp_path, log="resume.log")
+    assert resumed.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()
+    assert "interrupted trial(s) marked failed and queued again" in (tmp_path / "resume.log").read_text()
+    row, states = optuna_audit(f"optuna journal, driver killed, --resume ({len(size['seeds'])} seed)",
+                               tmp_path, load_space(path), journal(tmp_path), "t", size["trials"])
+    assert_nothing_lost(row, size["trials"])
+    assert states["FAIL"] == 1  # the interrupted trial: failed, and its params queued again
+    assert row["records"] == size["trials"] * len(size["seeds"])
+
+
+@pytest.mark.parametrize("how", ["--resume", "heartbeat"])
+def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how):  # noqa: F811
+    """`--resume` retries at once; a plain re-run waits for the dead trial's heartbeat to go stale."""
+    path = space_file(tmp_path, fixed=STEPS, trials=3)
+    study = f"pg-driver-{how.strip('-')}"
+    env = {"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "3"}
+    args = ["sweep", str(path), "--store", "store", "--storage", postgres_url, "--study", study, "--wandb", "disabled"]
+    proc = stabench(*args, cwd=tmp_path, env=env)
+    wait_for_records(tmp_path / "store", 1)
+    time.sleep(1.0)
+    kill_group(proc)
+    if how == "heartbeat":
+        time.sleep(4)  # longer than the grace period: the running trial is stale now
+    rerun = stabench(*args, *(["--resume"] if how == "--resume" else []), cwd=tmp_path, env=env, log="rerun.log")
+    assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()
+    row, states = optuna_audit(f"optuna postgres, driver killed, {how}", tmp_path, load_space(path), postgres_url,
+                               study, 3)
+    assert_nothing_lost(row, 3)
+    assert states["FAIL"] == 1 and row["records"] == 3
+    retried = [t for t in optuna.load_study(study_name=study, storage=postgres_url).trials
+               if t.system_attrs.get("failed_trial") is not None or "retry_of" in t.user_attrs]
+    assert len(retried) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optuna: one of two worker processes is killed; the driver retries its trial and starts a replacement
+# ---------------------------------------------------------------------------------------------------------
+
+def kill_one_worker(proc, tmp_path) -> int:
+    wait_for_records(tmp_path / "store", 1)
+    time.sleep(1.0)
+    workers = [p for p in children(proc.pid) if "multiprocessing" in cmdline(p) and "resource_tracker" not in
+               cmdline(p)]
+    assert len(workers) == 2, [cmdline(p) for p in children(proc.pid)]
+    os.kill(workers[0], signal.SIGKILL)
+    return workers[0]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_optuna_journal_worker_killed(tmp_path, size):
+    path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
+    args = ["sweep", str(path), "--store", "store", "--storage", "j.journal", "--workers", "2", "--wandb", "disabled"]
+    proc = stabench(*args, cwd=tmp_path, log="sweep.log")
+    killed = kill_one_worker(proc, tmp_path)
+    assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()
+    log = (tmp_path / "sweep.log").read_text()
+    assert f"worker pid {killed} died" in log, log
+    n = size["trials"] + 1
+    row, states = optuna_audit(f"optuna journal, 1 of 2 workers killed ({len(size['seeds'])} seed)", tmp_path,
+                               load_space(path), journal(tmp_path), "t", n)
+    assert_nothing_lost(row, n)
+    assert states["FAIL"] <= 1 and row["records"] == n * len(size["seeds"])
+
+
+def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
+    path = space_file(tmp_path, fixed=STEPS, trials=4)
+    args = ["sweep", str(path), "--store", "store", "--storage", postgres_url, "--study", "pg-worker",
+            "--workers", "2", "--wandb", "disabled"]
+    proc = stabench(*args, cwd=tmp_path, env={"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "3"},
+                    log="sweep.log")
+    killed = kill_one_worker(proc, tmp_path)
+    assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()
+    assert f"worker pid {killed} died" in (tmp_path / "sweep.log").read_text()
+    row, states = optuna_audit("optuna postgres, 1 of 2 workers killed", tmp_path, load_space(path), postgres_url,
+                               "pg-worker", 4)
+    assert_nothing_lost(row, 4)
+    assert states["FAIL"] <= 1 and row["records"] == 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ray Tune: a trial's actor process is killed (Tune restarts the trial); the driver is killed (Tuner.restore)
+# ---------------------------------------------------------------------------------------------------------
+
+def ray_audit(scenario, tmp_path, space, requested):
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(tmp_path / "ray" / "t")).trials
+    ended = [t for t in trials if t.status == "TERMINATED"]
+    with_value = [t.config for t in ended if "statuses" in (t.last_result or {})]  # the rest: stopped by ASHA
+    row = audit(scenario, Store(tmp_path / "store"), "t", space, requested, with_value, len(ended))
+    stopped = [t.trial_id for t in ended if "statuses" not in (t.last_result or {})]
+    pruned = {r["tags"]["trial_number"] for r in Store(tmp_path / "store").records(sweep="t")
+              if r["status"] == "pruned"}
+    assert set(stopped) <= pruned  # a trial stopped by ASHA has its `pruned` record
+    return row, trials
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_ray_trial_actor_killed(tmp_path, size):
+    path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
+    args = ["sweep", str(path), "--backend", "ray", "--store", "store", "--storage-path", "ray", "--wandb", "disabled"]
+    proc = stabench(*args, cwd=tmp_path, log="sweep.log")
+    wait_for_records(tmp_path / "store", 1)
+    time.sleep(1.0)
+    actors = []
+    for _ in range(50):  # Ray titles a trial's actor process 'ray::ResourceTrainable[.train]'
+        actors = [p for p in processes_named("ray::") if "Trainable" in cmdline(p)]
+        if actors:
+            break
+        time.sleep(0.1)
+    assert actors, "no trial actor running"
+    os.kill(actors[0], signal.SIGKILL)
+    assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    n = size["trials"] + 1
+    row, trials = ray_audit(f"ray, trial actor killed ({len(size['seeds'])} seed)", tmp_path, load_space(path), n)
+    assert_nothing_lost(row, n)
+    assert sum(t.num_failures for t in trials) == 1  # Tune restarted the killed trial
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_ray_driver_killed_then_restored(tmp_path, size):
+    path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
+    args = ["sweep", str(path), "--backend", "ray", "--store", "store", "--storage-path", "ray", "--wandb", "disabled"]
+    proc = stabench(*args, cwd=tmp_path)
+    wait_for_records(tmp_path / "store", 1)
+    time.sleep(2.0)
+    kill_group(proc)
+    before = len(Store(tmp_path / "store").record_paths())
+    resumed = stabench(*args, "--resume", cwd=tmp_path, log="resume.log")
+    assert resumed.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    assert "restoring Ray Tune experiment" in (tmp_path / "resume.log").read_text()
+    n = size["trials"] + 1
+    row, _ = ray_audit(f"ray, driver killed, --resume ({len(size['seeds'])} seed)", tmp_path, load_space(path), n)
+    assert_nothing_lost(row, n)
+    assert row["records"] > before
