@@ -181,11 +181,13 @@ def print_summary(record: dict) -> None:
 @click.option("--with-baselines", is_flag=True,
               help="Enqueue the baselines/*.yaml points of this space as the first trials.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
-              help="Failed trials tolerated before the sweep stops (optuna) / retries per trial (ray).")
-# Optuna backend
+              help="Failed trials tolerated before the sweep stops, and dead workers replaced (optuna); "
+                   "restarts per trial (ray).")
 @click.option("--storage", default=None, metavar="URL_OR_FILE",
-              help="[optuna] Journal file path (default results/optuna/<study>.journal) or an RDB URL, "
-                   "e.g. postgresql://user:pw@host/db.")
+              help="Optuna study storage: a journal file path or an RDB URL, e.g. "
+                   "postgresql+psycopg2://user:pw@host/db. Default: results/optuna/<study>.journal (optuna); "
+                   "in memory, saved with the Ray experiment (ray).")
+# Optuna backend
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="[optuna] Local worker processes sharing the study.")
 # Ray backend
@@ -251,7 +253,8 @@ def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None,
             summary = run_ray_sweep(space, store, study_name=name, n_trials=n_trials, address=address,
                                     cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                                     max_concurrent=max_concurrent, storage_path=storage_path, resume=resume,
-                                    max_failures=max_failures, baselines=baselines, tracking=tracking)
+                                    max_failures=max_failures, baselines=baselines, storage_url=storage,
+                                    tracking=tracking)
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     print_sweep_summary(summary, space)

@@ -19,7 +19,7 @@ from ray import tune
 
 from .config import config_hash
 from .errors import UserError
-from .search import eval_value, make_sampler, record_value
+from .search import eval_value, make_sampler, make_storage, record_value
 from .space import SearchSpace, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
@@ -147,16 +147,18 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
                   address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                   max_concurrent: int | None = None, storage_path: str | None = None, resume: bool = False,
                   max_failures: int = 3, baselines: dict[str, dict] | None = None, num_cpus: int | None = None,
-                  tracking: TrackingSettings | None = None, log=print) -> dict:
-    """Run (or restore) a sweep with Ray Tune; returns the best config(s)."""
+                  storage_url: str | None = None, tracking: TrackingSettings | None = None, log=print) -> dict:
+    """Run (or restore) a sweep with Ray Tune; returns the best config(s). With `storage_url` (a journal file
+    or an RDB URL such as PostgreSQL) the OptunaSearch study lives there too, e.g. for optuna-dashboard."""
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
     name = study_name or space.name
     n_trials = n_trials or space.budget.trials
     started_ray = init_ray(address, num_cpus)
     try:
+        study_storage = make_storage(storage_url, name, heartbeats=False)[0] if storage_url else None
         return _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path,
-                    resume, max_failures, baselines, tracking, log)
+                    resume, max_failures, baselines, study_storage, tracking, log)
     finally:
         if started_ray:
             import ray
@@ -165,7 +167,7 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
 
 
 def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path, resume,
-         max_failures, baselines, tracking, log) -> dict:
+         max_failures, baselines, study_storage, tracking, log) -> dict:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -181,7 +183,8 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
     single = len(metrics) == 1
     searcher = OptunaSearch(space=functools.partial(_define_by_run, space=space),
                             metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
-                            sampler=make_sampler(space), points_to_evaluate=list((baselines or {}).values()) or None)
+                            sampler=make_sampler(space), points_to_evaluate=list((baselines or {}).values()) or None,
+                            study_name=name, storage=study_storage)
     if max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     # ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping.

@@ -134,9 +134,10 @@ HEARTBEAT_GRACE_S = int(os.environ.get("STABENCH_HEARTBEAT_GRACE_S", "180"))
 MAX_RETRY = 2  # a trial whose worker died is retried this many times (RDB storages, via heartbeats)
 
 
-def make_storage(url: str | None, study_name: str) -> tuple[optuna.storages.BaseStorage, str]:
+def make_storage(url: str | None, study_name: str, heartbeats: bool = True) -> tuple[optuna.storages.BaseStorage, str]:
     """Journal file by default (safe for several local processes); any RDB URL otherwise, with heartbeats:
-    a trial whose worker stops beating for HEARTBEAT_GRACE_S is marked FAIL and retried (up to MAX_RETRY)."""
+    a trial whose worker stops beating for HEARTBEAT_GRACE_S is marked FAIL and retried (up to MAX_RETRY).
+    Ray's OptunaSearch asks and tells from the driver only, so it opens RDB storages without heartbeats."""
     if url is None:
         DEFAULT_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
         url = str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
@@ -151,9 +152,10 @@ def make_storage(url: str | None, study_name: str) -> tuple[optuna.storages.Base
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            beats = dict(heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
+                         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY))
             storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                url, **(beats if heartbeats else {}),
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
         return storage, url
     except Exception as e:  # bad dialect, unreachable server, ...

@@ -122,6 +122,7 @@ class Trial:
             self.record.update(self.resume_state["record_head"])
             self.run_dir = Path(resume_dir)
         self.stop_requested = False
+        self.loop: LoopState | None = None  # set once training starts: a failed record keeps its step
         self._generator: Iterator[dict] | None = None
 
     @property
@@ -138,8 +139,9 @@ class Trial:
             result = yield from _train(self)
             self.record.update(result)
         except Exception as e:  # a failed trial is a result too; keep the reason
-            self.record.update(status="failed", error={"type": type(e).__name__, "message": str(e),
-                                                       "traceback": traceback.format_exc()[-4000:]})
+            self.record.update(status="failed", steps_completed=self.loop.step if self.loop else 0,
+                               error={"type": type(e).__name__, "message": str(e),
+                                      "traceback": traceback.format_exc()[-4000:]})
         self.record["wall_time_s"] = time.perf_counter() - started
         if self.run_dir is not None:
             self.record["run_dir"] = str(self.run_dir)
@@ -246,7 +248,7 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
 
     # Set-up (or restore an interrupted run from its checkpoint).
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(device)
-    state = LoopState(trial, diffusion)
+    state = trial.loop = LoopState(trial, diffusion)
     model, ema, log, probes, evals = state.model, state.ema, state.log, state.probes, state.evals
     probe = Probe(images, cfg.eval.probe_size, diffusion.T, cfg.seed, device)
     diverged, pruned_at = None, None
@@ -450,7 +452,7 @@ def rescore(run_dir: str | Path, samples: int | None = None, inception_weights: 
         raise UserError(f"RUN_DIR: no {CHECKPOINT} in '{run_dir}'; train with --checkpoint (or --checkpoint-every)")
     trial = Trial(cfg)
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(trial.device)
-    state = LoopState(trial, diffusion)
+    state = trial.loop = LoopState(trial, diffusion)
     state.model.load_state_dict(state_dict["model"])
     state.ema.load_state_dict(state_dict["ema"])
     result: dict = {"run_dir": str(run_dir), "step": state_dict["step"], "n_samples": cfg.eval.samples,

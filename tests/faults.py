@@ -55,6 +55,15 @@ def wait_for_records(store_dir: Path, n: int, timeout_s: float = 180) -> None:
         time.sleep(0.2)
 
 
+def wait_for_training(store_dir: Path, timeout_s: float = 120) -> None:
+    """Until some seed is mid-training: its run directory exists but has no record yet."""
+    deadline = time.time() + timeout_s
+    while not any(d.is_dir() and not (d / "record.json").exists() for d in store_dir.iterdir()):
+        assert time.time() < deadline, f"no trial started training in {store_dir} within {timeout_s}s"
+        time.sleep(0.1)
+    time.sleep(0.5)  # a few steps in
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -86,3 +95,24 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+OOM_LR = 7.77e-3  # trials with exactly this learning rate hit a simulated CUDA OOM at their 5th step
+
+
+def simulate_oom() -> None:
+    """Make `optimization_step` raise torch.OutOfMemoryError for trials with lr == OOM_LR. Called by a test's
+    monkeypatch or, in Ray workers, as `worker_process_setup_hook`."""
+    import torch
+
+    import stabench.train as train
+
+    real, calls = train.optimization_step, collections.Counter()
+
+    def step(model, diffusion, optimizer, *args, **kwargs):
+        calls[id(optimizer)] += 1
+        if optimizer.defaults["lr"] == OOM_LR and calls[id(optimizer)] == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real(model, diffusion, optimizer, *args, **kwargs)
+
+    train.optimization_step = step

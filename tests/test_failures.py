@@ -1,0 +1,94 @@
+"""An exception inside a trial (a simulated CUDA OOM at step 5) is a `failed` record and a failed backend trial;
+the sweep goes on; `--max-failures` bounds it; a diverged trial is a result, not a failure."""
+
+import collections
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+
+from stabench.search import run_optuna_sweep
+from stabench.space import load_space
+from stabench.store import Store
+from tests.faults import OOM_LR, simulate_oom
+from tests.test_search import space_file
+
+LR_CHOICES = {"optim.lr": {"type": "categorical", "choices": [3e-3, 2e-3, OOM_LR, 50.0]}}
+REPO = str(Path(__file__).resolve().parents[1])  # Ray workers import tests.faults from here
+NO_CLIP = {"optim.clip_norm": None, "optim.steps": 60}  # lr 50 without clipping diverges
+
+
+def assert_failed_record(rec):
+    assert rec["status"] == "failed" and rec["steps_completed"] == 4
+    assert rec["error"]["type"] == "OutOfMemoryError" and "simulated" in rec["error"]["message"]
+    assert "optimization_step" in rec["error"]["traceback"]
+
+
+@pytest.fixture
+def oom(monkeypatch):
+    import stabench.train as train
+
+    monkeypatch.setattr(train, "optimization_step", train.optimization_step)  # restored after the test
+    simulate_oom()
+
+
+def test_optuna_sweep_goes_on_after_a_failed_trial_and_diverged_is_a_result(tmp_path, oom):
+    space = load_space(space_file(tmp_path, space=LR_CHOICES, fixed=NO_CLIP, trials=3,
+                                  sampler={"name": "random", "seed": 0}))
+    store = Store(tmp_path / "store")
+    points = {"oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}  # run first
+    summary = run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), baselines=points,
+                               max_failures=3, log=lambda s: None)
+    c = summary["counts"]
+    assert c["complete"] == 3 and 1 <= c["fail"] <= 3
+    study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))))
+    by_status = collections.defaultdict(list)
+    for r in store.records(sweep="t"):
+        by_status[r["status"]].append(r)
+    assert len(by_status["failed"]) == c["fail"]
+    for rec in by_status["failed"]:
+        assert_failed_record(rec)
+        assert study.trials[rec["tags"]["trial_number"]].state.name == "FAIL"
+        assert "OutOfMemoryError" in study.trials[rec["tags"]["trial_number"]].user_attrs["error"]
+    (diverged,) = by_status["diverged"]  # a result: the trial is COMPLETE, with the worst value
+    trial = study.trials[diverged["tags"]["trial_number"]]
+    assert trial.state.name == "COMPLETE" and math.isinf(trial.value)
+
+
+def test_max_failures_stops_the_sweep(tmp_path, oom):
+    space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [OOM_LR]}},
+                                  trials=5))
+    lines = []
+    summary = run_optuna_sweep(space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"),
+                               max_failures=1, log=lines.append)
+    assert summary["counts"]["fail"] == 2 and summary["counts"]["complete"] == 0
+    assert any("more than 1 failed trials" in line for line in lines)
+    assert len(list(Store(tmp_path / "store").records(sweep="t"))) == 2
+
+
+def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_path):
+    import ray
+
+    from stabench.ray_backend import run_ray_sweep
+
+    space = load_space(space_file(tmp_path, space=LR_CHOICES, fixed=NO_CLIP, trials=3))
+    points = {"ok": {"optim.lr": 3e-3}, "oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}
+    store = Store(tmp_path / "store")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "tests.faults.simulate_oom",
+                          "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONPATH": REPO}})
+    try:
+        summary = run_ray_sweep(space, store, storage_path=str(tmp_path / "ray"), max_failures=1,
+                                baselines=points, log=lambda s: None)
+    finally:
+        ray.shutdown()
+    assert summary["trials"] == 3 and summary["errors"] == 1
+    by_status = collections.defaultdict(list)
+    for r in store.records(sweep="t"):
+        by_status[r["status"]].append(r)
+    assert len(by_status["failed"]) == 2  # the first attempt and one retry (--max-failures 1)
+    for rec in by_status["failed"]:
+        assert_failed_record(rec)
+    assert len(by_status["diverged"]) == 1 and len(by_status["ok"]) + len(by_status["pruned"]) == 1
