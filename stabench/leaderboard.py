@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from .config import flatten
-from .record import eval_value
+from .record import eval_value, record_value
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -101,17 +101,6 @@ def kendall_tau(a: list[float], b: list[float]) -> float | None:
 # From records to rows
 # ---------------------------------------------------------------------------------------------
 
-def record_quality(rec: dict, metric: str) -> float:
-    if rec["status"] == "diverged":
-        return math.inf
-    v = (rec.get("metrics") or {}).get(metric)
-    return float(v) if v is not None else math.inf
-
-
-def record_instability(rec: dict) -> float:
-    v = (rec.get("metrics") or {}).get("instability")
-    return math.inf if rec["status"] == "diverged" or v is None else float(v)
-
 
 def record_eval_curve(rec: dict, metric: str) -> list[tuple[int, float]]:
     return [(e["step"], v) for e in rec.get("evals") or [] if (v := eval_value(e, metric)) is not None]
@@ -175,7 +164,7 @@ class Leaderboard:
 def build_leaderboard(records: list[dict], metric: str, baseline: str | None = None) -> Leaderboard:
     groups = group_records(records)
     base = next((g for g in groups if g.label == baseline), None) if baseline else None
-    base_q = base.by_seed(lambda r: record_quality(r, metric)) if base else {}
+    base_q = base.by_seed(lambda r: record_value(r, metric)) if base else {}
     finite_base = [v for v in base_q.values() if math.isfinite(v)]
     target = lower_median(finite_base) if finite_base else None
     base_steps = base.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target)) \
@@ -183,8 +172,8 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
 
     rows = []
     for g in groups:
-        q = g.by_seed(lambda r: record_quality(r, metric))
-        u = g.by_seed(record_instability)
+        q = g.by_seed(lambda r: record_value(r, metric))
+        u = g.by_seed(lambda r: record_value(r, "instability"))
         finite_q = [v for v in q.values() if math.isfinite(v)]
         n_div = sum(r["status"] == "diverged" for r in g.records)
         q_mean, q_std = mean_std(list(q.values()))
@@ -231,8 +220,8 @@ def seed_half_tau(groups: list[ConfigGroup], metric: str) -> float | None:
     half_a, half_b = set(seeds[0::2]), set(seeds[1::2])
     a, b = [], []
     for g in groups:
-        qa = [record_quality(r, metric) for r in g.records if r["seed"] in half_a]
-        qb = [record_quality(r, metric) for r in g.records if r["seed"] in half_b]
+        qa = [record_value(r, metric) for r in g.records if r["seed"] in half_a]
+        qb = [record_value(r, metric) for r in g.records if r["seed"] in half_b]
         if qa and qb:
             a.append(float(np.mean(qa)))
             b.append(float(np.mean(qb)))

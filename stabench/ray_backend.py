@@ -19,7 +19,8 @@ from ray import tune
 
 from .config import config_hash
 from .errors import UserError
-from .search import eval_value, make_sampler, make_storage, record_value
+from .record import eval_value, record_value
+from .search import make_sampler, make_storage
 from .space import SearchSpace, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
@@ -41,12 +42,14 @@ class StabenchTrainable(tune.Trainable):
     """One sampled config: every seed of the space in turn, one `step()` per evaluation point."""
 
     def setup(self, config: dict, space: SearchSpace = None, store_root: str = "", sweep: str = "",
-              threads: int = 1, tracking: TrackingSettings | None = None):
+              threads: int = 1, tracking: TrackingSettings | None = None, baselines: dict | None = None):
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.space, self.store, self.sweep, self.tracking = space, Store(store_root), sweep, tracking
         self.params = dict(config)
+        # a --with-baselines point (OptunaSearch's points_to_evaluate) keeps its name, as with Optuna
+        self.baseline = next((n for n, p in (baselines or {}).items() if p == self.params), None)
         self.records: list[dict] = []
         self.scheduled_unix = time.time()  # the trial's start as its actor sees it (overhead benchmark)
         self.seed_index, self.current = 0, None
@@ -61,6 +64,8 @@ class StabenchTrainable(tune.Trainable):
             return found
         tags = {"sweep": self.sweep, "backend": "ray", "trial_number": self.trial_id,
                 "scheduled_unix": self.scheduled_unix, "seed_index": self.seed_index, "params": self.params}
+        if self.baseline:
+            tags["baseline_point"] = self.baseline
         self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking)
         return None
 
@@ -154,9 +159,9 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
     name = study_name or space.name
     n_trials = n_trials or space.budget.trials
+    study_storage = make_storage(storage_url, name, heartbeats=False)[0] if storage_url else None  # fail fast
     started_ray = init_ray(address, num_cpus)
     try:
-        study_storage = make_storage(storage_url, name, heartbeats=False)[0] if storage_url else None
         return _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path,
                     resume, max_failures, baselines, study_storage, tracking, log)
     finally:
@@ -177,7 +182,7 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
     store.root.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(StabenchTrainable, space=space, store_root=str(store.root), sweep=name,
-                             threads=max(1, int(cpus_per_trial)), tracking=tracking),
+                             threads=max(1, int(cpus_per_trial)), tracking=tracking, baselines=baselines),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     metrics, modes = metric_names(space), [d[:3] for d in space.directions]
     single = len(metrics) == 1

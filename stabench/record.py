@@ -136,3 +136,15 @@ def eval_value(entry: dict, metric: str) -> float | None:
         return None
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
     return min(finite) if finite else math.inf
+
+
+def worst(direction: str) -> float:
+    return math.inf if direction == "minimize" else -math.inf
+
+
+def record_value(record: dict, metric: str, direction: str = "minimize") -> float:
+    """A record's final value of `metric`; diverged (or missing, or non-finite) counts as the worst value."""
+    if record["status"] == "diverged":
+        return worst(direction)
+    value = (record.get("metrics") or {}).get(metric)
+    return float(value) if value is not None and math.isfinite(value) else worst(direction)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
@@ -29,7 +28,7 @@ from optuna.trial import TrialState
 
 from .config import config_hash
 from .errors import ConfigError, UserError
-from .record import eval_value
+from .record import eval_value, record_value
 from .space import CategoricalDist, SearchSpace, grid_values, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
@@ -44,22 +43,6 @@ class TrialFailed(Exception):
 
 class TrialPruned(Exception):
     """The backend asked to stop the trial early."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Metric extraction (records -> objective values)
-# ---------------------------------------------------------------------------------------------
-
-def worst(direction: str) -> float:
-    return math.inf if direction == "minimize" else -math.inf
-
-
-def record_value(record: dict, metric: str, direction: str) -> float:
-    """A record's final value of `metric`; diverged (or missing) counts as the worst value."""
-    if record["status"] == "diverged":
-        return worst(direction)
-    value = (record.get("metrics") or {}).get(metric)
-    return float(value) if value is not None and math.isfinite(value) else worst(direction)
 
 
 # ---------------------------------------------------------------------------------------------

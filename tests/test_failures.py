@@ -92,3 +92,5 @@ def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_pa
     for rec in by_status["failed"]:
         assert_failed_record(rec)
     assert len(by_status["diverged"]) == 1 and len(by_status["ok"]) + len(by_status["pruned"]) == 1
+    # the named points keep their names, as with Optuna: the leaderboard shows them as <name>@<sweep>
+    assert {r["tags"]["baseline_point"] for r in store.records(sweep="t")} == set(points)
