@@ -7,6 +7,7 @@ in `cleanup()`: Ray calls it between two `step()`s, never in the middle of train
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -19,9 +20,9 @@ from ray import tune
 
 from .config import config_hash
 from .errors import UserError
-from .record import eval_value, record_value
+from .record import eval_value, record_value, worst
 from .search import make_sampler, make_storage
-from .space import SearchSpace, suggest, trial_config
+from .space import SearchSpace, decode_params, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
 from .train import Trial
@@ -38,6 +39,16 @@ def metric_names(space: SearchSpace) -> list[str]:
     return [o.metric for o in space.objectives]
 
 
+def evals_per_seed(cfg) -> int:
+    return -(-cfg.optim.steps // cfg.eval.every)
+
+
+def eval_budget(space: SearchSpace) -> int:
+    """ASHA's max_t: every evaluation point of every seed, plus the final result, so that a trial that runs to
+    the end finishes on its own (its records written inside `step()`), never by a scheduler stop."""
+    return evals_per_seed(trial_config(space, {}, space.seeds[0])) * len(space.seeds) + 1
+
+
 class StabenchTrainable(tune.Trainable):
     """One sampled config: every seed of the space in turn, one `step()` per evaluation point."""
 
@@ -49,7 +60,10 @@ class StabenchTrainable(tune.Trainable):
         self.space, self.store, self.sweep, self.tracking = space, Store(store_root), sweep, tracking
         self.params = dict(config)
         # a --with-baselines point (OptunaSearch's points_to_evaluate) keeps its name, as with Optuna
-        self.baseline = next((n for n, p in (baselines or {}).items() if p == self.params), None)
+        self.baseline = next((n for n, p in (baselines or {}).items() if decode_params(space, p) == self.params),
+                             None)
+        cfg = trial_config(space, self.params, space.seeds[0])
+        self.evals_per_seed, self.every, self.budget = evals_per_seed(cfg), cfg.eval.every, eval_budget(space)
         self.records: list[dict] = []
         self.scheduled_unix = time.time()  # the trial's start as its actor sees it (overhead benchmark)
         self.seed_index, self.current = 0, None
@@ -59,7 +73,7 @@ class StabenchTrainable(tune.Trainable):
         trial, or a config sampled twice), so no seed is recorded twice."""
         seed = self.space.seeds[self.seed_index]
         cfg = trial_config(self.space, self.params, seed)
-        found = self.store.find(config_hash(cfg), seed, sweep=self.sweep, statuses=("ok", "diverged"))
+        found = self.store.find(config_hash(cfg), seed, sweep=self.sweep)
         if found is not None:
             return found
         tags = {"sweep": self.sweep, "backend": "ray", "trial_number": self.trial_id,
@@ -85,16 +99,20 @@ class StabenchTrainable(tune.Trainable):
                 return self._final()
 
     def _intermediate(self, entry: dict) -> dict:
-        out: dict[str, Any] = {"step": entry["step"], "seed_index": self.seed_index}
+        # ASHA's clock: evaluation points of the whole trial, counted by us rather than by Ray's
+        # training_iteration, which a restored trial resumes while its interrupted seed trains from step 0.
+        k = -(-entry["step"] // self.every)
+        out: dict[str, Any] = {"step": entry["step"], "seed_index": self.seed_index,
+                               "eval_index": min(self.seed_index * self.evals_per_seed + k, self.budget - 1)}
         for o in self.space.objectives:
             v = eval_value(entry, o.metric)
             # metrics only known at the end (e.g. instability) report the worst value meanwhile
-            out[o.metric] = v if v is not None else (math.inf if o.direction == "minimize" else -math.inf)
+            out[o.metric] = v if v is not None else worst(o.direction)
         return out
 
     def _final(self) -> dict:
         out: dict[str, Any] = {"done": True, "step": self.records[-1].get("steps_completed"),
-                               "statuses": [r["status"] for r in self.records]}
+                               "eval_index": self.budget, "statuses": [r["status"] for r in self.records]}
         for o in self.space.objectives:
             vals = [record_value(r, o.metric, o.direction) for r in self.records]
             out[o.metric] = sum(vals) / len(vals)
@@ -105,7 +123,7 @@ class StabenchTrainable(tune.Trainable):
             self.current.stop()  # stopped by the scheduler: record it as pruned
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict:
-        return {"seed_index": self.seed_index, "run_ids": [r["run_id"] for r in self.records]}
+        return {}  # the store is the state: finished seeds are found there again
 
     def load_checkpoint(self, checkpoint: dict) -> None:
         # Restarted (failed actor) or restored (killed driver) trial: start over from the first seed;
@@ -162,13 +180,30 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
     study_storage = make_storage(storage_url, name, heartbeats=False)[0] if storage_url else None  # fail fast
     started_ray = init_ray(address, num_cpus)
     try:
-        return _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path,
-                    resume, max_failures, baselines, study_storage, tracking, log)
+        summary = _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path,
+                       resume, max_failures, baselines, study_storage, tracking, log)
+        if study_storage is not None and (n := fail_orphans(study_storage, name)):
+            log(f"[{name}] {n} trial(s) of a killed driver left running in the study: marked failed")
+        return summary
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def fail_orphans(storage, study_name: str) -> int:
+    """Once a Ray sweep has ended none of its study's trials can still run; trials a killed driver asked
+    after its last experiment checkpoint stay RUNNING in the study otherwise. Mark them failed."""
+    import optuna
+
+    n = 0
+    for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            n += 1
+    return n
 
 
 def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path, resume,
@@ -193,12 +228,8 @@ def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concu
     if max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     # ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping.
-    # max_t counts every eval point of every seed plus the final result, so that a trial that runs to the end
-    # finishes on its own (its records written inside `step()`), not by a scheduler stop.
-    base = trial_config(space, {}, space.seeds[0])
-    evals_per_seed = -(-base.optim.steps // base.eval.every)
-    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1, reduction_factor=2,
-                              max_t=evals_per_seed * len(space.seeds) + 1) if single else FIFOScheduler()
+    scheduler = ASHAScheduler(time_attr="eval_index", grace_period=1, reduction_factor=2,
+                              max_t=eval_budget(space)) if single else FIFOScheduler()
     run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=max_failures),
                                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),

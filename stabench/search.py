@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from .config import config_hash
 from .errors import ConfigError, UserError
 from .record import eval_value, record_value
-from .space import CategoricalDist, SearchSpace, grid_values, suggest, trial_config
+from .space import CategoricalDist, SearchSpace, grid_values, scalar_choices, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
 from .train import run_trial
@@ -68,7 +68,7 @@ class ConfigRun:
                 cfg = trial_config(self.space, params, seed)
             except ConfigError as e:  # values valid one by one but not together: this trial fails, the sweep goes on
                 raise TrialFailed(str(e)) from None
-            rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"], statuses=("ok", "diverged"))
+            rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"])
             if rec is None:  # resumed sweeps (or a config sampled twice) do not re-run a finished seed
                 reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
                 rec = run_trial(cfg, self.store.root, reporter=reporter, tracking=self.tracking,
@@ -160,42 +160,62 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return c
 
 
-def this_worker() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def pid_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, from /proc; None if there is none."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], fields[19]
+
+
+def _boot_id() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
+
+
+def this_worker() -> dict:
+    """Who runs a trial: host, boot and pid, plus the pid's start time so a reused pid is not mistaken for it."""
+    stat = _proc_stat(os.getpid())
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "start": stat and stat[1]}
+
+
+def same_machine(worker: dict) -> bool:
+    return worker["host"] == socket.gethostname() and worker.get("boot") == _boot_id()
 
 
 def worker_is_gone(worker: dict | None, heartbeats: bool) -> bool:
-    """Is the process that ran a RUNNING trial dead? Known for sure on this host; a trial of another host is
-    left to the heartbeats when the storage has them (RDB), and counted as dead otherwise (journal files)."""
-    if worker is None:  # died between ask() and tagging the trial
-        return True
-    if worker["host"] == socket.gethostname():
-        return not pid_alive(worker["pid"])
-    return not heartbeats
+    """Is the process that ran a RUNNING trial dead? Known for sure on this machine (a zombie or a reused pid
+    counts as dead). Elsewhere, or untagged (between ask and tag), RDB heartbeats decide; without heartbeats
+    (journal files) `--resume` means the user says it is dead."""
+    if worker is None or not same_machine(worker):
+        return not heartbeats
+    stat = _proc_stat(worker["pid"])
+    return stat is None or stat[0] == "Z" or stat[1] != worker.get("start")
 
 
 def retry_interrupted(study: optuna.Study, dead: Callable[[dict | None], bool]) -> int:
-    """Mark RUNNING trials whose worker is `dead` as FAIL and enqueue their params again (same config; the
-    seeds it already finished are found in the store, so nothing is recorded twice)."""
+    """Mark RUNNING trials whose worker is `dead` as FAIL and enqueue their params again (same config, same
+    baseline name; the seeds it already finished are found in the store, so nothing is recorded twice)."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not dead(t.user_attrs.get("worker")):
             continue
-        with contextlib.suppress(Exception):  # another process (or a heartbeat check) got there first
+        try:
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            n += 1
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished meanwhile, or a heartbeat check failed it first
+        keep = {k: v for k, v in t.user_attrs.items() if k == "baseline_point"}
+        study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number}, skip_if_exists=False)
+        n += 1
     return n
+
+
+def trial_failures(study: optuna.Study) -> int:
+    """Trials that failed by themselves (an exception in training); not those of a dead worker or a stale
+    heartbeat, which are retried."""
+    return sum("error" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
 
 @contextlib.contextmanager
@@ -263,8 +283,8 @@ def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: Search
         trial.report(record_value(runner.records[-1], space.objectives[0].metric, space.directions[0]),
                      len(runner.records) - 1)
     # skip_if_finished: a trial failed meanwhile by a heartbeat check was queued again; its retry reuses the records
-    study.tell(trial, values if len(values) > 1 else values[0], skip_if_finished=True)
-    return TrialState.COMPLETE, values
+    told = study.tell(trial, values if len(values) > 1 else values[0], skip_if_finished=True)
+    return told.state, values
 
 
 def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str:
@@ -281,7 +301,7 @@ def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str
 
 
 def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: str | None, n_trials: int,
-                  max_failures: int, timeout_s: float | None, threads: int | None = None, worker: int = 0,
+                  max_failures: int, timeout_s: float | None, threads: int | None = None, worker_index: int = 0,
                   tracking: TrackingSettings | None = None, log: Callable[[str], None] = print) -> None:
     """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout."""
     if threads:
@@ -289,8 +309,8 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store, study = Store(store_root), open_study(space, sweep, storage_url)
-    study.sampler = make_sampler(space, seed_offset=1000 * len(study.trials) + worker)
-    fails_at_start, started = counts(study)["fail"], time.monotonic()
+    study.sampler = make_sampler(space, seed_offset=1000 * len(study.trials) + worker_index)
+    fails_at_start, started = trial_failures(study), time.monotonic()
     while True:
         if is_heartbeat_enabled(study._storage):  # RDB: trials of dead workers -> FAIL -> retried
             with warnings.catch_warnings():
@@ -300,7 +320,7 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
             c = counts(study)
             if c["complete"] + c["pruned"] + c["running"] >= n_trials:
                 break
-            if c["fail"] - fails_at_start > max_failures:
+            if trial_failures(study) - fails_at_start > max_failures:
                 log(f"[{sweep}] stopping: more than {max_failures} failed trials (see their records)")
                 break
             if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -311,6 +331,8 @@ def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: 
         with get_heartbeat_thread(trial._trial_id, study._storage):  # no-op for journal files
             state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking)
         shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values)) if values else ""
+        if values and state != TrialState.COMPLETE:
+            shown += " (finished after a heartbeat check had failed it; its retry reuses these records)"
         log(f"trial {trial.number} {state.name.lower()} {shown}  {progress_line(study, n_trials, space)}")
 
 
@@ -328,7 +350,8 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
     study = open_study(space, name, storage_url)
     if resume:
         heartbeats = is_heartbeat_enabled(study._storage)
-        retried = retry_interrupted(study, lambda w: worker_is_gone(w, heartbeats))
+        with sweep_lock(store, name):  # local workers ask and tag under this lock
+            retried = retry_interrupted(study, lambda w: worker_is_gone(w, heartbeats))
         if retried:
             log(f"[{name}] resuming: {retried} interrupted trial(s) marked failed and queued again")
     for baseline, params in (baselines or {}).items():  # named points first, labelled "<baseline>@<sweep>"
@@ -339,6 +362,10 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
         optuna_worker(**kwargs, log=log)
     else:
         supervise_workers(study, kwargs, workers, max_failures, log)
+    c = counts(study)
+    if c["waiting"] and c["complete"] + c["pruned"] < n_trials:
+        log(f"[{name}] {c['waiting']} queued trial(s) did not run (the workers stopped); "
+            "run the same command again to finish them")
     return summarize_study(open_study(space, name, storage_url), space)
 
 
@@ -350,7 +377,7 @@ def supervise_workers(study: optuna.Study, kwargs: dict, workers: int, max_resta
     ctx = mp.get_context("spawn")
 
     def start(i: int) -> mp.Process:
-        p = ctx.Process(target=_worker_entry, args=({**kwargs, "threads": threads, "worker": i},), daemon=False)
+        p = ctx.Process(target=_worker_entry, args=({**kwargs, "threads": threads, "worker_index": i},), daemon=False)
         p.start()
         return p
 
@@ -362,8 +389,7 @@ def supervise_workers(study: optuna.Study, kwargs: dict, workers: int, max_resta
             running.discard(p)
             if p.exitcode == 0:
                 continue
-            with sweep_lock(Store(kwargs["store_root"]), kwargs["sweep"]):  # workers ask and tag under this lock
-                n = retry_interrupted(study, lambda w, pid=p.pid: w is None or w == {**this_worker(), "pid": pid})
+            n = retry_interrupted(study, lambda w, pid=p.pid: w is not None and same_machine(w) and w["pid"] == pid)
             log(f"[{study.study_name}] worker pid {p.pid} died (exit code {p.exitcode}); "
                 f"{n} trial(s) marked failed and queued again")
             if restarts < max_restarts:
@@ -396,8 +422,7 @@ def baseline_params(space: SearchSpace, baseline_cfg: dict) -> dict[str, Any]:
             continue
         if isinstance(d, CategoricalDist) and value not in d.choices:
             continue
-        scalar = value is None or isinstance(value, (bool, int, float, str))
-        params[key] = value if scalar or not isinstance(d, CategoricalDist) else json.dumps(value)
+        params[key] = json.dumps(value) if isinstance(d, CategoricalDist) and not scalar_choices(d) else value
     return params
 
 
@@ -426,7 +451,7 @@ def confirm(store: Store, sweep: str, metric: str, top: int, n_seeds: int,
         tags = {**(rep.get("tags") or {}), "job_type": "confirm"}
         for seed in range(n_seeds):
             cfg = build_config({**rep["config"], "seed": seed}, f"record {rep['run_id']}")
-            rec = store.find(rep["config_hash"], seed, sweep=sweep, statuses=("ok", "diverged"))
+            rec = store.find(rep["config_hash"], seed, sweep=sweep)
             if rec is None:
                 rec = run_trial(cfg, store.root, tags={**tags, "seed_index": seed}, tracking=tracking)
                 log(f"confirm #{rank} {rep['config_hash'][:8]} seed {seed}: {rec['status']} "

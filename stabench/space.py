@@ -225,6 +225,19 @@ def is_active(d: Any, params: dict) -> bool:
     return not d.when or all(params.get(p) in values for p, values in d.when.items())
 
 
+def scalar_choices(d: CategoricalDist) -> bool:
+    """Optuna choices must be scalars; list choices (e.g. ema.betas) travel as JSON strings."""
+    return all(c is None or isinstance(c, (bool, int, float, str)) for c in d.choices)
+
+
+def decode_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
+    """Params as Optuna stores them (list choices as JSON strings) -> the values `suggest` returns."""
+    def decode(key: str, value: Any) -> Any:
+        d = space.space.get(key)
+        return json.loads(value) if isinstance(d, CategoricalDist) and not scalar_choices(d) else value
+    return {k: decode(k, v) for k, v in params.items()}
+
+
 def suggest(trial, space: SearchSpace) -> dict[str, Any]:
     """Define-by-run sampling (Optuna trial or Ray's OptunaSearch): only active conditional keys."""
     params: dict[str, Any] = {}
@@ -232,9 +245,9 @@ def suggest(trial, space: SearchSpace) -> dict[str, Any]:
         if not is_active(d, params):
             continue
         if isinstance(d, CategoricalDist):
-            if all(c is None or isinstance(c, (bool, int, float, str)) for c in d.choices):
+            if scalar_choices(d):
                 params[key] = trial.suggest_categorical(key, d.choices)
-            else:  # Optuna choices must be scalars: lists (e.g. ema.betas) travel as JSON strings
+            else:
                 params[key] = json.loads(trial.suggest_categorical(key, [json.dumps(c) for c in d.choices]))
         elif isinstance(d, IntDist):
             params[key] = trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
@@ -248,8 +261,7 @@ def grid_values(space: SearchSpace) -> dict[str, list]:
     out = {}
     for key, d in space.space.items():
         if isinstance(d, CategoricalDist):
-            scalar = all(c is None or isinstance(c, (bool, int, float, str)) for c in d.choices)
-            out[key] = list(d.choices) if scalar else [json.dumps(c) for c in d.choices]
+            out[key] = list(d.choices) if scalar_choices(d) else [json.dumps(c) for c in d.choices]
         elif isinstance(d, IntDist):
             out[key] = list(range(d.low, d.high + 1, d.step))
         else:

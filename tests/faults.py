@@ -84,10 +84,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def processes_named(prefix: str) -> list[int]:
-    """Pids whose command line starts with `prefix` (Ray names its actor processes 'ray::<Class>...')."""
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [pid for pid in pids if cmdline(pid).startswith(prefix)]
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of `pid` (Ray's actor processes are children of the driver's raylet)."""
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
 
 
 def format_table(rows: list[dict]) -> str:

@@ -20,6 +20,7 @@ from tests.faults import audit, cmdline, kill_group, stabench, wait_for_records,
 from tests.postgres import postgres_url  # noqa: F401  (fixture)
 from tests.test_search import space_file
 
+RUNNING = optuna.trial.TrialState.RUNNING
 FAST = {"trials": 3, "seeds": (0,)}
 SLOW = {"trials": 6, "seeds": (0, 1)}
 SIZES = [pytest.param(FAST, id="fast"), pytest.param(SLOW, id="slow", marks=pytest.mark.slow)]
@@ -73,14 +74,14 @@ def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how): 
     """`--resume` retries at once; a plain re-run waits for the dead trial's heartbeat to go stale."""
     path = space_file(tmp_path, fixed=STEPS, trials=3)
     study = f"pg-driver-{how.strip('-')}"
-    env = {"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "3"}
+    env = {"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "8"}
     args = ["sweep", str(path), "--store", "store", "--storage", postgres_url, "--study", study, "--wandb", "disabled"]
     proc = stabench(*args, cwd=tmp_path, env=env)
     wait_for_records(tmp_path / "store", 1)
     wait_for_training(tmp_path / "store")
     kill_group(proc)
     if how == "heartbeat":
-        time.sleep(4)  # longer than the grace period: the running trial is stale now
+        time.sleep(9)  # longer than the grace period: the running trial is stale now
     rerun = stabench(*args, *(["--resume"] if how == "--resume" else []), cwd=tmp_path, env=env, log="rerun.log")
     assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()
     row, states = optuna_audit(f"optuna postgres, driver killed, {how}", tmp_path, load_space(path), postgres_url,
@@ -97,18 +98,21 @@ def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how): 
 # ---------------------------------------------------------------------------------------------------------
 
 def kill_one_worker(proc, tmp_path, storage, study_name) -> int:
-    """kill -9 the worker process of a RUNNING trial (workers tag their trials with their pid)."""
+    """kill -9 the worker process of a RUNNING trial (workers tag their trials with their pid). The worker is
+    paused first, so its trial cannot finish between the check and the kill."""
     wait_for_records(tmp_path / "store", 1)
     wait_for_training(tmp_path / "store")
     deadline = time.time() + 60
     while time.time() < deadline:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        pids = [t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                if "worker" in t.user_attrs]
-        pids = [p for p in pids if p in faults.children(proc.pid) and "multiprocessing" in cmdline(p)]
-        if pids:
-            os.kill(pids[0], signal.SIGKILL)
-            return pids[0]
+        for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(states=(RUNNING,)):
+            pid = t.user_attrs.get("worker", {}).get("pid")
+            if pid not in faults.children(proc.pid):
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            if optuna.load_study(study_name=study_name, storage=storage).trials[t.number].state == RUNNING:
+                os.kill(pid, signal.SIGKILL)
+                return pid
+            os.kill(pid, signal.SIGCONT)
         time.sleep(0.2)
     raise AssertionError("no worker with a running trial found")
 
@@ -133,7 +137,7 @@ def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
     path = space_file(tmp_path, fixed=STEPS, trials=4)
     args = ["sweep", str(path), "--store", "store", "--storage", postgres_url, "--study", "pg-worker",
             "--workers", "2", "--wandb", "disabled"]
-    proc = stabench(*args, cwd=tmp_path, env={"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "3"},
+    proc = stabench(*args, cwd=tmp_path, env={"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "8"},
                     log="sweep.log")
     killed = kill_one_worker(proc, tmp_path, postgres_url, "pg-worker")
     assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()
@@ -171,7 +175,7 @@ def test_ray_trial_actor_killed(tmp_path, size):
     wait_for_training(tmp_path / "store")
     actors = []
     for _ in range(50):  # Ray titles a trial's actor process 'ray::ResourceTrainable[.train]'
-        actors = [p for p in faults.processes_named("ray::") if "Trainable" in cmdline(p)]
+        actors = [p for p in faults.descendants(proc.pid) if cmdline(p).startswith("ray::ResourceTrainable")]
         if actors:
             break
         time.sleep(0.1)
@@ -205,4 +209,46 @@ def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa:
     assert_nothing_lost(row, n)
     assert row["records"] > before
     states = collections.Counter(t.state.name for t in optuna.load_study(study_name=study, storage=postgres_url).trials)
-    assert states["COMPLETE"] + states["PRUNED"] == n, states
+    assert states["COMPLETE"] + states["PRUNED"] == n and states["RUNNING"] == 0, states
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Who is dead: the checks --resume and the driver rely on
+# ---------------------------------------------------------------------------------------------------------
+
+def test_worker_is_gone_tells_live_dead_zombie_and_reused_pids():
+    import subprocess
+
+    from stabench.search import this_worker, worker_is_gone
+
+    me = this_worker()
+    assert not worker_is_gone(me, heartbeats=False)
+    assert worker_is_gone({**me, "start": "1"}, heartbeats=False)  # same pid, another process: pid reused
+    child = subprocess.Popen(["true"])
+    while faults.cmdline(child.pid):  # a zombie: exited, not yet reaped; os.kill(pid, 0) would still succeed
+        time.sleep(0.05)
+    assert worker_is_gone({**me, "pid": child.pid}, heartbeats=False)
+    child.wait()
+    assert worker_is_gone({**me, "pid": child.pid}, heartbeats=False)
+    # another machine, or not yet tagged: heartbeats decide when the storage has them
+    elsewhere = {**me, "host": "another-host"}
+    assert worker_is_gone(elsewhere, heartbeats=False) and not worker_is_gone(elsewhere, heartbeats=True)
+    assert worker_is_gone(None, heartbeats=False) and not worker_is_gone(None, heartbeats=True)
+
+
+def test_retry_keeps_the_baseline_name_and_skips_finished_trials():
+    from stabench.search import retry_interrupted
+
+    study = optuna.create_study()
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    dead.set_user_attr("baseline_point", "ddpm")
+    dead.set_user_attr("worker", {"pid": -1})
+    live = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    live.set_user_attr("worker", {"pid": 1})
+    assert retry_interrupted(study, lambda w: w["pid"] == -1) == 1
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "RUNNING", "WAITING"]
+    retry = study.trials[2]
+    assert retry.system_attrs["fixed_params"] == dead.params  # what the next ask() will get
+    assert retry.user_attrs == {"baseline_point": "ddpm", "retry_of": 0}
+    assert retry_interrupted(study, lambda w: w["pid"] == -1) == 0  # already failed: not queued twice
