@@ -84,6 +84,11 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def start_time(pid: int) -> int:
+    """Clock ticks since boot at which `pid` started (/proc/<pid>/stat field 22)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
 def descendants(pid: int) -> list[int]:
     """Children, grandchildren, ... of `pid` (Ray's actor processes are children of the driver's raylet)."""
     found = []

@@ -180,11 +180,11 @@ def test_ray_trial_actor_killed(tmp_path, size):
             break
         time.sleep(0.1)
     assert actors, "no trial actor running"
-    os.kill(actors[0], signal.SIGKILL)
+    os.kill(min(actors, key=faults.start_time), signal.SIGKILL)  # the oldest actor: most likely training
     assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
     n = size["trials"] + 1
     row, trials = ray_audit(f"ray, trial actor killed ({len(size['seeds'])} seed)", tmp_path, load_space(path), n)
-    assert_nothing_lost(row, n)
+    assert_nothing_lost(row, n, interrupted=False)  # the actor may still have been in setup
     assert sum(t.num_failures for t in trials) == 1  # Tune restarted the killed trial
 
 
