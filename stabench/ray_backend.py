@@ -80,7 +80,8 @@ class StabenchTrainable(tune.Trainable):
                 "scheduled_unix": self.scheduled_unix, "seed_index": self.seed_index, "params": self.params}
         if self.baseline:
             tags["baseline_point"] = self.baseline
-        self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking)
+        self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking,
+                             writer=functools.partial(self.store.write_unique, sweep=self.sweep))
         return None
 
     def step(self) -> dict:

@@ -9,7 +9,7 @@ a diverged seed counts as the worst possible value (infinity), never dropped.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import functools
 import json
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -72,7 +72,8 @@ class ConfigRun:
             if rec is None:  # resumed sweeps (or a config sampled twice) do not re-run a finished seed
                 reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
                 rec = run_trial(cfg, self.store.root, reporter=reporter, tracking=self.tracking,
-                                tags={**self.tags, "seed_index": i, "params": params})
+                                tags={**self.tags, "seed_index": i, "params": params},
+                                writer=functools.partial(self.store.write_unique, sweep=self.tags["sweep"]))
             else:
                 self.reused.append(rec["run_id"])
             self.records.append(rec)
@@ -218,16 +219,9 @@ def trial_failures(study: optuna.Study) -> int:
     return sum("error" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
 
-@contextlib.contextmanager
 def sweep_lock(store: Store, name: str):
     """Serialises 'count trials, then create one' across local workers so the count is exact."""
-    store.root.mkdir(parents=True, exist_ok=True)
-    with open(store.root / f".sweep-{name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return store.lock(f"sweep-{name}")
 
 
 def optuna_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int, int, dict], bool] | None:

@@ -7,6 +7,8 @@ processes (or Ray workers on a shared filesystem) can add records at once. Reade
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import polars as pl
 
 from .config import flatten
 from .errors import UserError
+from .record import write_record
 
 DEFAULT_STORE = Path(os.environ.get("STABENCH_STORE", "runs"))
 
@@ -42,6 +45,28 @@ class Store:
                 continue  # unreadable: never produced by our atomic writer, so skip, don't crash
             if all(rec.get("tags", {}).get(k) == v for k, v in tags.items()):
                 yield rec
+
+    @contextlib.contextmanager
+    def lock(self, name: str = "write"):
+        """An exclusive lock on `<root>/.<name>.lock` (flock: local processes, and NFS v4 clients)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{name}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def write_unique(self, record: dict, run_dir: Path, **tags) -> None:
+        """Write a finished record, unless this (config, seed) already has one with these tags: then it is
+        written with status `duplicate` (kept, never counted). That happens when a killed driver's orphaned
+        Ray actor and the restored trial both finish the same seed."""
+        with self.lock():
+            if record["status"] in ("ok", "diverged"):
+                first = self.find(record["config_hash"], record["seed"], **tags)
+                if first is not None and first["run_id"] != record["run_id"]:
+                    record.update(status="duplicate", duplicate_of=first["run_id"])
+            write_record(record, run_dir)
 
     def find(self, config_hash: str, seed: int, statuses: tuple[str, ...] = ("ok", "diverged"), **tags) -> dict | None:
         """A record of this config and seed with one of `statuses` and these tags, if one exists.

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -103,8 +104,9 @@ class Trial:
 
     def __init__(self, cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
                  save_checkpoint: bool = False, tags: dict | None = None, tracking: TrackingSettings | None = None,
-                 resume_dir: str | Path | None = None):
+                 resume_dir: str | Path | None = None, writer: Callable[[dict, Path], Any] = write_record):
         self.cfg, self.progress, self.save_checkpoint, self.tracking = cfg, progress, save_checkpoint, tracking
+        self.writer = writer  # search backends pass Store.write_unique: a (config, seed) counted once
         self.device = resolve_device(cfg.device)
         self.images = load_images(cfg.workload, "train")  # user errors (missing data) surface here
         self.record = new_record(cfg, self.device)
@@ -145,7 +147,7 @@ class Trial:
         self.record["wall_time_s"] = time.perf_counter() - started
         if self.run_dir is not None:
             self.record["run_dir"] = str(self.run_dir)
-            write_record(self.record, self.run_dir)  # the store first: W&B is a view of it
+            self.writer(self.record, self.run_dir)  # the store first: W&B is a view of it
         self.tracker.finish(self.record)
 
     def next_eval(self) -> dict | None:
@@ -177,7 +179,8 @@ def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
 
 def run_trial(cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
               save_checkpoint: bool = False, reporter: Reporter | None = None, tags: dict | None = None,
-              tracking: TrackingSettings | None = None, resume_dir: str | Path | None = None) -> dict:
+              tracking: TrackingSettings | None = None, resume_dir: str | Path | None = None,
+              writer: Callable[[dict, Path], Any] = write_record) -> dict:
     """Train one trial and return its record; with `out_dir`, also write `<out_dir>/<run_id>/`.
 
     `reporter(eval_entry)` is called at every evaluation point (search backends report intermediate
@@ -185,7 +188,7 @@ def run_trial(cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: 
     trial number, ...) are stored in the record as they are.
     """
     trial = Trial(cfg, out_dir, progress=progress, save_checkpoint=save_checkpoint, tags=tags, tracking=tracking,
-                  resume_dir=resume_dir)
+                  resume_dir=resume_dir, writer=writer)
     while (entry := trial.next_eval()) is not None:
         if reporter is not None and reporter(entry):
             return trial.stop()

@@ -36,7 +36,8 @@ def audit(scenario: str, store: Store, sweep: str, space: SearchSpace, requested
     run_dirs = [d for d in store.root.iterdir() if d.is_dir()]
     row = {"scenario": scenario, "requested": requested, "finished": n_finished, "records": len(records),
            "lost": len(expected - set(finished)), "duplicated": sum(c - 1 for c in finished.values()),
-           "torn": torn, "unrecorded_dirs": sum(not (d / "record.json").exists() for d in run_dirs)}
+           "torn": torn, "unrecorded_dirs": sum(not (d / "record.json").exists() for d in run_dirs),
+           "marked_duplicate": sum(r["status"] == "duplicate" for r in records)}
     ROWS.append(row)
     return row
 
@@ -56,12 +57,17 @@ def wait_for_records(store_dir: Path, n: int, timeout_s: float = 180) -> None:
 
 
 def wait_for_training(store_dir: Path, timeout_s: float = 120) -> None:
-    """Until some seed is mid-training: its run directory exists but has no record yet."""
+    """Until some seed has just started training (its run directory is under a second old and has no record),
+    so that a kill now lands seconds before that seed could finish."""
     deadline = time.time() + timeout_s
-    while not any(d.is_dir() and not (d / "record.json").exists() for d in store_dir.iterdir()):
+
+    def just_started(d: Path) -> bool:
+        config = d / "config.yaml"
+        return config.exists() and not (d / "record.json").exists() and time.time() - config.stat().st_mtime < 1.0
+    while not any(just_started(d) for d in store_dir.iterdir()):
         assert time.time() < deadline, f"no trial started training in {store_dir} within {timeout_s}s"
-        time.sleep(0.1)
-    time.sleep(0.5)  # a few steps in
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few steps in
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -206,7 +206,9 @@ def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa:
     n = size["trials"] + 1
     row, _ = ray_audit(f"ray + postgres, driver killed, --resume ({len(size['seeds'])} seed)", tmp_path,
                        load_space(path), n, sweep=study)
-    assert_nothing_lost(row, n)
+    # Ray's worker processes have their own sessions: the killed seed's actor may live on for one more
+    # evaluation interval and finish it; then the restored trial's copy is marked `duplicate`, never counted.
+    assert_nothing_lost(row, n, interrupted=False)
     assert row["records"] > before
     states = collections.Counter(t.state.name for t in optuna.load_study(study_name=study, storage=postgres_url).trials)
     assert states["COMPLETE"] + states["PRUNED"] == n and states["RUNNING"] == 0, states

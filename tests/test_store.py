@@ -1,3 +1,4 @@
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -74,3 +75,18 @@ def test_store_path_that_is_a_file_is_a_user_error(tmp_path):
     f.write_text("x")
     with pytest.raises(UserError, match="not a directory"):
         Store(f)
+
+
+def test_write_unique_marks_a_second_finished_copy_as_duplicate(tmp_path, tiny):
+    from stabench.train import run_trial
+
+    store = Store(tmp_path)
+    first, second = (run_trial(tiny(steps=5), tmp_path, tags={"sweep": "s"},
+                               writer=functools.partial(store.write_unique, sweep="s")) for _ in range(2))
+    assert first["status"] == "ok" and second["status"] == "duplicate"
+    assert second["duplicate_of"] == first["run_id"]
+    assert store.find(first["config_hash"], first["seed"], sweep="s")["run_id"] == first["run_id"]
+    # another sweep's copy is not a duplicate; the leaderboard counts only ok/diverged records
+    third = run_trial(tiny(steps=5), tmp_path, tags={"sweep": "t"}, writer=functools.partial(store.write_unique,
+                                                                                              sweep="t"))
+    assert third["status"] == "ok" and len(list(store.records())) == 3
