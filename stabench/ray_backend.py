@@ -167,6 +167,42 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None):
+    """Ray for the duration of a sweep: joined or started here (and then shut down here)."""
+    import ray
+
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    started = init_ray(address, num_cpus)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def make_searcher(space: SearchSpace, name: str, baselines: dict | None, study_storage, max_concurrent: int | None):
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics, modes = metric_names(space), [d[:3] for d in space.directions]
+    single = len(metrics) == 1
+    searcher = OptunaSearch(space=functools.partial(_define_by_run, space=space),
+                            metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
+                            sampler=make_sampler(space), points_to_evaluate=list((baselines or {}).values()) or None,
+                            study_name=name, storage=study_storage)
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
+
+
+def make_scheduler(space: SearchSpace):
+    """ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if len(space.objectives) > 1:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="eval_index", grace_period=1, reduction_factor=2, max_t=eval_budget(space))
+
+
 def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None, n_trials: int | None = None,
                   address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
                   max_concurrent: int | None = None, storage_path: str | None = None, resume: bool = False,
@@ -174,23 +210,38 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
                   storage_url: str | None = None, tracking: TrackingSettings | None = None, log=print) -> dict:
     """Run (or restore) a sweep with Ray Tune; returns the best config(s). With `storage_url` (a journal file
     or an RDB URL such as PostgreSQL) the OptunaSearch study lives there too, e.g. for optuna-dashboard."""
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
-    name = study_name or space.name
-    n_trials = n_trials or space.budget.trials
+    name, n_trials = study_name or space.name, n_trials or space.budget.trials
     study_storage = make_storage(storage_url, name, heartbeats=False)[0] if storage_url else None  # fail fast
-    started_ray = init_ray(address, num_cpus)
-    try:
-        summary = _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path,
-                       resume, max_failures, baselines, study_storage, tracking, log)
-        if study_storage is not None and (n := fail_orphans(study_storage, name)):
-            log(f"[{name}] {n} trial(s) of a killed driver left running in the study: marked failed")
-        return summary
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+    storage = storage_path if "://" in (storage_path or "") else str(Path(storage_path or DEFAULT_RAY_DIR).absolute())
+    experiment = f"{storage}/{name}"
+    store.root.mkdir(parents=True, exist_ok=True)
+    with ray_session(address, num_cpus):
+        trainable = tune.with_resources(
+            tune.with_parameters(StabenchTrainable, space=space, store_root=str(store.root), sweep=name,
+                                 threads=max(1, int(cpus_per_trial)), tracking=tracking, baselines=baselines),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        progress = ProgressCallback(name, n_trials, space, log)
+        if resume and tune.Tuner.can_restore(experiment):
+            log(f"[{name}] restoring Ray Tune experiment from {experiment}")
+            tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
+        else:
+            single = len(space.objectives) == 1
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(space, name, baselines, study_storage, max_concurrent),
+                    scheduler=make_scheduler(space), num_samples=n_trials,
+                    metric=space.objectives[0].metric if single else None,
+                    mode=space.directions[0][:3] if single else None),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=storage, verbose=0, callbacks=[progress],
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1)))
+        results = tuner.fit()
+    if study_storage is not None and (n := fail_orphans(study_storage, name)):
+        log(f"[{name}] {n} trial(s) of a killed driver left running in the study: marked failed")
+    return {**summarize_results(results, space), "trial_started_unix": progress.started_unix}
 
 
 def fail_orphans(storage, study_name: str) -> int:
@@ -205,46 +256,6 @@ def fail_orphans(storage, study_name: str) -> int:
             storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
             n += 1
     return n
-
-
-def _fit(space, store, name, n_trials, cpus_per_trial, gpus_per_trial, max_concurrent, storage_path, resume,
-         max_failures, baselines, study_storage, tracking, log) -> dict:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    storage = str(Path(storage_path or DEFAULT_RAY_DIR).absolute()) if "://" not in (storage_path or "") \
-        else storage_path
-    store.root.mkdir(parents=True, exist_ok=True)
-    trainable = tune.with_resources(
-        tune.with_parameters(StabenchTrainable, space=space, store_root=str(store.root), sweep=name,
-                             threads=max(1, int(cpus_per_trial)), tracking=tracking, baselines=baselines),
-        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    metrics, modes = metric_names(space), [d[:3] for d in space.directions]
-    single = len(metrics) == 1
-    searcher = OptunaSearch(space=functools.partial(_define_by_run, space=space),
-                            metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
-                            sampler=make_sampler(space), points_to_evaluate=list((baselines or {}).values()) or None,
-                            study_name=name, storage=study_storage)
-    if max_concurrent:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-    # ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping.
-    scheduler = ASHAScheduler(time_attr="eval_index", grace_period=1, reduction_factor=2,
-                              max_t=eval_budget(space)) if single else FIFOScheduler()
-    run_config = tune.RunConfig(name=name, storage_path=storage, verbose=0,
-                                failure_config=tune.FailureConfig(max_failures=max_failures),
-                                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
-                                callbacks=[progress := ProgressCallback(name, n_trials, space, log)])
-    experiment = str(Path(storage) / name) if "://" not in storage else f"{storage}/{name}"
-    if resume and tune.Tuner.can_restore(experiment):
-        log(f"[{name}] restoring Ray Tune experiment from {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=n_trials,
-            metric=metrics[0] if single else None, mode=modes[0] if single else None))
-    results = tuner.fit()
-    return {**summarize_results(results, space), "trial_started_unix": progress.started_unix}
 
 
 def summarize_results(results, space: SearchSpace) -> dict:
@@ -314,10 +325,8 @@ def run_ray_jobs(jobs: list[tuple[str, Any, dict]], store: Store, *, address: st
                  name: str = "baselines", num_cpus: int | None = None,
                  tracking: TrackingSettings | None = None) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    started_ray = init_ray(address, num_cpus)
-    try:
-        store.root.mkdir(parents=True, exist_ok=True)
+    store.root.mkdir(parents=True, exist_ok=True)
+    with ray_session(address, num_cpus):
         trainable = tune.with_resources(
             tune.with_parameters(_run_job, jobs=jobs, store_root=str(store.root), threads=max(1, int(cpus_per_trial)),
                                  tracking=tracking),
@@ -325,8 +334,3 @@ def run_ray_jobs(jobs: list[tuple[str, Any, dict]], store: Store, *, address: st
         storage = str(Path(storage_path or DEFAULT_RAY_DIR).absolute())
         tune.Tuner(trainable, param_space={"job": tune.grid_search(list(range(len(jobs))))},
                    run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0)).fit()
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
