@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 from ray import tune
 
 from .config import config_hash
 from .errors import UserError
-from .record import eval_value, record_value, worst
-from .search import make_sampler, make_storage
+from .record import eval_value, worst
+from .search import fail_running, make_sampler, make_storage, objective_values
 from .space import SearchSpace, decode_params, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
@@ -80,8 +81,7 @@ class StabenchTrainable(tune.Trainable):
                 "scheduled_unix": self.scheduled_unix, "seed_index": self.seed_index, "params": self.params}
         if self.baseline:
             tags["baseline_point"] = self.baseline
-        self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking,
-                             writer=functools.partial(self.store.write_unique, sweep=self.sweep))
+        self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking, writer=self.store.write_unique)
         return None
 
     def step(self) -> dict:
@@ -114,9 +114,7 @@ class StabenchTrainable(tune.Trainable):
     def _final(self) -> dict:
         out: dict[str, Any] = {"done": True, "step": self.records[-1].get("steps_completed"),
                                "eval_index": self.budget, "statuses": [r["status"] for r in self.records]}
-        for o in self.space.objectives:
-            vals = [record_value(r, o.metric, o.direction) for r in self.records]
-            out[o.metric] = sum(vals) / len(vals)
+        out.update(zip(metric_names(self.space), objective_values(self.space, self.records)))
         return out
 
     def cleanup(self) -> None:
@@ -239,23 +237,12 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1)))
         results = tuner.fit()
-    if study_storage is not None and (n := fail_orphans(study_storage, name)):
+    # Once the sweep has ended none of its study's trials can still run; trials a killed driver asked after its
+    # last experiment checkpoint would stay RUNNING in the study otherwise.
+    if study_storage is not None and (n := fail_running(optuna.load_study(study_name=name, storage=study_storage),
+                                                        dead=lambda w: True, requeue=False)):
         log(f"[{name}] {n} trial(s) of a killed driver left running in the study: marked failed")
     return {**summarize_results(results, space), "trial_started_unix": progress.started_unix}
-
-
-def fail_orphans(storage, study_name: str) -> int:
-    """Once a Ray sweep has ended none of its study's trials can still run; trials a killed driver asked
-    after its last experiment checkpoint stay RUNNING in the study otherwise. Mark them failed."""
-    import optuna
-
-    n = 0
-    for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
-            n += 1
-    return n
 
 
 def summarize_results(results, space: SearchSpace) -> dict:

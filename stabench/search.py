@@ -9,7 +9,6 @@ a diverged seed counts as the worst possible value (infinity), never dropped.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -73,7 +72,7 @@ class ConfigRun:
                 reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
                 rec = run_trial(cfg, self.store.root, reporter=reporter, tracking=self.tracking,
                                 tags={**self.tags, "seed_index": i, "params": params},
-                                writer=functools.partial(self.store.write_unique, sweep=self.tags["sweep"]))
+                                writer=self.store.write_unique)
             else:
                 self.reused.append(rec["run_id"])
             self.records.append(rec)
@@ -83,8 +82,12 @@ class ConfigRun:
                 raise TrialPruned(f"pruned at step {rec['pruned_at']}")
             if self.after_seed is not None and i + 1 < len(self.space.seeds) and self.after_seed(i, rec):
                 raise TrialPruned(f"pruned after seed {seed}")
-        return [sum(record_value(r, o.metric, o.direction) for r in self.records) / len(self.records)
-                for o in self.space.objectives]
+        return objective_values(self.space, self.records)
+
+
+def objective_values(space: SearchSpace, records: list[dict]) -> list[float]:
+    """A config's value of each objective: the mean over its seeds' records (diverged = the worst value)."""
+    return [sum(record_value(r, o.metric, o.direction) for r in records) / len(records) for o in space.objectives]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return c
 
 
-def _proc_stat(pid: int) -> tuple[str, str] | None:
+def proc_stat(pid: int) -> tuple[str, str] | None:
     """(state, start time in clock ticks since boot) of a process, from /proc; None if there is none."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -178,7 +181,7 @@ def _boot_id() -> str:
 
 def this_worker() -> dict:
     """Who runs a trial: host, boot and pid, plus the pid's start time so a reused pid is not mistaken for it."""
-    stat = _proc_stat(os.getpid())
+    stat = proc_stat(os.getpid())
     return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "start": stat and stat[1]}
 
 
@@ -192,13 +195,14 @@ def worker_is_gone(worker: dict | None, heartbeats: bool) -> bool:
     (journal files) `--resume` means the user says it is dead."""
     if worker is None or not same_machine(worker):
         return not heartbeats
-    stat = _proc_stat(worker["pid"])
+    stat = proc_stat(worker["pid"])
     return stat is None or stat[0] == "Z" or stat[1] != worker.get("start")
 
 
-def retry_interrupted(study: optuna.Study, dead: Callable[[dict | None], bool]) -> int:
-    """Mark RUNNING trials whose worker is `dead` as FAIL and enqueue their params again (same config, same
-    baseline name; the seeds it already finished are found in the store, so nothing is recorded twice)."""
+def fail_running(study: optuna.Study, dead: Callable[[dict | None], bool], requeue: bool = True) -> int:
+    """Mark RUNNING trials whose worker (the `worker` user attr) is `dead` as FAIL and, with `requeue`, enqueue
+    their params again (same config, same baseline name; the seeds it already finished are found in the store,
+    so nothing is recorded twice). Returns how many it failed."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not dead(t.user_attrs.get("worker")):
@@ -207,8 +211,9 @@ def retry_interrupted(study: optuna.Study, dead: Callable[[dict | None], bool]) 
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished meanwhile, or a heartbeat check failed it first
-        keep = {k: v for k, v in t.user_attrs.items() if k == "baseline_point"}
-        study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number}, skip_if_exists=False)
+        if requeue:
+            keep = {k: v for k, v in t.user_attrs.items() if k == "baseline_point"}
+            study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number}, skip_if_exists=False)
         n += 1
     return n
 
@@ -345,7 +350,7 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
     if resume:
         heartbeats = is_heartbeat_enabled(study._storage)
         with sweep_lock(store, name):  # local workers ask and tag under this lock
-            retried = retry_interrupted(study, lambda w: worker_is_gone(w, heartbeats))
+            retried = fail_running(study, lambda w: worker_is_gone(w, heartbeats))
         if retried:
             log(f"[{name}] resuming: {retried} interrupted trial(s) marked failed and queued again")
     for baseline, params in (baselines or {}).items():  # named points first, labelled "<baseline>@<sweep>"
@@ -360,7 +365,7 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
     if c["waiting"] and c["complete"] + c["pruned"] < n_trials:
         log(f"[{name}] {c['waiting']} queued trial(s) did not run (the workers stopped); "
             "run the same command again to finish them")
-    return summarize_study(open_study(space, name, storage_url), space)
+    return summarize_study(study, space)
 
 
 def supervise_workers(study: optuna.Study, kwargs: dict, workers: int, max_restarts: int,
@@ -383,7 +388,7 @@ def supervise_workers(study: optuna.Study, kwargs: dict, workers: int, max_resta
             running.discard(p)
             if p.exitcode == 0:
                 continue
-            n = retry_interrupted(study, lambda w, pid=p.pid: w is not None and same_machine(w) and w["pid"] == pid)
+            n = fail_running(study, lambda w, pid=p.pid: w is not None and same_machine(w) and w["pid"] == pid)
             log(f"[{study.study_name}] worker pid {p.pid} died (exit code {p.exitcode}); "
                 f"{n} trial(s) marked failed and queued again")
             if restarts < max_restarts:
@@ -447,7 +452,8 @@ def confirm(store: Store, sweep: str, metric: str, top: int, n_seeds: int,
             cfg = build_config({**rep["config"], "seed": seed}, f"record {rep['run_id']}")
             rec = store.find(rep["config_hash"], seed, sweep=sweep)
             if rec is None:
-                rec = run_trial(cfg, store.root, tags={**tags, "seed_index": seed}, tracking=tracking)
+                rec = run_trial(cfg, store.root, tags={**tags, "seed_index": seed}, tracking=tracking,
+                                writer=store.write_unique)
                 log(f"confirm #{rank} {rep['config_hash'][:8]} seed {seed}: {rec['status']} "
                     f"{metric}={(rec.get('metrics') or {}).get(metric)}")
             records.append(rec)

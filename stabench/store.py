@@ -38,13 +38,7 @@ class Store:
 
     def records(self, **tags) -> Iterator[dict]:
         """Every complete record, optionally only those whose tags match (e.g. sweep='quickstart')."""
-        for path in self.record_paths():
-            try:
-                rec = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue  # unreadable: never produced by our atomic writer, so skip, don't crash
-            if all(rec.get("tags", {}).get(k) == v for k, v in tags.items()):
-                yield rec
+        return _read_matching(self.record_paths(), tags)
 
     @contextlib.contextmanager
     def lock(self, name: str = "write"):
@@ -57,13 +51,13 @@ class Store:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def write_unique(self, record: dict, run_dir: Path, **tags) -> None:
-        """Write a finished record, unless this (config, seed) already has one with these tags: then it is
-        written with status `duplicate` (kept, never counted). That happens when a killed driver's orphaned
-        Ray actor and the restored trial both finish the same seed."""
+    def write_unique(self, record: dict, run_dir: Path) -> None:
+        """Write a finished record, unless its sweep already has one of this (config, seed): then it is written
+        with status `duplicate` (kept, never counted). That happens when a killed driver's orphaned Ray actor
+        and the restored trial both finish the same seed. Every writer into a sweep passes this to the trial."""
         with self.lock():
             if record["status"] in ("ok", "diverged"):
-                first = self.find(record["config_hash"], record["seed"], **tags)
+                first = self.find(record["config_hash"], record["seed"], sweep=record["tags"].get("sweep"))
                 if first is not None and first["run_id"] != record["run_id"]:
                     record.update(status="duplicate", duplicate_of=first["run_id"])
             write_record(record, run_dir)
@@ -71,15 +65,21 @@ class Store:
     def find(self, config_hash: str, seed: int, statuses: tuple[str, ...] = ("ok", "diverged"), **tags) -> dict | None:
         """A record of this config and seed with one of `statuses` and these tags, if one exists.
         Run ids carry the hash prefix and seed, so only matching directories are read."""
-        for path in sorted(self.root.glob(f"*-{config_hash[:8]}-s{seed}-*/record.json")):
-            try:
-                rec = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if (rec["config_hash"] == config_hash and rec["seed"] == seed and rec["status"] in statuses
-                    and all(rec.get("tags", {}).get(k) == v for k, v in tags.items())):
-                return rec
-        return None
+        paths = sorted(self.root.glob(f"*-{config_hash[:8]}-s{seed}-*/record.json"))
+        return next((rec for rec in _read_matching(paths, tags) if rec["config_hash"] == config_hash
+                     and rec["seed"] == seed and rec["status"] in statuses), None)
+
+
+def _read_matching(paths: list[Path], tags: dict) -> Iterator[dict]:
+    """The records at `paths` whose tags match; unreadable files are skipped (never produced by our atomic
+    writer: a foreign or half-copied file must not crash a reader)."""
+    for path in paths:
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if all(rec.get("tags", {}).get(k) == v for k, v in tags.items()):
+            yield rec
 
 
 # ---------------------------------------------------------------------------------------------

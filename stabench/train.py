@@ -198,7 +198,7 @@ def run_trial(cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: 
 class LoopState:
     """Everything the training loop carries from one step to the next (what a checkpoint holds)."""
 
-    def __init__(self, trial: Trial, diffusion: Diffusion):
+    def __init__(self, trial: Trial):
         cfg, device, o = trial.cfg, trial.device, trial.cfg.optim
         torch.manual_seed(cfg.seed)  # model init, dropout, drop-path: everything random derives from the seed
         self.model = build_model(cfg, in_channels=trial.images.shape[1]).to(device)
@@ -251,7 +251,7 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
 
     # Set-up (or restore an interrupted run from its checkpoint).
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(device)
-    state = trial.loop = LoopState(trial, diffusion)
+    state = trial.loop = LoopState(trial)
     model, ema, log, probes, evals = state.model, state.ema, state.log, state.probes, state.evals
     probe = Probe(images, cfg.eval.probe_size, diffusion.T, cfg.seed, device)
     diverged, pruned_at = None, None
@@ -455,7 +455,7 @@ def rescore(run_dir: str | Path, samples: int | None = None, inception_weights: 
         raise UserError(f"RUN_DIR: no {CHECKPOINT} in '{run_dir}'; train with --checkpoint (or --checkpoint-every)")
     trial = Trial(cfg)
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(trial.device)
-    state = trial.loop = LoopState(trial, diffusion)
+    state = LoopState(trial)
     state.model.load_state_dict(state_dict["model"])
     state.ema.load_state_dict(state_dict["ema"])
     result: dict = {"run_dir": str(run_dir), "step": state_dict["step"], "n_samples": cfg.eval.samples,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from stabench.config import config_hash
+from stabench.search import proc_stat
 from stabench.space import SearchSpace, trial_config
 from stabench.store import Store
 
@@ -91,8 +92,8 @@ def children(pid: int) -> list[int]:
 
 
 def start_time(pid: int) -> int:
-    """Clock ticks since boot at which `pid` started (/proc/<pid>/stat field 22)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    """Clock ticks since boot at which `pid` started."""
+    return int(proc_stat(pid)[1])
 
 
 def descendants(pid: int) -> list[int]:

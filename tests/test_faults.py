@@ -239,7 +239,7 @@ def test_worker_is_gone_tells_live_dead_zombie_and_reused_pids():
 
 
 def test_retry_keeps_the_baseline_name_and_skips_finished_trials():
-    from stabench.search import retry_interrupted
+    from stabench.search import fail_running
 
     study = optuna.create_study()
     dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
@@ -247,10 +247,10 @@ def test_retry_keeps_the_baseline_name_and_skips_finished_trials():
     dead.set_user_attr("worker", {"pid": -1})
     live = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     live.set_user_attr("worker", {"pid": 1})
-    assert retry_interrupted(study, lambda w: w["pid"] == -1) == 1
+    assert fail_running(study, lambda w: w["pid"] == -1) == 1
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "RUNNING", "WAITING"]
     retry = study.trials[2]
     assert retry.system_attrs["fixed_params"] == dead.params  # what the next ask() will get
     assert retry.user_attrs == {"baseline_point": "ddpm", "retry_of": 0}
-    assert retry_interrupted(study, lambda w: w["pid"] == -1) == 0  # already failed: not queued twice
+    assert fail_running(study, lambda w: w["pid"] == -1) == 0  # already failed: not queued twice

@@ -1,4 +1,3 @@
-import functools
 import json
 import multiprocessing as mp
 import os
@@ -81,12 +80,11 @@ def test_write_unique_marks_a_second_finished_copy_as_duplicate(tmp_path, tiny):
     from stabench.train import run_trial
 
     store = Store(tmp_path)
-    first, second = (run_trial(tiny(steps=5), tmp_path, tags={"sweep": "s"},
-                               writer=functools.partial(store.write_unique, sweep="s")) for _ in range(2))
+    first, second = (run_trial(tiny(steps=5), tmp_path, tags={"sweep": "s"}, writer=store.write_unique)
+                     for _ in range(2))
     assert first["status"] == "ok" and second["status"] == "duplicate"
     assert second["duplicate_of"] == first["run_id"]
     assert store.find(first["config_hash"], first["seed"], sweep="s")["run_id"] == first["run_id"]
     # another sweep's copy is not a duplicate; the leaderboard counts only ok/diverged records
-    third = run_trial(tiny(steps=5), tmp_path, tags={"sweep": "t"}, writer=functools.partial(store.write_unique,
-                                                                                              sweep="t"))
+    third = run_trial(tiny(steps=5), tmp_path, tags={"sweep": "t"}, writer=store.write_unique)
     assert third["status"] == "ok" and len(list(store.records())) == 3
