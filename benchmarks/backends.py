@@ -23,11 +23,24 @@ from stabench.store import Store
 
 
 def write_space(directory: Path, trials: int, steps: int) -> Path:
-    body = {"name": "bench", "base": {}, "fixed": {"workload.preset": "tiny", "optim.steps": steps,
-                                                   "optim.batch_size": 32, "eval.every": steps, "eval.samples": 0},
-            "space": {"lsc.mode": {"type": "categorical", "choices": ["none", "constant", "inv_sqrt2"]},
-                      "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-            "objectives": [{"metric": "best_probe_loss"}], "budget": {"trials": trials}, "pruner": {"name": "none"}}
+    body = {
+        "name": "bench",
+        "base": {},
+        "fixed": {
+            "workload.preset": "tiny",
+            "optim.steps": steps,
+            "optim.batch_size": 32,
+            "eval.every": steps,
+            "eval.samples": 0,
+        },
+        "space": {
+            "lsc.mode": {"type": "categorical", "choices": ["none", "constant", "inv_sqrt2"]},
+            "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+        "objectives": [{"metric": "best_probe_loss"}],
+        "budget": {"trials": trials},
+        "pruner": {"name": "none"},
+    }
     path = directory / "bench.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
@@ -52,19 +65,25 @@ def main() -> None:
 
         t0 = time.time()
         store = Store(tmp / "ray")
-        summary = run_ray_sweep(space, store, storage_path=str(tmp / "ray_state"), cpus_per_trial=1,
-                                log=lambda s: None)
+        summary = run_ray_sweep(space, store, storage_path=str(tmp / "ray_state"), cpus_per_trial=1, log=lambda s: None)
         ray_wall = time.time() - t0
         started = summary["trial_started_unix"]
-        ray_gaps = [r["first_step_unix"] - started[r["tags"]["trial_number"]] for r in store.records()
-                    if r["tags"]["trial_number"] in started and r.get("resumed_from_step") is None]
+        ray_gaps = [
+            r["first_step_unix"] - started[r["tags"]["trial_number"]]
+            for r in store.records()
+            if r["tags"]["trial_number"] in started and r.get("resumed_from_step") is None
+        ]
 
     o, r = statistics.median(optuna_gaps), statistics.median(ray_gaps)
     print(f"{args.trials} trials x {args.steps} steps (tiny UNet, digits)")
-    print(f"optuna: trial start -> first step median {o:.3f}s (all: {', '.join(f'{g:.2f}' for g in optuna_gaps)}); "
-          f"sweep wall {optuna_wall:.1f}s")
-    print(f"ray:    trial start -> first step median {r:.3f}s (all: {', '.join(f'{g:.2f}' for g in ray_gaps)}); "
-          f"sweep wall {ray_wall:.1f}s (includes starting a local Ray)")
+    print(
+        f"optuna: trial start -> first step median {o:.3f}s (all: {', '.join(f'{g:.2f}' for g in optuna_gaps)}); "
+        f"sweep wall {optuna_wall:.1f}s"
+    )
+    print(
+        f"ray:    trial start -> first step median {r:.3f}s (all: {', '.join(f'{g:.2f}' for g in ray_gaps)}); "
+        f"sweep wall {ray_wall:.1f}s (includes starting a local Ray)"
+    )
     print(f"per-trial start-up overhead ray - optuna: {r - o:.2f}s  (ratio {r / o:.1f}x)")
 
 

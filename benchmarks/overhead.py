@@ -66,25 +66,32 @@ def main() -> None:
     args = ap.parse_args()
 
     # eval.every = steps: the only evaluation is the final one (sampling is off: it is not a training step).
-    cfg = load_config(args.config, [f"steps={args.steps}", f"eval.every={args.steps}", "samples=0",
-                                    EMA_BETAS, *args.overrides])
+    cfg = load_config(
+        args.config, [f"steps={args.steps}", f"eval.every={args.steps}", "samples=0", EMA_BETAS, *args.overrides]
+    )
     device = resolve_device(cfg.device)
     images = load_images(cfg.workload, "train")
-    print(f"device {device}, threads {torch.get_num_threads()}, {cfg.workload.backbone}/{cfg.workload.preset}, "
-          f"batch {cfg.optim.batch_size}, {args.steps} steps x {args.rounds} rounds, "
-          f"probe every {cfg.eval.probe_every}, EMA betas {list(cfg.ema.betas)}")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, {cfg.workload.backbone}/{cfg.workload.preset}, "
+        f"batch {cfg.optim.batch_size}, {args.steps} steps x {args.rounds} rounds, "
+        f"probe every {cfg.eval.probe_every}, EMA betas {list(cfg.ema.betas)}"
+    )
     plain_loop_step_time(cfg, images, device)  # warm-up (allocator, kernels)
     plain, ours = [], []
     for r in range(args.rounds):
         plain.append(plain_loop_step_time(cfg, images, device))
         ours.append(stabench_step_time(cfg))
-        print(f"round {r + 1}: plain {plain[-1] * 1e3:.2f} ms/step   stabench {ours[-1] * 1e3:.2f} ms/step   "
-              f"ratio {ours[-1] / plain[-1]:.3f}")
+        print(
+            f"round {r + 1}: plain {plain[-1] * 1e3:.2f} ms/step   stabench {ours[-1] * 1e3:.2f} ms/step   "
+            f"ratio {ours[-1] / plain[-1]:.3f}"
+        )
     p, s = statistics.median(plain), statistics.median(ours)
     paired = statistics.median(o / q for o, q in zip(ours, plain))
     print(f"median: plain {p * 1e3:.2f} ms/step, stabench {s * 1e3:.2f} ms/step")
-    print(f"overhead ratio (stabench / plain): median of per-round ratios {paired:.3f}, ratio of medians "
-          f"{s / p:.3f}   (target <= 1.05)")
+    print(
+        f"overhead ratio (stabench / plain): median of per-round ratios {paired:.3f}, ratio of medians "
+        f"{s / p:.3f}   (target <= 1.05)"
+    )
 
 
 if __name__ == "__main__":

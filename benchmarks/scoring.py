@@ -40,16 +40,28 @@ def noisy_and_blurred(n: int, seed: int = 0) -> torch.Tensor:
     return torch.where((torch.arange(n) % 2 == 0)[:, None, None, None], noisy, blurred)
 
 
-def direct_call(samples: torch.Tensor, reference_ds: scoring.ImageDataset, cache_name: str, cache_dir: Path,
-                ext: scoring.Extractor) -> float:
+def direct_call(
+    samples: torch.Tensor, reference_ds: scoring.ImageDataset, cache_name: str, cache_dir: Path, ext: scoring.Extractor
+) -> float:
     """What a user would write with torch-fidelity alone (same extractor and options as stabench)."""
     u8 = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).repeat(1, 3, 1, 1)
     m = torch_fidelity.calculate_metrics(
-        input1=scoring.ImageDataset(u8), input2=reference_ds, input2_cache_name=cache_name,
-        cache_root=str(cache_dir), fid=True, kid=True, kid_subset_size=min(len(u8), len(reference_ds), 1000),
-        feature_extractor=ext.fidelity_name, feature_layer_fid=ext.feature_layer, feature_layer_kid=ext.feature_layer,
-        feature_extractor_weights_path=str(ext.weights_path), batch_size=ext.batch_size, save_cpu_ram=True,
-        cuda=torch.cuda.is_available(), verbose=False)
+        input1=scoring.ImageDataset(u8),
+        input2=reference_ds,
+        input2_cache_name=cache_name,
+        cache_root=str(cache_dir),
+        fid=True,
+        kid=True,
+        kid_subset_size=min(len(u8), len(reference_ds), 1000),
+        feature_extractor=ext.fidelity_name,
+        feature_layer_fid=ext.feature_layer,
+        feature_layer_kid=ext.feature_layer,
+        feature_extractor_weights_path=str(ext.weights_path),
+        batch_size=ext.batch_size,
+        save_cpu_ram=True,
+        cuda=torch.cuda.is_available(),
+        verbose=False,
+    )
     return m[torch_fidelity.KEY_METRIC_FID]
 
 
@@ -84,9 +96,11 @@ def main() -> None:
     ext = scoring.get_extractor("digits")
     name = ext.reference_name("digits", 8, "test")
     reference_ds = scoring.ImageDataset(scoring.images_to_uint8(reference))
-    print(f"digits 8x8: {len(samples)} samples vs {len(reference)} reference images (test split), "
-          f"extractor {ext.fidelity_name}, torch-fidelity {torch_fidelity.__version__}, "
-          f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}")
+    print(
+        f"digits 8x8: {len(samples)} samples vs {len(reference)} reference images (test split), "
+        f"extractor {ext.fidelity_name}, torch-fidelity {torch_fidelity.__version__}, "
+        f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "warm"
@@ -106,20 +120,26 @@ def main() -> None:
             pair = [(t_ours, ours), (t_direct, direct)]
             for times, fn in pair if r % 2 == 0 else pair[::-1]:  # neither side always runs first
                 times.append(seconds(fn))
-        print(f"(a) cached reference, {args.rounds} alternating rounds: stabench {_fmt(t_ours)}, "
-              f"direct torch-fidelity {_fmt(t_direct)}; ratio of medians "
-              f"{statistics.median(t_ours) / statistics.median(t_direct):.3f}, of minima "
-              f"{min(t_ours) / min(t_direct):.3f} (target <= 1.1)")
-        print(f"    stabench's own work per call (get_extractor, uint8 conversion, reference hash): "
-              f"{_fmt([own_work(samples, reference, name) for _ in range(args.rounds)])}")
+        print(
+            f"(a) cached reference, {args.rounds} alternating rounds: stabench {_fmt(t_ours)}, "
+            f"direct torch-fidelity {_fmt(t_direct)}; ratio of medians "
+            f"{statistics.median(t_ours) / statistics.median(t_direct):.3f}, of minima "
+            f"{min(t_ours) / min(t_direct):.3f} (target <= 1.1)"
+        )
+        print(
+            f"    stabench's own work per call (get_extractor, uint8 conversion, reference hash): "
+            f"{_fmt([own_work(samples, reference, name) for _ in range(args.rounds)])}"
+        )
 
         first, second = [], []
         for r in range(args.rounds):
             fresh = Path(tmp) / f"fresh{r}"
             first.append(seconds(scoring.score, samples, reference, name, cache_dir=fresh))
             second.append(seconds(scoring.score, samples, reference, name, cache_dir=fresh))
-        print(f"(b) empty cache, {args.rounds} rounds: first call {_fmt(first)}, second call {_fmt(second)}; "
-              f"the cache saves {(statistics.median(first) - statistics.median(second)) * 1e3:.0f} ms (median)")
+        print(
+            f"(b) empty cache, {args.rounds} rounds: first call {_fmt(first)}, second call {_fmt(second)}; "
+            f"the cache saves {(statistics.median(first) - statistics.median(second)) * 1e3:.0f} ms (median)"
+        )
 
 
 if __name__ == "__main__":

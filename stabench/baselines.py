@@ -26,26 +26,38 @@ def baseline_names(directory: Path = BASELINES_DIR) -> list[str]:
 def load_baseline(name: str, overrides: list[str] = (), directory: Path = BASELINES_DIR) -> TrialConfig:
     path = Path(directory) / f"{name}.yaml"
     if not path.is_file():
-        raise UserError(f"--only: no baseline named '{name}' in {directory}/; allowed: "
-                        + ", ".join(baseline_names(directory)))
+        raise UserError(
+            f"--only: no baseline named '{name}' in {directory}/; allowed: " + ", ".join(baseline_names(directory))
+        )
     return load_config(path, list(overrides))
 
 
-def baseline_jobs(names: list[str], seeds: list[int], overrides: list[str] = (),
-                  directory: Path = BASELINES_DIR) -> list[tuple[str, TrialConfig]]:
+def baseline_jobs(
+    names: list[str], seeds: list[int], overrides: list[str] = (), directory: Path = BASELINES_DIR
+) -> list[tuple[str, TrialConfig]]:
     """(name, config) for every baseline and seed; all validated before anything runs."""
     return [(name, load_baseline(name, [*overrides, f"seed={seed}"], directory)) for name in names for seed in seeds]
 
 
-def run_baselines_local(jobs: list[tuple[str, TrialConfig]], store: Store, log: Callable[[str], None] = print,
-                        progress: bool = False, tracking: TrackingSettings | None = None) -> list[dict]:
+def run_baselines_local(
+    jobs: list[tuple[str, TrialConfig]],
+    store: Store,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+    tracking: TrackingSettings | None = None,
+) -> list[dict]:
     """Run the jobs one after another in this process; jobs already in the store are not run again."""
     records = []
     for i, (name, cfg) in enumerate(jobs, 1):
         rec = store.find(config_hash(cfg), cfg.seed, sweep=SWEEP, baseline=name)
         if rec is None:
-            rec = run_trial(cfg, store.root, progress=progress, tracking=tracking,
-                            tags={"sweep": SWEEP, "baseline": name, "backend": "local"})
+            rec = run_trial(
+                cfg,
+                store.root,
+                progress=progress,
+                tracking=tracking,
+                tags={"sweep": SWEEP, "baseline": name, "backend": "local"},
+            )
             log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: {rec['status']} ({rec['wall_time_s']:.0f}s)")
         else:
             log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: already in the store ({rec['run_id']})")

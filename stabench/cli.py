@@ -26,9 +26,15 @@ def _fail(err: UserError, debug: bool) -> None:
 
 
 def inception_option(fn):
-    return click.option("--inception-weights", default=None, metavar="PATH", callback=_set_inception_env,
-                        expose_value=False, help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for the "
-                        "standard FID (same as $STABENCH_INCEPTION_WEIGHTS); nothing is downloaded.")(fn)
+    return click.option(
+        "--inception-weights",
+        default=None,
+        metavar="PATH",
+        callback=_set_inception_env,
+        expose_value=False,
+        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for the "
+        "standard FID (same as $STABENCH_INCEPTION_WEIGHTS); nothing is downloaded.",
+    )(fn)
 
 
 def _set_inception_env(ctx, param, value):
@@ -48,11 +54,15 @@ def check_scoring_inputs(cfg) -> None:
 def wandb_options(fn):
     """--wandb MODE, --wandb-project, --wandb-entity (offline by default without an API key)."""
     fn = click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (team or user).")(fn)
-    fn = click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME",
-                      help="W&B project.")(fn)
-    return click.option("--wandb", "wandb_mode", type=click.Choice(["online", "offline", "disabled"]), default=None,
-                        help="W&B mode (default: $WANDB_MODE, else online when logged in, else offline; offline "
-                             "runs go to <store>/wandb/, upload with `wandb sync <store>/wandb/offline-run-*`).")(fn)
+    fn = click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME", help="W&B project.")(fn)
+    return click.option(
+        "--wandb",
+        "wandb_mode",
+        type=click.Choice(["online", "offline", "disabled"]),
+        default=None,
+        help="W&B mode (default: $WANDB_MODE, else online when logged in, else offline; offline "
+        "runs go to <store>/wandb/, upload with `wandb sync <store>/wandb/offline-run-*`).",
+    )(fn)
 
 
 def tracking_settings(mode: str | None, project: str, entity: str | None, store_root: Path):
@@ -76,29 +86,66 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key; repeatable. KEY is a dotted path (optim.lr) or a unique leaf "
-                   "name (lr, steps). VALUE is parsed as YAML: 1e-3, null, [0.999,0.9999].")
-@click.option("--seed", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Trial seed (overrides the config's `seed`).")
-@click.option("--device", default=None, metavar="DEVICE",
-              help="auto (default: CUDA when available), cpu, cuda or cuda:N.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, metavar="DIR", help="Each trial writes DIR/<run_id>/record.json and more.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key; repeatable. KEY is a dotted path (optim.lr) or a unique leaf "
+    "name (lr, steps). VALUE is parsed as YAML: 1e-3, null, [0.999,0.9999].",
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=None, metavar="N", help="Trial seed (overrides the config's `seed`)."
+)
+@click.option(
+    "--device", default=None, metavar="DEVICE", help="auto (default: CUDA when available), cpu, cuda or cuda:N."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    metavar="DIR",
+    help="Each trial writes DIR/<run_id>/record.json and more.",
+)
 @click.option("--checkpoint", is_flag=True, help="Also save the final weights, EMA and optimizer state.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Save a resumable checkpoint (atomically) every K steps.")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              metavar="RUN_DIR", help="Continue an interrupted trial from RUN_DIR/checkpoint.pt (CONFIG defaults to "
-                                      "RUN_DIR/config.yaml); the result equals an uninterrupted run.")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Save a resumable checkpoint (atomically) every K steps.",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue an interrupted trial from RUN_DIR/checkpoint.pt (CONFIG defaults to "
+    "RUN_DIR/config.yaml); the result equals an uninterrupted run.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved config, then exit.")
 @inception_option
 @wandb_options
 @click.pass_context
-def train(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], seed: int | None, device: str | None,
-          out: Path, checkpoint: bool, checkpoint_every: int | None, resume_dir: Path | None, quiet: bool,
-          dry_run: bool, wandb_mode: str | None, wandb_project: str, wandb_entity: str | None) -> None:
+def train(
+    ctx: click.Context,
+    config: Path | None,
+    overrides: tuple[str, ...],
+    seed: int | None,
+    device: str | None,
+    out: Path,
+    checkpoint: bool,
+    checkpoint_every: int | None,
+    resume_dir: Path | None,
+    quiet: bool,
+    dry_run: bool,
+    wandb_mode: str | None,
+    wandb_project: str,
+    wandb_entity: str | None,
+) -> None:
     """Train one trial from CONFIG (a YAML file) and write its record.
 
     \b
@@ -107,9 +154,12 @@ def train(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], s
     """
     from .config import config_hash, dump_yaml, load_config
 
-    extra = list(overrides) + ([f"seed={seed}"] if seed is not None else []) + \
-        ([f"device={device}"] if device is not None else []) + \
-        ([f"checkpoint_every={checkpoint_every}"] if checkpoint_every else [])
+    extra = (
+        list(overrides)
+        + ([f"seed={seed}"] if seed is not None else [])
+        + ([f"device={device}"] if device is not None else [])
+        + ([f"checkpoint_every={checkpoint_every}"] if checkpoint_every else [])
+    )
     try:
         if config is None and resume_dir is None:
             raise UserError("CONFIG: give a config file (or --resume RUN_DIR)")
@@ -127,15 +177,22 @@ def train(ctx: click.Context, config: Path | None, overrides: tuple[str, ...], s
         click.echo(dump_yaml(cfg) + f"# config_hash: {config_hash(cfg)}")
         return
 
+    from .record import Status
     from .train import run_trial
 
     try:
-        record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint, resume_dir=resume_dir,
-                           tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, out))
+        record = run_trial(
+            cfg,
+            out,
+            progress=not quiet,
+            save_checkpoint=checkpoint,
+            resume_dir=resume_dir,
+            tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, out),
+        )
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     print_summary(record)
-    if record["status"] == "failed":
+    if record["status"] == Status.FAILED:
         sys.exit(1)
 
 
@@ -143,22 +200,36 @@ def print_summary(record: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .record import Status
+
     m = record.get("metrics") or {}
     table = Table(title=f"trial {record['run_id']}", show_header=False, box=None)
-    table.add_row("status", record["status"] + (f" ({record.get('diverged_reason')})"
-                                                if record["status"] == "diverged" else ""))
-    if record["status"] == "failed":
+    table.add_row(
+        "status",
+        record["status"] + (f" ({record.get('diverged_reason')})" if record["status"] == Status.DIVERGED else ""),
+    )
+    if record["status"] == Status.FAILED:
         table.add_row("error", f"{record['error']['type']}: {record['error']['message']}")
-    rows = [("steps", record.get("steps_completed")), ("steps/s", record.get("steps_per_s")),
-            ("probe loss", f"{m.get('initial_probe_loss', float('nan')):.4f} -> "
-                           f"{m.get('final_probe_loss', float('nan')):.4f}" if m else None),
-            ("best weights", m.get("best_weights")),
-            *[(k, m[k]) for k in ("fid_digits", "kid_digits", "fid", "kid", "fid_digits_floor", "fid_floor") if k in m],
-            ("instability", m.get("instability")),
-            ("grad norm cv", m.get("grad_norm_cv")), ("grad spikes / 1k", m.get("grad_spike_rate")),
-            ("clip frac", m.get("clip_frac")), ("probe loss osc", m.get("probe_loss_osc")),
-            ("feature norm max", m.get("feature_norm_max")),
-            ("feature norm growth", m.get("feature_norm_growth")), ("record", record.get("run_dir"))]
+    rows = [
+        ("steps", record.get("steps_completed")),
+        ("steps/s", record.get("steps_per_s")),
+        (
+            "probe loss",
+            f"{m.get('initial_probe_loss', float('nan')):.4f} -> {m.get('final_probe_loss', float('nan')):.4f}"
+            if m
+            else None,
+        ),
+        ("best weights", m.get("best_weights")),
+        *[(k, m[k]) for k in ("fid_digits", "kid_digits", "fid", "kid", "fid_digits_floor", "fid_floor") if k in m],
+        ("instability", m.get("instability")),
+        ("grad norm cv", m.get("grad_norm_cv")),
+        ("grad spikes / 1k", m.get("grad_spike_rate")),
+        ("clip frac", m.get("clip_frac")),
+        ("probe loss osc", m.get("probe_loss_osc")),
+        ("feature norm max", m.get("feature_norm_max")),
+        ("feature norm growth", m.get("feature_norm_growth")),
+        ("record", record.get("run_dir")),
+    ]
     for name, value in rows:
         if value is not None:
             table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
@@ -167,48 +238,126 @@ def print_summary(record: dict) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("space_file", metavar="SPACE.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--backend", type=click.Choice(["optuna", "ray"]), default="optuna", show_default=True,
-              help="optuna: in-process or --workers local processes; ray: Ray Tune, local or a cluster.")
-@click.option("--study", default=None, metavar="NAME",
-              help="Study/sweep name (default: the space's name or file stem).")
-@click.option("--n-trials", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Finished trials wanted in the study (default: the space's budget.trials).")
-@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Results store for the trial records (default: runs/, or $STABENCH_STORE).")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted sweep: retry trials left running by a killed process "
-                   "(optuna) or restore the Ray Tune experiment (ray).")
-@click.option("--with-baselines", is_flag=True,
-              help="Enqueue the baselines/*.yaml points of this space as the first trials.")
-@click.option("--max-failures", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
-              help="Failed trials tolerated before the sweep stops, and dead workers replaced (optuna); "
-                   "restarts per trial (ray).")
-@click.option("--storage", default=None, metavar="URL_OR_FILE",
-              help="Optuna study storage: a journal file path or an RDB URL, e.g. "
-                   "postgresql+psycopg2://user:pw@host/db. Default: results/optuna/<study>.journal (optuna); "
-                   "in memory, saved with the Ray experiment (ray).")
+@click.option(
+    "--backend",
+    type=click.Choice(["optuna", "ray"]),
+    default="optuna",
+    show_default=True,
+    help="optuna: in-process or --workers local processes; ray: Ray Tune, local or a cluster.",
+)
+@click.option(
+    "--study", default=None, metavar="NAME", help="Study/sweep name (default: the space's name or file stem)."
+)
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Finished trials wanted in the study (default: the space's budget.trials).",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Results store for the trial records (default: runs/, or $STABENCH_STORE).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted sweep: retry trials left running by a killed process "
+    "(optuna) or restore the Ray Tune experiment (ray).",
+)
+@click.option(
+    "--with-baselines", is_flag=True, help="Enqueue the baselines/*.yaml points of this space as the first trials."
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="Failed trials tolerated before the sweep stops, and dead workers replaced (optuna); "
+    "restarts per trial (ray).",
+)
+@click.option(
+    "--storage",
+    default=None,
+    metavar="URL_OR_FILE",
+    help="Optuna study storage: a journal file path or an RDB URL, e.g. "
+    "postgresql+psycopg2://user:pw@host/db. Default: results/optuna/<study>.journal (optuna); "
+    "in memory, saved with the Ray experiment (ray).",
+)
 # Optuna backend
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
-              help="[optuna] Local worker processes sharing the study.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="[optuna] Local worker processes sharing the study.",
+)
 # Ray backend
-@click.option("--address", default=None, metavar="ADDR",
-              help="[ray] Cluster to join: 'auto' or ray://host:port (default: start a local Ray).")
-@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
-              metavar="C", help="[ray] CPUs reserved per trial.")
-@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
-              help="[ray] GPUs per trial; fractions share a GPU (0.25 = four trials per GPU).")
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, metavar="K",
-              help="[ray] Trials running at once (default: as many as resources allow).")
-@click.option("--storage-path", default=None, metavar="DIR_OR_URI",
-              help="[ray] Where Ray Tune keeps experiment state (default results/ray).")
+@click.option(
+    "--address",
+    default=None,
+    metavar="ADDR",
+    help="[ray] Cluster to join: 'auto' or ray://host:port (default: start a local Ray).",
+)
+@click.option(
+    "--cpus-per-trial",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1,
+    show_default=True,
+    metavar="C",
+    help="[ray] CPUs reserved per trial.",
+)
+@click.option(
+    "--gpus-per-trial",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="G",
+    help="[ray] GPUs per trial; fractions share a GPU (0.25 = four trials per GPU).",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="[ray] Trials running at once (default: as many as resources allow).",
+)
+@click.option(
+    "--storage-path",
+    default=None,
+    metavar="DIR_OR_URI",
+    help="[ray] Where Ray Tune keeps experiment state (default results/ray).",
+)
 @inception_option
 @wandb_options
 @click.pass_context
-def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None, n_trials: int | None,
-          store_dir: Path | None, resume: bool, with_baselines: bool, max_failures: int, storage: str | None,
-          workers: int, address: str | None, cpus_per_trial: float, gpus_per_trial: float,
-          max_concurrent: int | None, storage_path: str | None, wandb_mode: str | None, wandb_project: str,
-          wandb_entity: str | None) -> None:
+def sweep(
+    ctx: click.Context,
+    space_file: Path,
+    backend: str,
+    study: str | None,
+    n_trials: int | None,
+    store_dir: Path | None,
+    resume: bool,
+    with_baselines: bool,
+    max_failures: int,
+    storage: str | None,
+    workers: int,
+    address: str | None,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    max_concurrent: int | None,
+    storage_path: str | None,
+    wandb_mode: str | None,
+    wandb_project: str,
+    wandb_entity: str | None,
+) -> None:
     """Search the knobs of SPACE.yaml and record every trial in the store.
 
     Re-running the same command continues the same study. The Optuna storage opens in
@@ -238,23 +387,45 @@ def sweep(ctx: click.Context, space_file: Path, backend: str, study: str | None,
         _fail(err, ctx.obj["debug"])
     name = study or space.name
     tracking = tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root)
-    click.echo(f"sweep '{name}' ({backend}): {len(space.space)} knobs, seeds {space.seeds}, "
-               f"objectives {[o.metric + ' ' + o.direction for o in space.objectives]}, store {store.root}")
+    click.echo(
+        f"sweep '{name}' ({backend}): {len(space.space)} knobs, seeds {space.seeds}, "
+        f"objectives {[o.metric + ' ' + o.direction for o in space.objectives]}, store {store.root}"
+    )
     try:
         if backend == "optuna":
             from .search import run_optuna_sweep
 
-            summary = run_optuna_sweep(space, store, study_name=name, storage_url=storage, n_trials=n_trials,
-                                       workers=workers, resume=resume, max_failures=max_failures,
-                                       baselines=baselines, tracking=tracking)
+            summary = run_optuna_sweep(
+                space,
+                store,
+                study_name=name,
+                storage_url=storage,
+                n_trials=n_trials,
+                workers=workers,
+                resume=resume,
+                max_failures=max_failures,
+                baselines=baselines,
+                tracking=tracking,
+            )
         else:
             from .ray_backend import run_ray_sweep
 
-            summary = run_ray_sweep(space, store, study_name=name, n_trials=n_trials, address=address,
-                                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                                    max_concurrent=max_concurrent, storage_path=storage_path, resume=resume,
-                                    max_failures=max_failures, baselines=baselines, storage_url=storage,
-                                    tracking=tracking)
+            summary = run_ray_sweep(
+                space,
+                store,
+                study_name=name,
+                n_trials=n_trials,
+                address=address,
+                cpus_per_trial=cpus_per_trial,
+                gpus_per_trial=gpus_per_trial,
+                max_concurrent=max_concurrent,
+                storage_path=storage_path,
+                resume=resume,
+                max_failures=max_failures,
+                baselines=baselines,
+                storage_url=storage,
+                tracking=tracking,
+            )
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     print_sweep_summary(summary, space)
@@ -282,8 +453,10 @@ def print_sweep_summary(summary: dict, space) -> None:
     click.echo("")
     if "best" in summary:
         best = summary["best"]
-        click.echo(f"best {space.objectives[0].metric} = {best['value']:.4g}"
-                   + (f" (trial {best['trial']})" if "trial" in best else ""))
+        click.echo(
+            f"best {space.objectives[0].metric} = {best['value']:.4g}"
+            + (f" (trial {best['trial']})" if "trial" in best else "")
+        )
         for k, v in best["params"].items():
             click.echo(f"  {k}: {v}")
     for point in summary.get("pareto_front", []):
@@ -296,15 +469,29 @@ def print_sweep_summary(summary: dict, space) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("run_dir", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
-@click.option("--samples", type=click.IntRange(min=2), default=None, metavar="N",
-              help="Samples per weight set (default: the trial's eval.samples).")
-@click.option("--extractor", type=click.Choice(["digits", "inception"]), default=None,
-              help="Feature extractor (default: the trial's eval.extractor).")
-@click.option("--inception-weights", default=None, metavar="PATH",
-              help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (or $STABENCH_INCEPTION_WEIGHTS).")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=2),
+    default=None,
+    metavar="N",
+    help="Samples per weight set (default: the trial's eval.samples).",
+)
+@click.option(
+    "--extractor",
+    type=click.Choice(["digits", "inception"]),
+    default=None,
+    help="Feature extractor (default: the trial's eval.extractor).",
+)
+@click.option(
+    "--inception-weights",
+    default=None,
+    metavar="PATH",
+    help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (or $STABENCH_INCEPTION_WEIGHTS).",
+)
 @click.pass_context
-def score(ctx: click.Context, run_dir: Path, samples: int | None, extractor: str | None,
-          inception_weights: str | None) -> None:
+def score(
+    ctx: click.Context, run_dir: Path, samples: int | None, extractor: str | None, inception_weights: str | None
+) -> None:
     """Re-score a finished trial (raw and EMA weights) from its checkpoint; writes score-*.json beside it."""
     from .train import rescore
 
@@ -315,24 +502,59 @@ def score(ctx: click.Context, run_dir: Path, samples: int | None, extractor: str
     for key, per_weights in result.items():
         if isinstance(per_weights, dict):
             click.echo(f"{key}: " + ", ".join(f"{w}={v:.4g}" for w, v in per_weights.items()))
-    click.echo(f"floor: {result[[k for k in result if k.endswith('_floor')][0]]:.4g}  "
-               f"({result['n_samples']} samples, step {result['step']})")
+    click.echo(
+        f"floor: {result[[k for k in result if k.endswith('_floor')][0]]:.4g}  "
+        f"({result['n_samples']} samples, step {result['step']})"
+    )
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("sweep_name", metavar="SWEEP")
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
-              help="How many of the sweep's best configs to confirm.")
-@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
-              help="Seeds 0..N-1 for each of them (seeds already recorded are not re-run).")
-@click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
-              help="Ranks the sweep's configs (lower is better; diverged = worst).")
-@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Results store (default: runs/, or $STABENCH_STORE).")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    metavar="K",
+    help="How many of the sweep's best configs to confirm.",
+)
+@click.option(
+    "--seeds",
+    "n_seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="Seeds 0..N-1 for each of them (seeds already recorded are not re-run).",
+)
+@click.option(
+    "--metric",
+    default="fid_digits",
+    show_default=True,
+    metavar="METRIC",
+    help="Ranks the sweep's configs (lower is better; diverged = worst).",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Results store (default: runs/, or $STABENCH_STORE).",
+)
 @wandb_options
 @click.pass_context
-def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric: str, store_dir: Path | None,
-            wandb_mode: str | None, wandb_project: str, wandb_entity: str | None) -> None:
+def confirm(
+    ctx: click.Context,
+    sweep_name: str,
+    top: int,
+    n_seeds: int,
+    metric: str,
+    store_dir: Path | None,
+    wandb_mode: str | None,
+    wandb_project: str,
+    wandb_entity: str | None,
+) -> None:
     """Re-run the TOP best configs of SWEEP with more seeds, so the leaderboard can give CIs."""
     from .search import confirm as run_confirm
     from .store import DEFAULT_STORE, Store
@@ -344,35 +566,87 @@ def confirm(ctx: click.Context, sweep_name: str, top: int, n_seeds: int, metric:
     except UserError as err:
         _fail(err, ctx.obj["debug"])
     try:
-        records = run_confirm(store, sweep_name, metric, top, n_seeds,
-                              tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root))
+        records = run_confirm(
+            store,
+            sweep_name,
+            metric,
+            top,
+            n_seeds,
+            tracking=tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root),
+        )
     except UserError as err:
         _fail(err, ctx.obj["debug"])
-    click.echo(f"{len(records)} records for the top {top} configs of '{sweep_name}' "
-               f"(run `stabench leaderboard --sweep {sweep_name}`)")
+    click.echo(
+        f"{len(records)} records for the top {top} configs of '{sweep_name}' "
+        f"(run `stabench leaderboard --sweep {sweep_name}`)"
+    )
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--only", "only", multiple=True, metavar="NAME",
-              help="Run only these baselines (repeatable); default: every baselines/*.yaml.")
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="NAME",
+    help="Run only these baselines (repeatable); default: every baselines/*.yaml.",
+)
 @click.option("--seeds", default="0,1,2", show_default=True, metavar="LIST", help="Comma-separated seeds.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a key in every baseline (e.g. steps=600 for a CPU-sized run).")
-@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Results store (default: runs/, or $STABENCH_STORE).")
-@click.option("--backend", type=click.Choice(["optuna", "ray"]), default="optuna", show_default=True,
-              help="optuna: one after another in this process; ray: as Ray Tune trials.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a key in every baseline (e.g. steps=600 for a CPU-sized run).",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Results store (default: runs/, or $STABENCH_STORE).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["optuna", "ray"]),
+    default="optuna",
+    show_default=True,
+    help="optuna: one after another in this process; ray: as Ray Tune trials.",
+)
 @click.option("--address", default=None, metavar="ADDR", help="[ray] Cluster to join ('auto', ray://host:port).")
-@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
-              metavar="C", help="[ray] CPUs per trial.")
-@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0, show_default=True, metavar="G",
-              help="[ray] GPUs per trial.")
+@click.option(
+    "--cpus-per-trial",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1,
+    show_default=True,
+    metavar="C",
+    help="[ray] CPUs per trial.",
+)
+@click.option(
+    "--gpus-per-trial",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="G",
+    help="[ray] GPUs per trial.",
+)
 @inception_option
 @wandb_options
 @click.pass_context
-def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: tuple[str, ...],
-              store_dir: Path | None, backend: str, address: str | None, cpus_per_trial: float,
-              gpus_per_trial: float, wandb_mode: str | None, wandb_project: str, wandb_entity: str | None) -> None:
+def baselines(
+    ctx: click.Context,
+    only: tuple[str, ...],
+    seeds: str,
+    overrides: tuple[str, ...],
+    store_dir: Path | None,
+    backend: str,
+    address: str | None,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    wandb_mode: str | None,
+    wandb_project: str,
+    wandb_entity: str | None,
+) -> None:
     """Run the named reference configs of baselines/ over several seeds.
 
     Records are tagged sweep=baselines and baseline=NAME; a (baseline, seed) already in the store is
@@ -409,44 +683,98 @@ def baselines(ctx: click.Context, only: tuple[str, ...], seeds: str, overrides: 
         from .config import config_hash
         from .ray_backend import run_ray_jobs
 
-        todo = [(n, c, {"sweep": SWEEP, "baseline": n, "backend": "ray"}) for n, c in jobs
-                if store.find(config_hash(c), c.seed, sweep=SWEEP, baseline=n) is None]
+        todo = [
+            (n, c, {"sweep": SWEEP, "baseline": n, "backend": "ray"})
+            for n, c in jobs
+            if store.find(config_hash(c), c.seed, sweep=SWEEP, baseline=n) is None
+        ]
         try:
-            run_ray_jobs(todo, store, address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                         tracking=tracking)
+            run_ray_jobs(
+                todo,
+                store,
+                address=address,
+                cpus_per_trial=cpus_per_trial,
+                gpus_per_trial=gpus_per_trial,
+                tracking=tracking,
+            )
         except UserError as err:
             _fail(err, ctx.obj["debug"])
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Results store to read (default: runs/, or $STABENCH_STORE).")
-@click.option("--sweep", "sweeps", multiple=True, metavar="NAME",
-              help="Only records of these sweeps (repeatable); the baseline's records are always included.")
-@click.option("--baseline", default="ddpm", show_default=True, metavar="NAME",
-              help="Baseline for deltas, steps-to-target and speedup ('' for none).")
-@click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
-              help="Quality metric (lower is better): fid_digits, kid_digits, fid, kid, best_probe_loss, ...")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/leaderboard"),
-              show_default=True, metavar="DIR",
-              help="Writes leaderboard.md, .csv, .html and PNG plots here (results/ holds the committed one).")
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Results store to read (default: runs/, or $STABENCH_STORE).",
+)
+@click.option(
+    "--sweep",
+    "sweeps",
+    multiple=True,
+    metavar="NAME",
+    help="Only records of these sweeps (repeatable); the baseline's records are always included.",
+)
+@click.option(
+    "--baseline",
+    default="ddpm",
+    show_default=True,
+    metavar="NAME",
+    help="Baseline for deltas, steps-to-target and speedup ('' for none).",
+)
+@click.option(
+    "--metric",
+    default="fid_digits",
+    show_default=True,
+    metavar="METRIC",
+    help="Quality metric (lower is better): fid_digits, kid_digits, fid, kid, best_probe_loss, ...",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/leaderboard"),
+    show_default=True,
+    metavar="DIR",
+    help="Writes leaderboard.md, .csv, .html and PNG plots here (results/ holds the committed one).",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-@click.option("--wandb", "wandb_mode", type=click.Choice(["online", "offline"]), default=None,
-              help="Also log the table and the files to W&B (job_type leaderboard, in the sweep's group).")
+@click.option(
+    "--wandb",
+    "wandb_mode",
+    type=click.Choice(["online", "offline"]),
+    default=None,
+    help="Also log the table and the files to W&B (job_type leaderboard, in the sweep's group).",
+)
 @click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME", help="W&B project.")
 @click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (team or user).")
 @click.pass_context
-def leaderboard(ctx: click.Context, store_dir: Path | None, sweeps: tuple[str, ...], baseline: str, metric: str,
-                out: Path, no_plots: bool, wandb_mode: str | None, wandb_project: str,
-                wandb_entity: str | None) -> None:
+def leaderboard(
+    ctx: click.Context,
+    store_dir: Path | None,
+    sweeps: tuple[str, ...],
+    baseline: str,
+    metric: str,
+    out: Path,
+    no_plots: bool,
+    wandb_mode: str | None,
+    wandb_project: str,
+    wandb_entity: str | None,
+) -> None:
     """Regenerate the leaderboard from the results store (same store in -> byte-identical files out)."""
     from .leaderboard import write_leaderboard
     from .store import DEFAULT_STORE, Store
 
     try:
         store = Store(store_dir or DEFAULT_STORE)
-        records = [r for r in store.records() if not sweeps or (r.get("tags") or {}).get("sweep") in sweeps
-                   or (baseline and (r.get("tags") or {}).get("baseline") == baseline)]
+        records = [
+            r
+            for r in store.records()
+            if not sweeps
+            or (r.get("tags") or {}).get("sweep") in sweeps
+            or (baseline and (r.get("tags") or {}).get("baseline") == baseline)
+        ]
         if not records:
             raise UserError(f"--store: no records in {store.root}" + (f" for sweeps {list(sweeps)}" if sweeps else ""))
         have = {k for r in records for k in (r.get("metrics") or {})}
@@ -461,8 +789,9 @@ def leaderboard(ctx: click.Context, store_dir: Path | None, sweeps: tuple[str, .
     if wandb_mode:
         from .tracking import log_leaderboard
 
-        log_leaderboard(tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root), out,
-                        group=",".join(sweeps) or "all")
+        log_leaderboard(
+            tracking_settings(wandb_mode, wandb_project, wandb_entity, store.root), out, group=",".join(sweeps) or "all"
+        )
 
 
 def optuna_studies(sweeps: tuple[str, ...]) -> list:

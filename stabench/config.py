@@ -28,6 +28,7 @@ class _Section(BaseModel):
 # Sections
 # ---------------------------------------------------------------------------------------------
 
+
 class WorkloadConfig(_Section):
     dataset: Literal["digits", "cifar10", "folder"] = "digits"
     root: str | None = Field(None, description="data directory (cifar10, folder); unused for digits")
@@ -117,10 +118,10 @@ class EvalConfig(_Section):
     sampler: Literal["ddim", "ddpm"] = "ddim"
     sampler_steps: int = Field(50, ge=1)
     extractor: Literal["auto", "digits", "inception"] = Field(
-        "auto", description="FID/KID features; auto: the digits CNN for digits, Inception otherwise")
+        "auto", description="FID/KID features; auto: the digits CNN for digits, Inception otherwise"
+    )
     inception_weights: str | None = Field(None, description="local torch-fidelity Inception weights file")
     grid: int = Field(64, ge=0, description="samples in the PNG grid saved at the end")
-
 
 
 class StabilityConfig(_Section):
@@ -188,6 +189,7 @@ NON_RESULT_LEAVES = (("eval", "inception_weights"),)  # where a file lives does 
 # Leaf keys and --set overrides
 # ---------------------------------------------------------------------------------------------
 
+
 def leaf_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[str]:
     """All dotted leaf paths of the config tree, e.g. ['seed', ..., 'optim.lr', ...]."""
     keys = []
@@ -222,8 +224,12 @@ def allowed_values(dotted: str) -> str:
         literals = list(get_args(ann))
     if literals:
         return "one of " + ", ".join(repr(v) for v in literals)
-    bounds = [f"{k} {getattr(m, k)}" for m in field.metadata for k in ("gt", "ge", "lt", "le") if
-              getattr(m, k, None) is not None]
+    bounds = [
+        f"{k} {getattr(m, k)}"
+        for m in field.metadata
+        for k in ("gt", "ge", "lt", "le")
+        if getattr(m, k, None) is not None
+    ]
     return f"{getattr(ann, '__name__', str(ann))}" + (f" ({', '.join(bounds)})" if bounds else "")
 
 
@@ -277,6 +283,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Loading, dumping, hashing
 # ---------------------------------------------------------------------------------------------
+
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []

@@ -32,8 +32,13 @@ def _fixed_split(images: torch.Tensor, split: str) -> torch.Tensor:
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     if images.shape[-1] == resolution:
         return images
-    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                         antialias=resolution < images.shape[-1]).clamp(-1, 1)
+    return F.interpolate(
+        images,
+        size=(resolution, resolution),
+        mode="bilinear",
+        align_corners=False,
+        antialias=resolution < images.shape[-1],
+    ).clamp(-1, 1)
 
 
 def load_digits_images(resolution: int, split: str) -> torch.Tensor:
@@ -67,8 +72,9 @@ def _read_image(path: Path, resolution: int) -> torch.Tensor:
             img = img.convert("RGB")
             side = min(img.size)
             left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution),
-                                                                       Image.Resampling.BICUBIC)
+            img = img.crop((left, top, left + side, top + side)).resize(
+                (resolution, resolution), Image.Resampling.BICUBIC
+            )
             arr = np.asarray(img, dtype=np.float32)
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"workload.root: cannot read image '{path}': {e}") from None
@@ -81,8 +87,10 @@ def load_folder_images(root: str, resolution: int, split: str) -> torch.Tensor:
         raise DataError(f"workload.root: image folder '{root}' does not exist or is not a directory")
     paths = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(paths) < 2:
-        raise DataError(f"workload.root: found {len(paths)} images under '{root}'; need at least 2 "
-                        f"(extensions: {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(
+            f"workload.root: found {len(paths)} images under '{root}'; need at least 2 "
+            f"(extensions: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     images = torch.stack([_read_image(p, resolution) for p in paths])
     return _fixed_split(images, split)
 
@@ -121,7 +129,7 @@ class BatchStream:
         while need:
             if self.pos == len(self.order):
                 self.order, self.pos = torch.randperm(len(self.images), generator=self.generator), 0
-            take = self.order[self.pos:self.pos + need]
+            take = self.order[self.pos : self.pos + need]
             self.pos += len(take)
             need -= len(take)
             chunks.append(take)

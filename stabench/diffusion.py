@@ -76,8 +76,7 @@ class Diffusion(nn.Module):
         a, s = self._coefs(t)
         return s * x_t + a * out  # eps = sqrt(1 - abar) x_t + sqrt(abar) v
 
-    def per_sample_mse(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                       **kw):
+    def per_sample_mse(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, **kw):
         """Unweighted eps-space MSE per sample (and the model's extra outputs when asked)."""
         x_t = self.q_sample(x0, t, noise)
         out = model(x_t, t, **kw)
@@ -93,8 +92,15 @@ class Diffusion(nn.Module):
         return (self.weights[t] * mse).mean()
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, shape: tuple[int, ...], steps: int, generator: torch.Generator,
-               method: str = "ddim", device: torch.device | str = "cpu") -> torch.Tensor:
+    def sample(
+        self,
+        model: nn.Module,
+        shape: tuple[int, ...],
+        steps: int,
+        generator: torch.Generator,
+        method: str = "ddim",
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
         """DDIM (eta = 0, Song et al. 2021) or DDPM ancestral sampling on an evenly strided subsequence."""
         seq = torch.linspace(self.T - 1, 0, min(steps, self.T), device=device).round().long().unique_consecutive()
         x = torch.randn(shape, generator=generator, device=device)

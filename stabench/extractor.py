@@ -35,8 +35,14 @@ class DigitsCNN(nn.Module):
     def __init__(self, dropout: float = 0.2):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.penultimate = nn.Sequential(nn.Flatten(), nn.Linear(64 * 2 * 2, N_FEATURES))
         self.head = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(N_FEATURES, 10))
@@ -72,6 +78,7 @@ def to_model_input(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
 # Training
 # ---------------------------------------------------------------------------------------------
 
+
 def _digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 8, 8) in [-1, 1] and labels of data.py's fixed digits split."""
     from sklearn.datasets import load_digits
@@ -84,7 +91,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random one-pixel shifts, and for half the images the 8 -> 16 -> 8 round trip of the 16x16 workload."""
     padded = F.pad(x, (1, 1, 1, 1), value=-1.0)  # -1 is the background
     dy, dx = torch.randint(0, 3, (2,), generator=gen).tolist()
-    x = padded[..., dy:dy + 8, dx:dx + 8]
+    x = padded[..., dy : dy + 8, dx : dx + 8]
     round_trip = to_model_input(F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False))
     pick = torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5
     return torch.where(pick, round_trip, x)
@@ -96,8 +103,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
     return (model(images).argmax(1) == labels).float().mean().item()
 
 
-def _train(images: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int, batch_size: int,
-           lr: float) -> DigitsCNN:
+def _train(images: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int, batch_size: int, lr: float) -> DigitsCNN:
     model = DigitsCNN()
     gen = torch.Generator().manual_seed(seed)  # batch order and augmentation
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -117,8 +123,9 @@ def _train(images: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int, b
     return model
 
 
-def fit_extractor(out_path: str | Path | None = WEIGHTS_PATH, seed: int = 0, epochs: int = 40,
-                  batch_size: int = 64, lr: float = 3e-3) -> dict:
+def fit_extractor(
+    out_path: str | Path | None = WEIGHTS_PATH, seed: int = 0, epochs: int = 40, batch_size: int = 64, lr: float = 3e-3
+) -> dict:
     """Train DigitsCNN on the digits TRAIN split (seeded, CPU), save its state_dict, report TEST accuracy."""
     start = time.perf_counter()
     train_x, train_y = _digits_split("train")
@@ -130,7 +137,10 @@ def fit_extractor(out_path: str | Path | None = WEIGHTS_PATH, seed: int = 0, epo
         "test_accuracy": accuracy(model, test_x, test_y),
         "test_accuracy_16px": accuracy(model, load_digits_images(16, "test"), test_y),
         "train_accuracy": accuracy(model, train_x, train_y),
-        "n_train": len(train_x), "n_test": len(test_x), "seed": seed, "epochs": epochs,
+        "n_train": len(train_x),
+        "n_test": len(test_x),
+        "seed": seed,
+        "epochs": epochs,
         "seconds": time.perf_counter() - start,
     }
     if out_path is not None:
@@ -152,11 +162,18 @@ def load_classifier(path: str | Path | None = None) -> DigitsCNN:
 # torch-fidelity feature extractor
 # ---------------------------------------------------------------------------------------------
 
+
 class DigitsFeatureExtractor(FeatureExtractorBase):
     """torch-fidelity extractor: uint8 (N, 3, H, W) -> 'penultimate' (N, 64) and 'logits' (N, 10)."""
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
-                 feature_extractor_internal_dtype: str | None = None, **kwargs):
+    def __init__(
+        self,
+        name: str,
+        features_list: list[str],
+        feature_extractor_weights_path: str | None = None,
+        feature_extractor_internal_dtype: str | None = None,
+        **kwargs,
+    ):
         super().__init__(name, features_list)
         assert feature_extractor_internal_dtype in (None, "float32", "float64"), feature_extractor_internal_dtype
         self.dtype = torch.float64 if feature_extractor_internal_dtype == "float64" else torch.float32
@@ -207,10 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args(argv)
     r = fit_extractor(args.out, seed=args.seed, epochs=args.epochs)
-    print(f"test accuracy {r['test_accuracy']:.4f} ({r['n_test']} held-out digits; "
-          f"{r['test_accuracy_16px']:.4f} at 16x16), train accuracy {r['train_accuracy']:.4f}, "
-          f"{r['seconds']:.1f}s\nsaved {r['path']} ({Path(r['path']).stat().st_size / 1024:.0f} KB, "
-          f"sha256 {r['sha256'][:16]})")
+    print(
+        f"test accuracy {r['test_accuracy']:.4f} ({r['n_test']} held-out digits; "
+        f"{r['test_accuracy_16px']:.4f} at 16x16), train accuracy {r['train_accuracy']:.4f}, "
+        f"{r['seconds']:.1f}s\nsaved {r['path']} ({Path(r['path']).stat().st_size / 1024:.0f} KB, "
+        f"sha256 {r['sha256'][:16]})"
+    )
 
 
 if __name__ == "__main__":

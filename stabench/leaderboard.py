@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from .config import flatten
-from .record import eval_value, record_value
+from .record import FINISHED, Status, eval_value, record_value
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -29,6 +29,7 @@ BOOTSTRAP_SEED = 0
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
+
 
 def bootstrap_ci(values: list[float], stat=np.mean, level: float = 0.95) -> tuple[float, float] | None:
     """Percentile bootstrap CI of `stat` over `values` (None with fewer than 2 values or any non-finite)."""
@@ -121,7 +122,7 @@ def group_records(records: list[dict]) -> list[ConfigGroup]:
     """Finished records (ok/diverged) by config_hash; one record per seed (the first by run_id)."""
     groups: dict[str, ConfigGroup] = {}
     for rec in sorted(records, key=lambda r: r["run_id"]):
-        if rec["status"] not in ("ok", "diverged"):
+        if rec["status"] not in FINISHED:
             continue
         g = groups.setdefault(rec["config_hash"], ConfigGroup(rec["config_hash"], label_of(rec), rec["config"]))
         if all(r["seed"] != rec["seed"] for r in g.records):
@@ -167,27 +168,42 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
     base_q = base.by_seed(lambda r: record_value(r, metric)) if base else {}
     finite_base = [v for v in base_q.values() if math.isfinite(v)]
     target = lower_median(finite_base) if finite_base else None
-    base_steps = base.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target)) \
-        if base and target is not None else {}
+    base_steps = (
+        base.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target))
+        if base and target is not None
+        else {}
+    )
 
     rows = []
     for g in groups:
         q = g.by_seed(lambda r: record_value(r, metric))
         u = g.by_seed(lambda r: record_value(r, "instability"))
         finite_q = [v for v in q.values() if math.isfinite(v)]
-        n_div = sum(r["status"] == "diverged" for r in g.records)
+        n_div = sum(r["status"] == Status.DIVERGED for r in g.records)
         q_mean, q_std = mean_std(list(q.values()))
         u_mean, u_std = mean_std(list(u.values()))
-        row = {"config": g.label, "config_hash": g.config_hash, "n": len(q), "diverged": n_div,
-               "seeds": ",".join(str(s) for s in q), "q_mean": q_mean, "q_std": q_std,
-               "q_ci": bootstrap_ci(list(q.values())), "q_finite_mean": float(np.mean(finite_q)) if finite_q else None,
-               "u_mean": u_mean, "u_std": u_std, "u_ci": bootstrap_ci(list(u.values()))}
+        row = {
+            "config": g.label,
+            "config_hash": g.config_hash,
+            "n": len(q),
+            "diverged": n_div,
+            "seeds": ",".join(str(s) for s in q),
+            "q_mean": q_mean,
+            "q_std": q_std,
+            "q_ci": bootstrap_ci(list(q.values())),
+            "q_finite_mean": float(np.mean(finite_q)) if finite_q else None,
+            "u_mean": u_mean,
+            "u_std": u_std,
+            "u_ci": bootstrap_ci(list(u.values())),
+        }
         shared = sorted(set(q) & set(base_q)) if base else []
         deltas = [paired_delta(q[s], base_q[s]) for s in shared]
         finite_deltas = [d for d in deltas if d is not None and math.isfinite(d)]
-        row["delta"] = (float(np.mean(deltas)) if deltas and len(finite_deltas) == len(deltas) else
-                        (float(np.mean([d for d in deltas if d is not None])) if any(d is not None for d in deltas)
-                         else None))
+        row["delta"] = (
+            float(np.mean(deltas))
+            if deltas and len(finite_deltas) == len(deltas)
+            else (float(np.mean([d for d in deltas if d is not None])) if any(d is not None for d in deltas) else None)
+        )
         row["delta_ci"] = bootstrap_ci(deltas) if len(finite_deltas) == len(deltas) else None
         row["delta_n"] = len(shared)
         if target is not None:
@@ -200,16 +216,23 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
         rows.append(row)
 
     # Rank: configs without divergences first, then by mean quality, then by instability, then by label.
-    rows.sort(key=lambda r: (r["diverged"] > 0, r["q_mean"], r["q_finite_mean"] or math.inf, r["u_mean"],
-                             r["config"]))
+    rows.sort(key=lambda r: (r["diverged"] > 0, r["q_mean"], r["q_finite_mean"] or math.inf, r["u_mean"], r["config"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     for r, on_front in zip(rows, pareto_front([(r["q_mean"], r["u_mean"]) for r in rows])):
         r["pareto"] = on_front
     floors = [r["metrics"].get(f"{metric}_floor") for r in records if (r.get("metrics") or {}).get(f"{metric}_floor")]
     samples = sorted({r["metrics"]["fid_samples"] for r in records if (r.get("metrics") or {}).get("fid_samples")})
-    return Leaderboard(metric, baseline, rows, target, seed_half_tau(groups, metric), len(records),
-                       floors[0] if floors else None, samples)
+    return Leaderboard(
+        metric,
+        baseline,
+        rows,
+        target,
+        seed_half_tau(groups, metric),
+        len(records),
+        floors[0] if floors else None,
+        samples,
+    )
 
 
 def seed_half_tau(groups: list[ConfigGroup], metric: str) -> float | None:
@@ -232,6 +255,7 @@ def seed_half_tau(groups: list[ConfigGroup], metric: str) -> float | None:
 # Rendering
 # ---------------------------------------------------------------------------------------------
 
+
 def fmt(x: float | None, digits: int = 4) -> str:
     if x is None:
         return "–"
@@ -247,16 +271,44 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
 def table(lb: Leaderboard) -> pl.DataFrame:
     """The leaderboard as a flat table of strings (what the .md/.csv/.html files show)."""
     m = lb.metric
-    names = ["rank", "config", "n", "diverged", f"{m} mean ± std", f"{m} 95% CI", "Δ vs baseline", "Δ 95% CI",
-             "instability", "instability 95% CI", "steps to target", "speedup", "speedup 95% CI", "Pareto",
-             "knobs vs baseline", "config_hash"]
+    names = [
+        "rank",
+        "config",
+        "n",
+        "diverged",
+        f"{m} mean ± std",
+        f"{m} 95% CI",
+        "Δ vs baseline",
+        "Δ 95% CI",
+        "instability",
+        "instability 95% CI",
+        "steps to target",
+        "speedup",
+        "speedup 95% CI",
+        "Pareto",
+        "knobs vs baseline",
+        "config_hash",
+    ]
     cols: dict[str, list] = {k: [] for k in names}
     for r in lb.rows:
-        vals = [r["rank"], r["config"], r["n"], r["diverged"],
-                fmt(r["q_mean"]) + (f" ± {fmt(r['q_std'], 2)}" if r["q_std"] is not None else ""), fmt_ci(r["q_ci"]),
-                fmt(r["delta"]) if r["delta_n"] else "–", fmt_ci(r["delta_ci"]) if r["delta_n"] else "–",
-                fmt(r["u_mean"]), fmt_ci(r["u_ci"]), fmt(r.get("steps_to_target")), fmt(r.get("speedup"), 3),
-                fmt_ci(r.get("speedup_ci")), "★" if r["pareto"] else "", r["knobs"] or "–", r["config_hash"]]
+        vals = [
+            r["rank"],
+            r["config"],
+            r["n"],
+            r["diverged"],
+            fmt(r["q_mean"]) + (f" ± {fmt(r['q_std'], 2)}" if r["q_std"] is not None else ""),
+            fmt_ci(r["q_ci"]),
+            fmt(r["delta"]) if r["delta_n"] else "–",
+            fmt_ci(r["delta_ci"]) if r["delta_n"] else "–",
+            fmt(r["u_mean"]),
+            fmt_ci(r["u_ci"]),
+            fmt(r.get("steps_to_target")),
+            fmt(r.get("speedup"), 3),
+            fmt_ci(r.get("speedup_ci")),
+            "★" if r["pareto"] else "",
+            r["knobs"] or "–",
+            r["config_hash"],
+        ]
         for k, v in zip(cols, vals):
             cols[k].append(str(v))
     return pl.DataFrame(cols)
@@ -264,32 +316,50 @@ def table(lb: Leaderboard) -> pl.DataFrame:
 
 def header_lines(lb: Leaderboard) -> list[str]:
     n_seeds = sorted({r["n"] for r in lb.rows})
-    lines = [f"Metric: `{lb.metric}` (lower is better), from {lb.n_records} records in {len(lb.rows)} configs; "
-             f"seeds per config: {', '.join(map(str, n_seeds)) or '–'}"
-             + (f"; {', '.join(map(str, lb.samples))} samples per FID/KID" if lb.samples else "") + "."]
+    lines = [
+        f"Metric: `{lb.metric}` (lower is better), from {lb.n_records} records in {len(lb.rows)} configs; "
+        f"seeds per config: {', '.join(map(str, n_seeds)) or '–'}"
+        + (f"; {', '.join(map(str, lb.samples))} samples per FID/KID" if lb.samples else "")
+        + "."
+    ]
     if lb.baseline and lb.target is None and not any(r["config"] == lb.baseline for r in lb.rows):
-        lines.append(f"Baseline `{lb.baseline}` has no records here: no deltas or speedups (run it into this store "
-                     "with `stabench baselines`, or pass --baseline with a label from the table).")
+        lines.append(
+            f"Baseline `{lb.baseline}` has no records here: no deltas or speedups (run it into this store "
+            "with `stabench baselines`, or pass --baseline with a label from the table)."
+        )
     elif lb.baseline:
-        lines.append(f"Baseline: `{lb.baseline}`; Δ is paired on shared seeds; target for steps-to-target = the "
-                     f"baseline's median final {lb.metric} ({fmt(lb.target)}); ∞ = never reached (AlgoPerf).")
+        lines.append(
+            f"Baseline: `{lb.baseline}`; Δ is paired on shared seeds; target for steps-to-target = the "
+            f"baseline's median final {lb.metric} ({fmt(lb.target)}); ∞ = never reached (AlgoPerf)."
+        )
     if lb.floor is not None:
         lines.append(f"Floor (two halves of the real data): {lb.metric} = {fmt(lb.floor)}.")
     if any(r["n"] < 2 for r in lb.rows):
         lines.append("Configs with one seed have no confidence interval (n/a).")
-    lines.append(f"Ranking stability (Kendall tau, two disjoint seed halves): {fmt(lb.kendall_tau, 3)}"
-                 + ("" if lb.kendall_tau is not None else " (needs >= 4 seeds)") + ".")
-    lines.append("Diverged seeds count as ∞ and rank their config below every config without divergence. "
-                 "★ = Pareto front of quality vs instability. CIs: 95% percentile bootstrap over seeds "
-                 f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}).")
+    lines.append(
+        f"Ranking stability (Kendall tau, two disjoint seed halves): {fmt(lb.kendall_tau, 3)}"
+        + ("" if lb.kendall_tau is not None else " (needs >= 4 seeds)")
+        + "."
+    )
+    lines.append(
+        "Diverged seeds count as ∞ and rank their config below every config without divergence. "
+        "★ = Pareto front of quality vs instability. CIs: 95% percentile bootstrap over seeds "
+        f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})."
+    )
     return lines
 
 
 def to_markdown(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
     cols = [c for c in df.columns if c != "config_hash"]
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["# Leaderboard", "", *header_lines(lb), "",
-             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = [
+        "# Leaderboard",
+        "",
+        *header_lines(lb),
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     for row in df.select(cols).iter_rows():
         lines.append("| " + " | ".join(esc(v) for v in row) + " |")
     if plots:
@@ -304,13 +374,21 @@ def to_html(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in df.iter_rows())
     imgs = "".join(f'<p><img src="{Path(p).name}" alt="{Path(p).stem}"></p>' for p in plots)
     notes = "".join(f"<p>{html.escape(line)}</p>" for line in header_lines(lb))
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>stabench leaderboard</title><style>"
-            "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
-            f"</style></head><body><h1>Leaderboard</h1>{notes}<table><tr>{head}</tr>{body}</table>{imgs}</body></html>\n")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>stabench leaderboard</title><style>"
+        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
+        f"</style></head><body><h1>Leaderboard</h1>{notes}<table><tr>{head}</tr>{body}</table>{imgs}</body></html>\n"
+    )
 
 
-def write_leaderboard(records: list[dict], out_dir: str | Path, metric: str, baseline: str | None = None,
-                      plots: bool = True, studies: list | None = None) -> Leaderboard:
+def write_leaderboard(
+    records: list[dict],
+    out_dir: str | Path,
+    metric: str,
+    baseline: str | None = None,
+    plots: bool = True,
+    studies: list | None = None,
+) -> Leaderboard:
     """Write leaderboard.md/.csv/.html (and PNG plots) into `out_dir`."""
     from .record import atomic_write_text
 

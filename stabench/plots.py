@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .record import FINISHED
+
 MAX_CONFIGS = 8  # top-ranked configs drawn in the curve plots (legibility)
 PNG_META = {"Software": None}  # no version string in the file, so regenerated PNGs are byte-identical
 
@@ -57,10 +59,11 @@ def write_plots(records: list[dict], lb, out: Path) -> list[str]:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for row in top:
-        recs = [r for r in by_hash[row["config_hash"]] if r["status"] in ("ok", "diverged")]
+        recs = [r for r in by_hash[row["config_hash"]] if r["status"] in FINISHED]
         _band(axes[0], [(r["curves"]["step"], _smooth(r["curves"]["loss"])) for r in recs], row["config"], log=True)
-        _band(axes[1], [(r["curves"]["step"], _smooth(r["curves"]["grad_norm"])) for r in recs], row["config"],
-              log=True)
+        _band(
+            axes[1], [(r["curves"]["step"], _smooth(r["curves"]["grad_norm"])) for r in recs], row["config"], log=True
+        )
     axes[0].set(title="training loss (smoothed; band = seeds min-max)", xlabel="step")
     axes[1].set(title="pre-clip gradient norm (smoothed)", xlabel="step")
     axes[1].legend(fontsize=6)
@@ -68,7 +71,7 @@ def write_plots(records: list[dict], lb, out: Path) -> list[str]:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for row in top:
-        recs = [r for r in by_hash[row["config_hash"]] if r["status"] in ("ok", "diverged")]
+        recs = [r for r in by_hash[row["config_hash"]] if r["status"] in FINISHED]
         _band(axes[0], [(r["probes"]["step"], r["probes"]["feature_norm"]) for r in recs], row["config"])
         _band(axes[1], [(r["probes"]["step"], r["probes"]["probe_loss"]) for r in recs], row["config"], log=True)
     axes[0].set(title="norm of long-skip features entering the decoder (ScaleLong)", xlabel="step")
@@ -80,14 +83,22 @@ def write_plots(records: list[dict], lb, out: Path) -> list[str]:
     for row in lb.rows:
         q, u = row["q_mean"], row["u_mean"]
         if math.isfinite(q) and math.isfinite(u):
-            ax.scatter([q], [u], marker="*" if row["pareto"] else "o", s=60 if row["pareto"] else 20,
-                       color="C3" if row["pareto"] else "C0")
+            ax.scatter(
+                [q],
+                [u],
+                marker="*" if row["pareto"] else "o",
+                s=60 if row["pareto"] else 20,
+                color="C3" if row["pareto"] else "C0",
+            )
             ax.annotate(row["config"], (q, u), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = sorted((r["q_mean"], r["u_mean"]) for r in lb.rows if r["pareto"])
     if front:
         ax.plot(*zip(*front), color="C3", lw=0.8, ls="--")
-    ax.set(xlabel=f"{lb.metric} (mean over seeds)", ylabel="instability (mean over seeds)",
-           title="quality vs instability (★ Pareto front)")
+    ax.set(
+        xlabel=f"{lb.metric} (mean over seeds)",
+        ylabel="instability (mean over seeds)",
+        title="quality vs instability (★ Pareto front)",
+    )
     paths.append(_save(fig, out / "pareto.png", plt))
     return paths
 
@@ -104,8 +115,9 @@ def write_importance(study, out: Path) -> str | None:
     import optuna
 
     try:
-        importances = optuna.importance.get_param_importances(study, target=None if len(study.directions) == 1
-                                                              else lambda t: t.values[0])
+        importances = optuna.importance.get_param_importances(
+            study, target=None if len(study.directions) == 1 else lambda t: t.values[0]
+        )
     except (RuntimeError, ValueError):  # too few complete trials, or nothing varied
         return None
     if not importances:

@@ -21,7 +21,7 @@ from ray import tune
 
 from .config import config_hash
 from .errors import UserError
-from .record import eval_value, worst
+from .record import Status, eval_value, worst
 from .search import fail_running, make_sampler, make_storage, objective_values
 from .space import SearchSpace, decode_params, suggest, trial_config
 from .store import Store
@@ -53,16 +53,23 @@ def eval_budget(space: SearchSpace) -> int:
 class StabenchTrainable(tune.Trainable):
     """One sampled config: every seed of the space in turn, one `step()` per evaluation point."""
 
-    def setup(self, config: dict, space: SearchSpace = None, store_root: str = "", sweep: str = "",
-              threads: int = 1, tracking: TrackingSettings | None = None, baselines: dict | None = None):
+    def setup(
+        self,
+        config: dict,
+        space: SearchSpace = None,
+        store_root: str = "",
+        sweep: str = "",
+        threads: int = 1,
+        tracking: TrackingSettings | None = None,
+        baselines: dict | None = None,
+    ):
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.space, self.store, self.sweep, self.tracking = space, Store(store_root), sweep, tracking
         self.params = dict(config)
         # a --with-baselines point (OptunaSearch's points_to_evaluate) keeps its name, as with Optuna
-        self.baseline = next((n for n, p in (baselines or {}).items() if decode_params(space, p) == self.params),
-                             None)
+        self.baseline = next((n for n, p in (baselines or {}).items() if decode_params(space, p) == self.params), None)
         cfg = trial_config(space, self.params, space.seeds[0])
         self.evals_per_seed, self.every, self.budget = evals_per_seed(cfg), cfg.eval.every, eval_budget(space)
         self.records: list[dict] = []
@@ -77,8 +84,14 @@ class StabenchTrainable(tune.Trainable):
         found = self.store.find(config_hash(cfg), seed, sweep=self.sweep)
         if found is not None:
             return found
-        tags = {"sweep": self.sweep, "backend": "ray", "trial_number": self.trial_id,
-                "scheduled_unix": self.scheduled_unix, "seed_index": self.seed_index, "params": self.params}
+        tags = {
+            "sweep": self.sweep,
+            "backend": "ray",
+            "trial_number": self.trial_id,
+            "scheduled_unix": self.scheduled_unix,
+            "seed_index": self.seed_index,
+            "params": self.params,
+        }
         if self.baseline:
             tags["baseline_point"] = self.baseline
         self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking, writer=self.store.write_unique)
@@ -94,7 +107,7 @@ class StabenchTrainable(tune.Trainable):
                 rec, self.current = self.current.record, None
             self.records.append(rec)
             self.seed_index += 1
-            if rec["status"] == "failed":
+            if rec["status"] == Status.FAILED:
                 raise RuntimeError(f"trial failed: {rec['error']['type']}: {rec['error']['message']}")
             if self.seed_index == len(self.space.seeds):
                 return self._final()
@@ -103,8 +116,11 @@ class StabenchTrainable(tune.Trainable):
         # ASHA's clock: evaluation points of the whole trial, counted by us rather than by Ray's
         # training_iteration, which a restored trial resumes while its interrupted seed trains from step 0.
         k = -(-entry["step"] // self.every)
-        out: dict[str, Any] = {"step": entry["step"], "seed_index": self.seed_index,
-                               "eval_index": min(self.seed_index * self.evals_per_seed + k, self.budget - 1)}
+        out: dict[str, Any] = {
+            "step": entry["step"],
+            "seed_index": self.seed_index,
+            "eval_index": min(self.seed_index * self.evals_per_seed + k, self.budget - 1),
+        }
         for o in self.space.objectives:
             v = eval_value(entry, o.metric)
             # metrics only known at the end (e.g. instability) report the worst value meanwhile
@@ -112,8 +128,12 @@ class StabenchTrainable(tune.Trainable):
         return out
 
     def _final(self) -> dict:
-        out: dict[str, Any] = {"done": True, "step": self.records[-1].get("steps_completed"),
-                               "eval_index": self.budget, "statuses": [r["status"] for r in self.records]}
+        out: dict[str, Any] = {
+            "done": True,
+            "step": self.records[-1].get("steps_completed"),
+            "eval_index": self.budget,
+            "statuses": [r["status"] for r in self.records],
+        }
         out.update(zip(metric_names(self.space), objective_values(self.space, self.records)))
         return out
 
@@ -139,8 +159,10 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except (OSError, ValueError) as e:
-        raise UserError(f"--address: cannot reach Ray at '{address}' ({e}). Allowed: omit it for a local Ray, "
-                        "'auto' for the cluster this machine belongs to, host:port or ray://host:port") from None
+        raise UserError(
+            f"--address: cannot reach Ray at '{address}' ({e}). Allowed: omit it for a local Ray, "
+            "'auto' for the cluster this machine belongs to, host:port or ray://host:port"
+        ) from None
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
@@ -152,16 +174,21 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     if address:
         check_reachable(address)
     env = {k: os.environ[k] for k in ("STABENCH_INCEPTION_WEIGHTS", "STABENCH_CACHE", "WANDB_MODE") if k in os.environ}
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                              "runtime_env": {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **env}}}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "runtime_env": {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **env}},
+    }
     try:
         if address:
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
     except Exception as e:  # unreachable address, version mismatch, ...
-        raise UserError(f"--address: cannot connect to Ray at '{address}': {type(e).__name__}: {e}. Allowed: "
-                        "omit it for a local Ray, 'auto' for a running cluster, or ray://host:port") from None
+        raise UserError(
+            f"--address: cannot connect to Ray at '{address}': {type(e).__name__}: {e}. Allowed: "
+            "omit it for a local Ray, 'auto' for a running cluster, or ray://host:port"
+        ) from None
     return True
 
 
@@ -185,10 +212,15 @@ def make_searcher(space: SearchSpace, name: str, baselines: dict | None, study_s
 
     metrics, modes = metric_names(space), [d[:3] for d in space.directions]
     single = len(metrics) == 1
-    searcher = OptunaSearch(space=functools.partial(_define_by_run, space=space),
-                            metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
-                            sampler=make_sampler(space), points_to_evaluate=list((baselines or {}).values()) or None,
-                            study_name=name, storage=study_storage)
+    searcher = OptunaSearch(
+        space=functools.partial(_define_by_run, space=space),
+        metric=metrics[0] if single else metrics,
+        mode=modes[0] if single else modes,
+        sampler=make_sampler(space),
+        points_to_evaluate=list((baselines or {}).values()) or None,
+        study_name=name,
+        storage=study_storage,
+    )
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
 
 
@@ -201,11 +233,25 @@ def make_scheduler(space: SearchSpace):
     return ASHAScheduler(time_attr="eval_index", grace_period=1, reduction_factor=2, max_t=eval_budget(space))
 
 
-def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None, n_trials: int | None = None,
-                  address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-                  max_concurrent: int | None = None, storage_path: str | None = None, resume: bool = False,
-                  max_failures: int = 3, baselines: dict[str, dict] | None = None, num_cpus: int | None = None,
-                  storage_url: str | None = None, tracking: TrackingSettings | None = None, log=print) -> dict:
+def run_ray_sweep(
+    space: SearchSpace,
+    store: Store,
+    *,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    address: str | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    max_concurrent: int | None = None,
+    storage_path: str | None = None,
+    resume: bool = False,
+    max_failures: int = 3,
+    baselines: dict[str, dict] | None = None,
+    num_cpus: int | None = None,
+    storage_url: str | None = None,
+    tracking: TrackingSettings | None = None,
+    log=print,
+) -> dict:
     """Run (or restore) a sweep with Ray Tune; returns the best config(s). With `storage_url` (a journal file
     or an RDB URL such as PostgreSQL) the OptunaSearch study lives there too, e.g. for optuna-dashboard."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
@@ -216,9 +262,17 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
     store.root.mkdir(parents=True, exist_ok=True)
     with ray_session(address, num_cpus):
         trainable = tune.with_resources(
-            tune.with_parameters(StabenchTrainable, space=space, store_root=str(store.root), sweep=name,
-                                 threads=max(1, int(cpus_per_trial)), tracking=tracking, baselines=baselines),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+            tune.with_parameters(
+                StabenchTrainable,
+                space=space,
+                store_root=str(store.root),
+                sweep=name,
+                threads=max(1, int(cpus_per_trial)),
+                tracking=tracking,
+                baselines=baselines,
+            ),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+        )
         progress = ProgressCallback(name, n_trials, space, log)
         if resume and tune.Tuner.can_restore(experiment):
             log(f"[{name}] restoring Ray Tune experiment from {experiment}")
@@ -229,26 +283,37 @@ def run_ray_sweep(space: SearchSpace, store: Store, *, study_name: str | None = 
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=make_searcher(space, name, baselines, study_storage, max_concurrent),
-                    scheduler=make_scheduler(space), num_samples=n_trials,
+                    scheduler=make_scheduler(space),
+                    num_samples=n_trials,
                     metric=space.objectives[0].metric if single else None,
-                    mode=space.directions[0][:3] if single else None),
+                    mode=space.directions[0][:3] if single else None,
+                ),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=storage, verbose=0, callbacks=[progress],
+                    name=name,
+                    storage_path=storage,
+                    verbose=0,
+                    callbacks=[progress],
                     failure_config=tune.FailureConfig(max_failures=max_failures),
-                    checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1)))
+                    checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
+                ),
+            )
         results = tuner.fit()
     # Once the sweep has ended none of its study's trials can still run; trials a killed driver asked after its
     # last experiment checkpoint would stay RUNNING in the study otherwise.
-    if study_storage is not None and (n := fail_running(optuna.load_study(study_name=name, storage=study_storage),
-                                                        dead=lambda w: True, requeue=False)):
+    if study_storage is not None and (
+        n := fail_running(optuna.load_study(study_name=name, storage=study_storage), dead=lambda w: True, requeue=False)
+    ):
         log(f"[{name}] {n} trial(s) of a killed driver left running in the study: marked failed")
     return {**summarize_results(results, space), "trial_started_unix": progress.started_unix}
 
 
 def summarize_results(results, space: SearchSpace) -> dict:
     statuses = [r.metrics.get("statuses") for r in results]
-    out: dict[str, Any] = {"trials": len(results), "errors": results.num_errors,
-                           "finished": sum(1 for s in statuses if s)}
+    out: dict[str, Any] = {
+        "trials": len(results),
+        "errors": results.num_errors,
+        "finished": sum(1 for s in statuses if s),
+    }
     if len(space.objectives) == 1:
         o = space.objectives[0]
         try:
@@ -273,8 +338,10 @@ class ProgressCallback(tune.Callback):
     def _line(self, trials, finishing=None) -> str:
         states = [t.status for t in trials if t is not finishing]  # Tune marks `finishing` after the callback
         done = sum(s == "TERMINATED" for s in states) + (finishing is not None)
-        line = (f"[{self.name}] done {done}/{self.n_trials} | running {states.count('RUNNING')} | "
-                f"errored {states.count('ERROR')}")
+        line = (
+            f"[{self.name}] done {done}/{self.n_trials} | running {states.count('RUNNING')} | "
+            f"errored {states.count('ERROR')}"
+        )
         if self.best is not None:
             line += f" | best {self.space.objectives[0].metric}={self.best:.4g}"
         return line
@@ -295,8 +362,9 @@ class ProgressCallback(tune.Callback):
         self.log(f"ray trial {trial.trial_id} errored  {self._line(trials)}")
 
 
-def _run_job(config: dict, jobs: list = None, store_root: str = "", threads: int = 1,
-             tracking: TrackingSettings | None = None) -> None:
+def _run_job(
+    config: dict, jobs: list = None, store_root: str = "", threads: int = 1, tracking: TrackingSettings | None = None
+) -> None:
     import torch
 
     from .train import run_trial
@@ -304,20 +372,33 @@ def _run_job(config: dict, jobs: list = None, store_root: str = "", threads: int
     torch.set_num_threads(max(1, threads))
     name, cfg, tags = jobs[config["job"]]
     rec = run_trial(cfg, store_root, tags=tags, tracking=tracking)
-    tune.report({"status_ok": rec["status"] == "ok", "done": True})
+    tune.report({"status_ok": rec["status"] == Status.OK, "done": True})
 
 
-def run_ray_jobs(jobs: list[tuple[str, Any, dict]], store: Store, *, address: str | None = None,
-                 cpus_per_trial: float = 1, gpus_per_trial: float = 0, storage_path: str | None = None,
-                 name: str = "baselines", num_cpus: int | None = None,
-                 tracking: TrackingSettings | None = None) -> None:
+def run_ray_jobs(
+    jobs: list[tuple[str, Any, dict]],
+    store: Store,
+    *,
+    address: str | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    storage_path: str | None = None,
+    name: str = "baselines",
+    num_cpus: int | None = None,
+    tracking: TrackingSettings | None = None,
+) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
     store.root.mkdir(parents=True, exist_ok=True)
     with ray_session(address, num_cpus):
         trainable = tune.with_resources(
-            tune.with_parameters(_run_job, jobs=jobs, store_root=str(store.root), threads=max(1, int(cpus_per_trial)),
-                                 tracking=tracking),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+            tune.with_parameters(
+                _run_job, jobs=jobs, store_root=str(store.root), threads=max(1, int(cpus_per_trial)), tracking=tracking
+            ),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+        )
         storage = str(Path(storage_path or DEFAULT_RAY_DIR).absolute())
-        tune.Tuner(trainable, param_space={"job": tune.grid_search(list(range(len(jobs))))},
-                   run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0)).fit()
+        tune.Tuner(
+            trainable,
+            param_space={"job": tune.grid_search(list(range(len(jobs))))},
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+        ).fit()

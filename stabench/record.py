@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,6 +25,20 @@ from . import __version__
 from .config import TrialConfig, config_hash, config_to_dict
 
 SCHEMA_VERSION = 1
+
+
+class Status(StrEnum):
+    """A record's status. Members are strings, so records stay plain JSON."""
+
+    RUNNING = "running"  # in memory only: a record on disk has finished one way or another
+    OK = "ok"
+    DIVERGED = "diverged"  # a result: counted as the worst value, never dropped
+    PRUNED = "pruned"  # stopped early by a search backend
+    FAILED = "failed"  # an exception during training; the record keeps its traceback tail
+    DUPLICATE = "duplicate"  # a second finished copy of a (config, seed, sweep); kept, never counted
+
+
+FINISHED = frozenset({Status.OK, Status.DIVERGED})  # the records that count on leaderboards and objectives
 MAX_CURVE_POINTS = 2000
 # metrics measured at eval points under another name (best/final probe loss come from 'probe_loss')
 EVAL_KEYS = {"best_probe_loss": "probe_loss", "final_probe_loss": "probe_loss"}
@@ -31,16 +46,21 @@ EVAL_KEYS = {"best_probe_loss": "probe_loss", "final_probe_loss": "probe_loss"}
 
 def git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "stabench": __version__,
-            "git_sha": git_sha()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "stabench": __version__,
+        "git_sha": git_sha(),
+    }
 
 
 def device_info(device: torch.device) -> dict:
@@ -62,7 +82,7 @@ def new_record(cfg: TrialConfig, device: torch.device) -> dict:
         "run_id": new_run_id(cfg),
         "config_hash": config_hash(cfg),
         "seed": cfg.seed,
-        "status": "running",
+        "status": Status.RUNNING,
         "error": None,
         "config": config_to_dict(cfg),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -144,7 +164,7 @@ def worst(direction: str) -> float:
 
 def record_value(record: dict, metric: str, direction: str = "minimize") -> float:
     """A record's final value of `metric`; diverged (or missing, or non-finite) counts as the worst value."""
-    if record["status"] == "diverged":
+    if record["status"] == Status.DIVERGED:
         return worst(direction)
     value = (record.get("metrics") or {}).get(metric)
     return float(value) if value is not None and math.isfinite(value) else worst(direction)

@@ -49,6 +49,7 @@ KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size
 # Images in torch-fidelity's format
 # ---------------------------------------------------------------------------------------------
 
+
 def images_to_uint8(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) floats in [-1, 1] -> (N, 3, H, W) uint8 on the CPU; grayscale repeated to 3 channels.
 
@@ -79,6 +80,7 @@ class ImageDataset(Dataset):
 # Extractors
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Extractor:
     """One torch-fidelity feature extractor, its weights file, and the suffix its metric keys carry."""
@@ -102,30 +104,44 @@ class Extractor:
         return reference_name(dataset, resolution, split, self.fidelity_name, self.weights_sha)
 
     def fidelity_kwargs(self) -> dict:
-        return dict(feature_extractor=self.fidelity_name, feature_layer_fid=self.feature_layer,
-                    feature_layer_kid=self.feature_layer, feature_extractor_weights_path=str(self.weights_path))
+        return dict(
+            feature_extractor=self.fidelity_name,
+            feature_layer_fid=self.feature_layer,
+            feature_layer_kid=self.feature_layer,
+            feature_extractor_weights_path=str(self.weights_path),
+        )
 
 
-def get_extractor(name: str = "digits", inception_weights: str | Path | None = None,
-                  digits_weights: str | Path | None = None) -> Extractor:
+def get_extractor(
+    name: str = "digits", inception_weights: str | Path | None = None, digits_weights: str | Path | None = None
+) -> Extractor:
     """The extractor called `name` ('digits' or 'inception'), registered with torch-fidelity and ready to use."""
     if name == "digits":
         from . import extractor as digits  # imports torch_fidelity
 
-        return Extractor("digits", digits.register(), digits.FEATURE_LAYER, Path(digits_weights or digits.WEIGHTS_PATH),
-                         key_suffix="_digits", batch_size=500)
+        return Extractor(
+            "digits",
+            digits.register(),
+            digits.FEATURE_LAYER,
+            Path(digits_weights or digits.WEIGHTS_PATH),
+            key_suffix="_digits",
+            batch_size=500,
+        )
     if name == "inception":
         # pool3 features, the standard FID layer
-        return Extractor("inception", "inception-v3-compat", "2048", resolve_inception_weights(inception_weights),
-                         key_suffix="")
+        return Extractor(
+            "inception", "inception-v3-compat", "2048", resolve_inception_weights(inception_weights), key_suffix=""
+        )
     raise UserError(f"eval.extractor: unknown extractor '{name}'; allowed: {', '.join(EXTRACTORS)}")
 
 
 def _inception_help(problem: str) -> str:
-    return (f"{problem}. FID with the 'inception' extractor needs torch-fidelity's InceptionV3 weights file "
-            f"{INCEPTION_FILE}, which is never downloaded at run time. Download it on a machine with internet "
-            f"from {INCEPTION_URL} and pass its path with --inception-weights PATH, the config key "
-            f"eval.inception_weights, or the environment variable {INCEPTION_ENV}=PATH.")
+    return (
+        f"{problem}. FID with the 'inception' extractor needs torch-fidelity's InceptionV3 weights file "
+        f"{INCEPTION_FILE}, which is never downloaded at run time. Download it on a machine with internet "
+        f"from {INCEPTION_URL} and pass its path with --inception-weights PATH, the config key "
+        f"eval.inception_weights, or the environment variable {INCEPTION_ENV}=PATH."
+    )
 
 
 def resolve_inception_weights(path: str | Path | None = None) -> Path:
@@ -140,8 +156,11 @@ def resolve_inception_weights(path: str | Path | None = None) -> Path:
         raise UserError(_inception_help("eval.inception_weights: no Inception weights file given"))
     resolved = Path(path).expanduser()
     if not resolved.is_file():
-        raise UserError(_inception_help(f"eval.inception_weights: Inception weights file '{resolved}' "
-                                        f"(from {source}) does not exist"))
+        raise UserError(
+            _inception_help(
+                f"eval.inception_weights: Inception weights file '{resolved}' (from {source}) does not exist"
+            )
+        )
     return resolved
 
 
@@ -164,6 +183,7 @@ def file_sha256(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # Cache names
 # ---------------------------------------------------------------------------------------------
+
 
 def default_cache_dir() -> Path:
     """$STABENCH_CACHE/fidelity, else ~/.cache/stabench/fidelity."""
@@ -192,37 +212,66 @@ def _cache_name(name: str, reference: torch.Tensor, ext: Extractor) -> str:
 # Scoring
 # ---------------------------------------------------------------------------------------------
 
+
 def kid_subset_size(n_samples: int, n_reference: int) -> int:
     """torch-fidelity refuses a KID subset larger than either input."""
     return min(n_samples, n_reference, KID_MAX_SUBSET)
 
 
-def _calculate(images: torch.Tensor, reference: torch.Tensor, ext: Extractor, cache_name: str | None,
-               cache_dir: Path, kid_subsets: int) -> dict:
+def _calculate(
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    ext: Extractor,
+    cache_name: str | None,
+    cache_dir: Path,
+    kid_subsets: int,
+) -> dict:
     """One torch-fidelity call on uint8 images; the reference's features are cached when it has a name."""
     import torch_fidelity
 
     if min(len(images), len(reference)) < 2:
-        raise UserError(f"FID/KID need at least 2 images on each side, got {len(images)} samples "
-                        f"and {len(reference)} reference images")
+        raise UserError(
+            f"FID/KID need at least 2 images on each side, got {len(images)} samples "
+            f"and {len(reference)} reference images"
+        )
     m = torch_fidelity.calculate_metrics(
-        input1=ImageDataset(images), input2=ImageDataset(reference), input2_cache_name=cache_name,
-        cache=True, cache_root=str(cache_dir), fid=True, kid=True, kid_subsets=kid_subsets,
-        kid_subset_size=kid_subset_size(len(images), len(reference)), batch_size=ext.batch_size,
-        cuda=torch.cuda.is_available(), save_cpu_ram=True,  # no DataLoader worker processes for in-memory images
-        verbose=False, **ext.fidelity_kwargs())
-    return {ext.key("fid"): m[torch_fidelity.KEY_METRIC_FID], ext.key("kid"): m[torch_fidelity.KEY_METRIC_KID_MEAN],
-            ext.key("kid") + "_std": m[torch_fidelity.KEY_METRIC_KID_STD], "extractor": ext.fidelity_name,
-            "kid_subset_size": kid_subset_size(len(images), len(reference))}
+        input1=ImageDataset(images),
+        input2=ImageDataset(reference),
+        input2_cache_name=cache_name,
+        cache=True,
+        cache_root=str(cache_dir),
+        fid=True,
+        kid=True,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size(len(images), len(reference)),
+        batch_size=ext.batch_size,
+        cuda=torch.cuda.is_available(),
+        save_cpu_ram=True,  # no DataLoader worker processes for in-memory images
+        verbose=False,
+        **ext.fidelity_kwargs(),
+    )
+    return {
+        ext.key("fid"): m[torch_fidelity.KEY_METRIC_FID],
+        ext.key("kid"): m[torch_fidelity.KEY_METRIC_KID_MEAN],
+        ext.key("kid") + "_std": m[torch_fidelity.KEY_METRIC_KID_STD],
+        "extractor": ext.fidelity_name,
+        "kid_subset_size": kid_subset_size(len(images), len(reference)),
+    }
 
 
 def _resolve(extractor: str | Extractor, inception_weights: str | Path | None) -> Extractor:
     return extractor if isinstance(extractor, Extractor) else get_extractor(extractor, inception_weights)
 
 
-def score(samples: torch.Tensor, reference: torch.Tensor, reference_name: str, extractor: str | Extractor = "digits",
-          inception_weights: str | Path | None = None, cache_dir: str | Path | None = None,
-          kid_subsets: int = 100) -> dict:
+def score(
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    reference_name: str,
+    extractor: str | Extractor = "digits",
+    inception_weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    kid_subsets: int = 100,
+) -> dict:
     """FID and KID of `samples` against `reference` (both (N, C, H, W) in [-1, 1]) via torch-fidelity.
 
     Returns e.g. {'fid_digits', 'kid_digits', 'kid_digits_std', 'n_samples', 'n_reference', 'extractor',
@@ -231,14 +280,22 @@ def score(samples: torch.Tensor, reference: torch.Tensor, reference_name: str, e
     ext = _resolve(extractor, inception_weights)
     ref = images_to_uint8(reference)
     cache_name = _cache_name(reference_name, ref, ext)
-    metrics = _calculate(images_to_uint8(samples), ref, ext, cache_name, Path(cache_dir or default_cache_dir()),
-                         kid_subsets)
+    metrics = _calculate(
+        images_to_uint8(samples), ref, ext, cache_name, Path(cache_dir or default_cache_dir()), kid_subsets
+    )
     return {**metrics, "n_samples": len(samples), "n_reference": len(reference)}
 
 
-def fid_floor(reference: torch.Tensor, reference_name: str, extractor: str | Extractor = "digits",
-              inception_weights: str | Path | None = None, cache_dir: str | Path | None = None,
-              seed: int = 0, splits: int = 5, kid_subsets: int = 100) -> dict:
+def fid_floor(
+    reference: torch.Tensor,
+    reference_name: str,
+    extractor: str | Extractor = "digits",
+    inception_weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    splits: int = 5,
+    kid_subsets: int = 100,
+) -> dict:
     """FID/KID between two disjoint, equal halves of the real data: the noise floor of the metric.
 
     Averaged over `splits` seeded random halvings, since one halving alone is noisy. Returns the
@@ -257,12 +314,20 @@ def fid_floor(reference: torch.Tensor, reference_name: str, extractor: str | Ext
     runs = []
     for _ in range(splits):
         perm = torch.randperm(len(ref), generator=gen)
-        runs.append(_calculate(ref[perm[:half]], ref[perm[half:2 * half]], ext, None, cache_dir, kid_subsets))
+        runs.append(_calculate(ref[perm[:half]], ref[perm[half : 2 * half]], ext, None, cache_dir, kid_subsets))
     fid, kid = [r[ext.key("fid")] for r in runs], [r[ext.key("kid")] for r in runs]
-    result = {ext.key("fid"): statistics.mean(fid), ext.key("fid") + "_std": statistics.pstdev(fid),
-              ext.key("kid"): statistics.mean(kid), ext.key("kid") + "_std": statistics.pstdev(kid),
-              ext.key("fid") + "_splits": fid, "extractor": ext.fidelity_name, "n_per_half": half,
-              "splits": splits, "seed": seed, "reference": reference_name}
+    result = {
+        ext.key("fid"): statistics.mean(fid),
+        ext.key("fid") + "_std": statistics.pstdev(fid),
+        ext.key("kid"): statistics.mean(kid),
+        ext.key("kid") + "_std": statistics.pstdev(kid),
+        ext.key("fid") + "_splits": fid,
+        "extractor": ext.fidelity_name,
+        "n_per_half": half,
+        "splits": splits,
+        "seed": seed,
+        "reference": reference_name,
+    }
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -271,8 +336,16 @@ class ReferenceScorer:
     """Scores sample batches of one trial against its workload's held-out reference split, with the
     reference statistics cached on disk (computed by the first scoring, reused by every later one)."""
 
-    def __init__(self, extractor: str, reference: torch.Tensor, dataset: str, resolution: int, split: str = "test",
-                 inception_weights: str | Path | None = None, cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        extractor: str,
+        reference: torch.Tensor,
+        dataset: str,
+        resolution: int,
+        split: str = "test",
+        inception_weights: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+    ):
         self.ext = get_extractor(extractor, inception_weights)
         self.reference, self.cache_dir = reference, cache_dir
         self.name = self.ext.reference_name(dataset, resolution, split)

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from .config import config_hash
 from .errors import ConfigError, UserError
-from .record import eval_value, record_value
+from .record import FINISHED, Status, eval_value, record_value
 from .space import CategoricalDist, SearchSpace, grid_values, scalar_choices, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
@@ -47,6 +47,7 @@ class TrialPruned(Exception):
 # ---------------------------------------------------------------------------------------------
 # One sampled config over all seeds (shared by both backends)
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ConfigRun:
@@ -70,15 +71,20 @@ class ConfigRun:
             rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"])
             if rec is None:  # resumed sweeps (or a config sampled twice) do not re-run a finished seed
                 reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
-                rec = run_trial(cfg, self.store.root, reporter=reporter, tracking=self.tracking,
-                                tags={**self.tags, "seed_index": i, "params": params},
-                                writer=self.store.write_unique)
+                rec = run_trial(
+                    cfg,
+                    self.store.root,
+                    reporter=reporter,
+                    tracking=self.tracking,
+                    tags={**self.tags, "seed_index": i, "params": params},
+                    writer=self.store.write_unique,
+                )
             else:
                 self.reused.append(rec["run_id"])
             self.records.append(rec)
-            if rec["status"] == "failed":
+            if rec["status"] == Status.FAILED:
                 raise TrialFailed(f"seed {seed}: {rec['error']['type']}: {rec['error']['message']}")
-            if rec["status"] == "pruned":
+            if rec["status"] == Status.PRUNED:
                 raise TrialPruned(f"pruned at step {rec['pruned_at']}")
             if self.after_seed is not None and i + 1 < len(self.space.seeds) and self.after_seed(i, rec):
                 raise TrialPruned(f"pruned after seed {seed}")
@@ -94,6 +100,7 @@ def objective_values(space: SearchSpace, records: list[dict]) -> list[float]:
 # Optuna backend
 # ---------------------------------------------------------------------------------------------
 
+
 def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The space's sampler. `seed_offset` differs per worker and per restart so that a seeded sampler in a
     second process does not propose the same sequence of configs again."""
@@ -102,17 +109,26 @@ def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.Ba
     seed = None if s.seed is None else s.seed + seed_offset
     if s.name == "grid":
         return optuna.samplers.GridSampler(grid_values(space), seed=seed)
-    cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-           "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
-           "nsga2": optuna.samplers.NSGAIISampler, "qmc": optuna.samplers.QMCSampler}[s.name]
+    cls = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "qmc": optuna.samplers.QMCSampler,
+    }[s.name]
     return cls(seed=seed, **opts)
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     p = space.pruner
-    cls = {"median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-           "hyperband": optuna.pruners.HyperbandPruner, "wilcoxon": optuna.pruners.WilcoxonPruner,
-           "none": optuna.pruners.NopPruner}[p.name]
+    cls = {
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "wilcoxon": optuna.pruners.WilcoxonPruner,
+        "none": optuna.pruners.NopPruner,
+    }[p.name]
     return cls(**p.options)
 
 
@@ -139,22 +155,35 @@ def make_storage(url: str | None, study_name: str, heartbeats: bool = True) -> t
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beats = dict(heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
-                         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY))
+            beats = dict(
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=HEARTBEAT_GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
+            )
             storage = optuna.storages.RDBStorage(
-                url, **(beats if heartbeats else {}),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+                url,
+                **(beats if heartbeats else {}),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
         return storage, url
     except Exception as e:  # bad dialect, unreachable server, ...
-        raise UserError(f"--storage: cannot open '{url}': {type(e).__name__}: {e}. Allowed: a journal file "
-                        "path, or an RDB URL such as postgresql://user:pw@host/db") from None
+        raise UserError(
+            f"--storage: cannot open '{url}': {type(e).__name__}: {e}. Allowed: a journal file "
+            "path, or an RDB URL such as postgresql://user:pw@host/db"
+        ) from None
 
 
 def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> optuna.Study:
     storage, _ = make_storage(storage_url, study_name)
     kw = {"directions": space.directions} if len(space.objectives) > 1 else {"direction": space.directions[0]}
-    return optuna.create_study(study_name=study_name, storage=storage, sampler=make_sampler(space),
-                               pruner=make_pruner(space), load_if_exists=True, **kw)
+    return optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=make_sampler(space),
+        pruner=make_pruner(space),
+        load_if_exists=True,
+        **kw,
+    )
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -243,6 +272,7 @@ def optuna_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int, i
             return False
         trial.report(value, step)
         return trial.should_prune()
+
     return report
 
 
@@ -255,11 +285,18 @@ def wilcoxon_reporter(trial: optuna.Trial, space: SearchSpace) -> Callable[[int,
     def after_seed(seed_index: int, record: dict) -> bool:
         trial.report(record_value(record, o.metric, o.direction), seed_index)
         return trial.should_prune()
+
     return after_seed
 
 
-def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace, store: Store,
-                         sweep: str, tracking: TrackingSettings | None = None) -> tuple[TrialState, list[float] | None]:
+def run_one_optuna_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    space: SearchSpace,
+    store: Store,
+    sweep: str,
+    tracking: TrackingSettings | None = None,
+) -> tuple[TrialState, list[float] | None]:
     tags = {"sweep": sweep, "backend": "optuna", "trial_number": trial.number, "scheduled_unix": time.time()}
     if "baseline_point" in trial.user_attrs:
         tags["baseline_point"] = trial.user_attrs["baseline_point"]
@@ -279,8 +316,9 @@ def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: Search
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     if space.pruner.name == "wilcoxon" and len(space.objectives) == 1:
-        trial.report(record_value(runner.records[-1], space.objectives[0].metric, space.directions[0]),
-                     len(runner.records) - 1)
+        trial.report(
+            record_value(runner.records[-1], space.objectives[0].metric, space.directions[0]), len(runner.records) - 1
+        )
     # skip_if_finished: a trial failed meanwhile by a heartbeat check was queued again; its retry reuses the records
     told = study.tell(trial, values if len(values) > 1 else values[0], skip_if_finished=True)
     return told.state, values
@@ -289,8 +327,10 @@ def run_one_optuna_trial(study: optuna.Study, trial: optuna.Trial, space: Search
 def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str:
     c = counts(study)
     done = c["complete"] + c["pruned"]
-    line = (f"[{study.study_name}] done {done}/{n_trials} | running {c['running']} | pruned {c['pruned']} | "
-            f"failed {c['fail']}")
+    line = (
+        f"[{study.study_name}] done {done}/{n_trials} | running {c['running']} | pruned {c['pruned']} | "
+        f"failed {c['fail']}"
+    )
     if c["complete"] and len(space.objectives) == 1:
         best = study.best_trial
         line += f" | best {space.objectives[0].metric}={best.value:.4g} (trial {best.number})"
@@ -299,12 +339,23 @@ def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str
     return line
 
 
-def optuna_worker(space: SearchSpace, store_root: str, sweep: str, storage_url: str | None, n_trials: int,
-                  max_failures: int, timeout_s: float | None, threads: int | None = None, worker_index: int = 0,
-                  tracking: TrackingSettings | None = None, log: Callable[[str], None] = print) -> None:
+def optuna_worker(
+    space: SearchSpace,
+    store_root: str,
+    sweep: str,
+    storage_url: str | None,
+    n_trials: int,
+    max_failures: int,
+    timeout_s: float | None,
+    threads: int | None = None,
+    worker_index: int = 0,
+    tracking: TrackingSettings | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
     """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout."""
     if threads:
         import torch
+
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store, study = Store(store_root), open_study(space, sweep, storage_url)
@@ -339,10 +390,20 @@ def _worker_entry(kwargs: dict) -> None:
     optuna_worker(**kwargs)
 
 
-def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None = None,
-                     storage_url: str | None = None, n_trials: int | None = None, workers: int = 1,
-                     resume: bool = False, max_failures: int = 3, baselines: dict[str, dict] | None = None,
-                     tracking: TrackingSettings | None = None, log: Callable[[str], None] = print) -> dict:
+def run_optuna_sweep(
+    space: SearchSpace,
+    store: Store,
+    *,
+    study_name: str | None = None,
+    storage_url: str | None = None,
+    n_trials: int | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    max_failures: int = 3,
+    baselines: dict[str, dict] | None = None,
+    tracking: TrackingSettings | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Run (or continue) a sweep with Optuna; returns a summary with the best trial(s)."""
     name = study_name or space.name
     n_trials = n_trials or space.budget.trials
@@ -355,21 +416,32 @@ def run_optuna_sweep(space: SearchSpace, store: Store, *, study_name: str | None
             log(f"[{name}] resuming: {retried} interrupted trial(s) marked failed and queued again")
     for baseline, params in (baselines or {}).items():  # named points first, labelled "<baseline>@<sweep>"
         study.enqueue_trial(params, user_attrs={"baseline_point": baseline}, skip_if_exists=True)
-    kwargs = dict(space=space, store_root=str(store.root), sweep=name, storage_url=storage_url,
-                  n_trials=n_trials, max_failures=max_failures, timeout_s=space.budget.timeout_s, tracking=tracking)
+    kwargs = dict(
+        space=space,
+        store_root=str(store.root),
+        sweep=name,
+        storage_url=storage_url,
+        n_trials=n_trials,
+        max_failures=max_failures,
+        timeout_s=space.budget.timeout_s,
+        tracking=tracking,
+    )
     if workers <= 1:
         optuna_worker(**kwargs, log=log)
     else:
         supervise_workers(study, kwargs, workers, max_failures, log)
     c = counts(study)
     if c["waiting"] and c["complete"] + c["pruned"] < n_trials:
-        log(f"[{name}] {c['waiting']} queued trial(s) did not run (the workers stopped); "
-            "run the same command again to finish them")
+        log(
+            f"[{name}] {c['waiting']} queued trial(s) did not run (the workers stopped); "
+            "run the same command again to finish them"
+        )
     return summarize_study(study, space)
 
 
-def supervise_workers(study: optuna.Study, kwargs: dict, workers: int, max_restarts: int,
-                      log: Callable[[str], None]) -> None:
+def supervise_workers(
+    study: optuna.Study, kwargs: dict, workers: int, max_restarts: int, log: Callable[[str], None]
+) -> None:
     """Run `workers` local worker processes. When one dies (OOM killer, kill -9), its trial is marked failed and
     queued again, and a replacement worker starts (at most `max_restarts` times)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -389,8 +461,10 @@ def supervise_workers(study: optuna.Study, kwargs: dict, workers: int, max_resta
             if p.exitcode == 0:
                 continue
             n = fail_running(study, lambda w, pid=p.pid: w is not None and same_machine(w) and w["pid"] == pid)
-            log(f"[{study.study_name}] worker pid {p.pid} died (exit code {p.exitcode}); "
-                f"{n} trial(s) marked failed and queued again")
+            log(
+                f"[{study.study_name}] worker pid {p.pid} died (exit code {p.exitcode}); "
+                f"{n} trial(s) marked failed and queued again"
+            )
             if restarts < max_restarts:
                 restarts += 1
                 running.add(start(workers + restarts))
@@ -405,8 +479,7 @@ def summarize_study(study: optuna.Study, space: SearchSpace) -> dict:
         b = study.best_trial
         out["best"] = {"trial": b.number, "value": b.value, "params": b.params}
     else:
-        out["pareto_front"] = [{"trial": t.number, "values": t.values, "params": t.params}
-                               for t in study.best_trials]
+        out["pareto_front"] = [{"trial": t.number, "values": t.values, "params": t.params} for t in study.best_trials]
     return out
 
 
@@ -429,19 +502,29 @@ def baseline_params(space: SearchSpace, baseline_cfg: dict) -> dict[str, Any]:
 # Confirmation: the top configs of a sweep again, with more seeds (DeepOBS / AlgoPerf practice)
 # ---------------------------------------------------------------------------------------------
 
+
 def top_configs(store: Store, sweep: str, metric: str, top: int) -> list[dict]:
     """One representative record per config of the sweep, best mean `metric` first (diverged = worst)."""
     groups: dict[str, list[dict]] = {}
     for rec in store.records(sweep=sweep):
-        if rec["status"] in ("ok", "diverged"):
+        if rec["status"] in FINISHED:
             groups.setdefault(rec["config_hash"], []).append(rec)
-    scored = sorted(groups.values(), key=lambda rs: (sum(record_value(r, metric, "minimize") for r in rs) / len(rs),
-                                                     rs[0]["config_hash"]))
+    scored = sorted(
+        groups.values(),
+        key=lambda rs: (sum(record_value(r, metric, "minimize") for r in rs) / len(rs), rs[0]["config_hash"]),
+    )
     return [min(rs, key=lambda r: r["run_id"]) for rs in scored[:top]]
 
 
-def confirm(store: Store, sweep: str, metric: str, top: int, n_seeds: int,
-            tracking: TrackingSettings | None = None, log: Callable[[str], None] = print) -> list[dict]:
+def confirm(
+    store: Store,
+    sweep: str,
+    metric: str,
+    top: int,
+    n_seeds: int,
+    tracking: TrackingSettings | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Run seeds 0..n_seeds-1 of the `top` best configs of `sweep` (seeds already recorded are skipped)."""
     from .config import build_config
 
@@ -452,9 +535,12 @@ def confirm(store: Store, sweep: str, metric: str, top: int, n_seeds: int,
             cfg = build_config({**rep["config"], "seed": seed}, f"record {rep['run_id']}")
             rec = store.find(rep["config_hash"], seed, sweep=sweep)
             if rec is None:
-                rec = run_trial(cfg, store.root, tags={**tags, "seed_index": seed}, tracking=tracking,
-                                writer=store.write_unique)
-                log(f"confirm #{rank} {rep['config_hash'][:8]} seed {seed}: {rec['status']} "
-                    f"{metric}={(rec.get('metrics') or {}).get(metric)}")
+                rec = run_trial(
+                    cfg, store.root, tags={**tags, "seed_index": seed}, tracking=tracking, writer=store.write_unique
+                )
+                log(
+                    f"confirm #{rank} {rep['config_hash'][:8]} seed {seed}: {rec['status']} "
+                    f"{metric}={(rec.get('metrics') or {}).get(metric)}"
+                )
             records.append(rec)
     return records

@@ -18,9 +18,21 @@ from .config import TrialConfig, apply_values, build_config, read_yaml, resolve_
 from .errors import ConfigError
 
 # Metrics a space may optimise: keys of a record's `metrics` (quality metrics arrive with scoring).
-OBJECTIVE_METRICS = ("fid_digits", "kid_digits", "fid", "kid", "best_probe_loss", "final_probe_loss",
-                     "instability", "grad_norm_cv", "grad_spike_rate", "probe_loss_osc", "feature_norm_max",
-                     "feature_norm_growth", "clip_frac")
+OBJECTIVE_METRICS = (
+    "fid_digits",
+    "kid_digits",
+    "fid",
+    "kid",
+    "best_probe_loss",
+    "final_probe_loss",
+    "instability",
+    "grad_norm_cv",
+    "grad_spike_rate",
+    "probe_loss_osc",
+    "feature_norm_max",
+    "feature_norm_growth",
+    "clip_frac",
+)
 UNSEARCHABLE = ("seed", "device")
 
 
@@ -97,6 +109,7 @@ class SearchSpace(_Strict):
 # Loading and validation
 # ---------------------------------------------------------------------------------------------
 
+
 def _base_data(raw: dict, path: Path) -> dict:
     base = raw.get("base", {})
     if isinstance(base, str):
@@ -150,8 +163,9 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"] if str(p) not in ("float", "int", "categorical"))
-        raise ConfigError(f"{src}: key '{key}': {e['msg']}"
-                          + ("; allowed: float, int, categorical" if "tag" in e["type"] else "")) from None
+        raise ConfigError(
+            f"{src}: key '{key}': {e['msg']}" + ("; allowed: float, int, categorical" if "tag" in e["type"] else "")
+        ) from None
     base = _base_data(raw, path)
     resolved_fixed = {}
     for k, v in sp.fixed.items():
@@ -172,8 +186,9 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
         if full in UNSEARCHABLE:
             raise ConfigError(f"{src}: key 'space.{k}': '{full}' cannot be searched (use 'seeds' for seeds)")
         if full in resolved_fixed:
-            raise ConfigError(f"{src}: key 'space.{k}': '{full}' is fixed in 'fixed'; "
-                              "a key is either fixed or searched, not both")
+            raise ConfigError(
+                f"{src}: key 'space.{k}': '{full}' is fixed in 'fixed'; a key is either fixed or searched, not both"
+            )
         _check_dist(src, k, d)
         _check_values_fit_config(src, k, full, d, base)
         space[full], names[full] = d, k
@@ -188,28 +203,32 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
                 pfull = parent
             pd = space.get(pfull)
             if not isinstance(pd, CategoricalDist):
-                raise ConfigError(f"{src}: key 'space.{names[full]}.when': parent '{parent}' must be a "
-                                  "categorical key of 'space'")
+                raise ConfigError(
+                    f"{src}: key 'space.{names[full]}.when': parent '{parent}' must be a categorical key of 'space'"
+                )
             bad = [v for v in values if v not in pd.choices]
             if bad:
-                raise ConfigError(f"{src}: key 'space.{names[full]}.when.{parent}': {bad} not among the "
-                                  f"parent's choices {pd.choices}")
+                raise ConfigError(
+                    f"{src}: key 'space.{names[full]}.when.{parent}': {bad} not among the parent's choices {pd.choices}"
+                )
             when[pfull] = values
         space[full] = d.model_copy(update={"when": when})
     space = _parents_first(space, src)
     for o in sp.objectives:
         if o.metric not in OBJECTIVE_METRICS:
-            raise ConfigError(f"{src}: key 'objectives.metric': unknown metric '{o.metric}'; allowed: "
-                              + ", ".join(OBJECTIVE_METRICS))
+            raise ConfigError(
+                f"{src}: key 'objectives.metric': unknown metric '{o.metric}'; allowed: " + ", ".join(OBJECTIVE_METRICS)
+            )
     if len(sp.objectives) > 1 and sp.sampler.name == "cmaes":
-        raise ConfigError(f"{src}: key 'sampler.name': cmaes is single-objective; use nsga2, tpe, gp or random "
-                          f"for {len(sp.objectives)} objectives")
+        raise ConfigError(
+            f"{src}: key 'sampler.name': cmaes is single-objective; use nsga2, tpe, gp or random "
+            f"for {len(sp.objectives)} objectives"
+        )
     if sp.sampler.name == "grid":
         for k, d in space.items():
             if isinstance(d, FloatDist) and d.step is None:
                 raise ConfigError(f"{src}: key 'space.{k}': the grid sampler needs 'step' on float ranges")
-    return sp.model_copy(update={"space": space, "fixed": resolved_fixed, "base": base,
-                                 "name": sp.name or path.stem})
+    return sp.model_copy(update={"space": space, "fixed": resolved_fixed, "base": base, "name": sp.name or path.stem})
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -220,6 +239,7 @@ def load_space(path: str | Path) -> SearchSpace:
 # ---------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------
+
 
 def is_active(d: Any, params: dict) -> bool:
     return not d.when or all(params.get(p) in values for p, values in d.when.items())
@@ -232,9 +252,11 @@ def scalar_choices(d: CategoricalDist) -> bool:
 
 def decode_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
     """Params as Optuna stores them (list choices as JSON strings) -> the values `suggest` returns."""
+
     def decode(key: str, value: Any) -> Any:
         d = space.space.get(key)
         return json.loads(value) if isinstance(d, CategoricalDist) and not scalar_choices(d) else value
+
     return {k: decode(k, v) for k, v in params.items()}
 
 

@@ -19,7 +19,7 @@ import polars as pl
 
 from .config import flatten
 from .errors import UserError
-from .record import write_record
+from .record import FINISHED, Status, write_record
 
 DEFAULT_STORE = Path(os.environ.get("STABENCH_STORE", "runs"))
 
@@ -56,18 +56,24 @@ class Store:
         with status `duplicate` (kept, never counted). That happens when a killed driver's orphaned Ray actor
         and the restored trial both finish the same seed. Every writer into a sweep passes this to the trial."""
         with self.lock():
-            if record["status"] in ("ok", "diverged"):
+            if record["status"] in FINISHED:
                 first = self.find(record["config_hash"], record["seed"], sweep=record["tags"].get("sweep"))
                 if first is not None and first["run_id"] != record["run_id"]:
-                    record.update(status="duplicate", duplicate_of=first["run_id"])
+                    record.update(status=Status.DUPLICATE, duplicate_of=first["run_id"])
             write_record(record, run_dir)
 
-    def find(self, config_hash: str, seed: int, statuses: tuple[str, ...] = ("ok", "diverged"), **tags) -> dict | None:
+    def find(self, config_hash: str, seed: int, statuses: frozenset[str] = FINISHED, **tags) -> dict | None:
         """A record of this config and seed with one of `statuses` and these tags, if one exists.
         Run ids carry the hash prefix and seed, so only matching directories are read."""
         paths = sorted(self.root.glob(f"*-{config_hash[:8]}-s{seed}-*/record.json"))
-        return next((rec for rec in _read_matching(paths, tags) if rec["config_hash"] == config_hash
-                     and rec["seed"] == seed and rec["status"] in statuses), None)
+        return next(
+            (
+                rec
+                for rec in _read_matching(paths, tags)
+                if rec["config_hash"] == config_hash and rec["seed"] == seed and rec["status"] in statuses
+            ),
+            None,
+        )
 
 
 def _read_matching(paths: list[Path], tags: dict) -> Iterator[dict]:
@@ -86,13 +92,21 @@ def _read_matching(paths: list[Path], tags: dict) -> Iterator[dict]:
 # Tables: scalars (one row per record) and curves (one row per record and step), read with polars
 # ---------------------------------------------------------------------------------------------
 
+
 def scalar_row(rec: dict) -> dict[str, Any]:
     tags = rec.get("tags") or {}
-    row = {"run_id": rec["run_id"], "config_hash": rec["config_hash"], "seed": rec["seed"],
-           "status": rec["status"], "sweep": tags.get("sweep"), "baseline": tags.get("baseline"),
-           "backend": tags.get("backend"), "trial_number": None if tags.get("trial_number") is None
-           else str(tags.get("trial_number")), "steps_completed": rec.get("steps_completed"),
-           "wall_time_s": rec.get("wall_time_s")}
+    row = {
+        "run_id": rec["run_id"],
+        "config_hash": rec["config_hash"],
+        "seed": rec["seed"],
+        "status": rec["status"],
+        "sweep": tags.get("sweep"),
+        "baseline": tags.get("baseline"),
+        "backend": tags.get("backend"),
+        "trial_number": None if tags.get("trial_number") is None else str(tags.get("trial_number")),
+        "steps_completed": rec.get("steps_completed"),
+        "wall_time_s": rec.get("wall_time_s"),
+    }
     row.update({f"metrics.{k}": v for k, v in (rec.get("metrics") or {}).items() if not isinstance(v, (dict, list))})
     row.update({f"config.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in flatten(rec["config"]).items()})
     return row
@@ -101,8 +115,12 @@ def scalar_row(rec: dict) -> dict[str, Any]:
 def curve_rows(rec: dict) -> dict[str, list]:
     curves = rec.get("curves") or {"step": []}
     n = len(curves["step"])
-    return {"run_id": [rec["run_id"]] * n, "step": curves["step"], "loss": curves.get("loss", []),
-            "grad_norm": curves.get("grad_norm", [])}
+    return {
+        "run_id": [rec["run_id"]] * n,
+        "step": curves["step"],
+        "loss": curves.get("loss", []),
+        "grad_norm": curves.get("grad_norm", []),
+    }
 
 
 def scalars_table(records: list[dict]) -> pl.DataFrame:
@@ -113,6 +131,10 @@ def scalars_table(records: list[dict]) -> pl.DataFrame:
 
 def curves_table(records: list[dict]) -> pl.DataFrame:
     """Per-step loss and pre-clip grad norm of every record (downsampled curves), long format."""
-    frames = [pl.DataFrame(curve_rows(r), schema={"run_id": pl.Utf8, "step": pl.Int64, "loss": pl.Float64,
-                                                 "grad_norm": pl.Float64}) for r in records]
+    frames = [
+        pl.DataFrame(
+            curve_rows(r), schema={"run_id": pl.Utf8, "step": pl.Int64, "loss": pl.Float64, "grad_norm": pl.Float64}
+        )
+        for r in records
+    ]
     return pl.concat(frames) if frames else pl.DataFrame()

@@ -69,12 +69,12 @@ class DivergenceDetector:
         """Feed one step (1-based); returns the reason when this step diverged."""
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step}"
-        s = self.smoothed = loss if self.smoothed is None else (1 - self.smoothing) * self.smoothed \
-            + self.smoothing * loss
+        s = self.smoothed = (
+            loss if self.smoothed is None else (1 - self.smoothing) * self.smoothed + self.smoothing * loss
+        )
         self.running_min = min(self.running_min, s)
         if step > self.warmup and s > self.factor * self.running_min:
-            return (f"smoothed loss {s:.4g} > {self.factor:g} x running minimum {self.running_min:.4g} "
-                    f"at step {step}")
+            return f"smoothed loss {s:.4g} > {self.factor:g} x running minimum {self.running_min:.4g} at step {step}"
         return None
 
 
@@ -83,6 +83,7 @@ def feature_norms(features: dict) -> dict:
     """ScaleLong's "norm of feature": mean per-sample L2 norm of each long-skip feature (the encoder's
     output, before LSC scaling, so that scaling does not lower the metric by construction), of all of
     them together, and of the decoder's output feature."""
+
     def per_sample(x: torch.Tensor) -> torch.Tensor:
         return x.float().flatten(1).norm(dim=1)
 
@@ -102,7 +103,7 @@ def grad_spike_rate(grad_norm: np.ndarray, start: int, factor: float, window: in
     """Steps whose norm exceeds `factor` x the running median of the previous `window` steps, per 1,000."""
     checked = spikes = 0
     for s in range(max(start, 1), len(grad_norm)):
-        ref = np.median(grad_norm[max(0, s - window):s])
+        ref = np.median(grad_norm[max(0, s - window) : s])
         checked += 1
         spikes += bool(grad_norm[s] > factor * ref)
     return 1000.0 * spikes / checked if checked else None
@@ -124,12 +125,15 @@ def instability_score(parts: dict, diverged: bool) -> float:
     if diverged:
         return math.inf
     growth = parts.get("feature_norm_growth")
-    return ((parts.get("grad_norm_cv") or 0.0) + (parts.get("probe_loss_osc") or 0.0)
-            + (parts.get("grad_spike_rate") or 0.0) / 100.0 + (max(0.0, math.log(growth)) if growth else 0.0))
+    return (
+        (parts.get("grad_norm_cv") or 0.0)
+        + (parts.get("probe_loss_osc") or 0.0)
+        + (parts.get("grad_spike_rate") or 0.0) / 100.0
+        + (max(0.0, math.log(growth)) if growth else 0.0)
+    )
 
 
-def summarize(log: StepLog, probes: dict, warmup: int, spike_factor: float, spike_window: int,
-              diverged: bool) -> dict:
+def summarize(log: StepLog, probes: dict, warmup: int, spike_factor: float, spike_window: int, diverged: bool) -> dict:
     """Scalar stability metrics of a finished (or stopped) trial."""
     gn = np.asarray(log.grad_norm, dtype=np.float64)
     finite_gn = gn[warmup:][np.isfinite(gn[warmup:])]
@@ -139,8 +143,7 @@ def summarize(log: StepLog, probes: dict, warmup: int, spike_factor: float, spik
         "grad_norm_mean": _finite(float(np.mean(finite_gn))) if len(finite_gn) else None,
         "grad_norm_max": _finite(float(np.max(finite_gn))) if len(finite_gn) else None,
         "grad_norm_cv": _finite(float(np.std(finite_gn) / np.mean(finite_gn))) if len(finite_gn) > 1 else None,
-        "grad_spike_rate": grad_spike_rate(gn, warmup, spike_factor, spike_window) if np.all(np.isfinite(gn))
-        else None,
+        "grad_spike_rate": grad_spike_rate(gn, warmup, spike_factor, spike_window) if np.all(np.isfinite(gn)) else None,
         "probe_loss_osc": probe_loss_oscillation(probes["probe_loss"]),
         "feature_norm_max": _finite(max(fn)) if fn else None,
         "feature_norm_growth": _finite(fn[-1] / fn[0]) if len(fn) > 1 and fn[0] > 0 else None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import flatten
+from .record import Status
 
 MODES = ("online", "offline", "disabled")
 
@@ -60,8 +61,12 @@ class Tracker:
 
 def run_tags(config: dict, tags: dict) -> list[str]:
     """The knob values that matter for filtering in the UI, plus the baseline name."""
-    out = [f"lsc={config['lsc']['mode']}", f"weighting={config['timestep_weighting']['kind']}",
-           f"schedule={config['diffusion']['schedule']}", f"backbone={config['workload']['backbone']}"]
+    out = [
+        f"lsc={config['lsc']['mode']}",
+        f"weighting={config['timestep_weighting']['kind']}",
+        f"schedule={config['diffusion']['schedule']}",
+        f"backbone={config['workload']['backbone']}",
+    ]
     if tags.get("baseline"):
         out.append(f"baseline={tags['baseline']}")
     return out
@@ -77,18 +82,31 @@ class WandbTracker(Tracker):
 
             tags = record.get("tags") or {}
             job_type = tags.get("job_type") or ("baseline" if tags.get("baseline") else "trial")
-            name = tags.get("baseline") or (f"{tags['sweep']}#{tags['trial_number']}" if "trial_number" in tags
-                                            else record["config_hash"][:8])
+            name = tags.get("baseline") or (
+                f"{tags['sweep']}#{tags['trial_number']}" if "trial_number" in tags else record["config_hash"][:8]
+            )
             directory = Path(settings.dir or ".")
             directory.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
-                project=settings.project, entity=settings.entity, group=tags.get("sweep") or "train",
-                job_type=job_type, name=f"{name} s{record['seed']}", tags=run_tags(record["config"], tags),
-                config={**flatten(record["config"]), "config_hash": record["config_hash"],
-                        "seed": record["seed"], "run_id": record["run_id"]},
-                dir=str(directory), mode=settings.resolved_mode(), reinit="create_new",
-                settings=wandb.Settings(init_timeout=settings.init_timeout_s, console="off", x_disable_stats=True,
-                                        silent=True))
+                project=settings.project,
+                entity=settings.entity,
+                group=tags.get("sweep") or "train",
+                job_type=job_type,
+                name=f"{name} s{record['seed']}",
+                tags=run_tags(record["config"], tags),
+                config={
+                    **flatten(record["config"]),
+                    "config_hash": record["config_hash"],
+                    "seed": record["seed"],
+                    "run_id": record["run_id"],
+                },
+                dir=str(directory),
+                mode=settings.resolved_mode(),
+                reinit="create_new",
+                settings=wandb.Settings(
+                    init_timeout=settings.init_timeout_s, console="off", x_disable_stats=True, silent=True
+                ),
+            )
             for prefix in ("train", "probe", "eval"):  # every curve shares the training step as x-axis
                 self.run.define_metric(f"{prefix}/*", step_metric="step")
         except Exception as e:  # never let tracking break a trial
@@ -113,12 +131,17 @@ class WandbTracker(Tracker):
 
     def log_steps(self, first_step, loss, grad_norm, clipped, lr):
         for i, (l, g, c, r) in enumerate(zip(loss, grad_norm, clipped, lr)):
-            self._log({"step": first_step + i, "train/loss": l, "train/grad_norm": g, "train/clipped": int(c),
-                       "train/lr": r})
+            self._log(
+                {"step": first_step + i, "train/loss": l, "train/grad_norm": g, "train/clipped": int(c), "train/lr": r}
+            )
 
     def log_probe(self, step, probe):
-        data = {"step": step, "probe/loss": probe["probe_loss"], "probe/feature_norm": probe["feature_norm"],
-                "probe/out_norm": probe["out_norm"]}
+        data = {
+            "step": step,
+            "probe/loss": probe["probe_loss"],
+            "probe/feature_norm": probe["feature_norm"],
+            "probe/out_norm": probe["out_norm"],
+        }
         data.update({f"probe/skip_norm_{i + 1}": v for i, v in enumerate(probe["skip_norms"])})
         self._log(data)
 
@@ -139,9 +162,10 @@ class WandbTracker(Tracker):
             self.run.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float, str))})
             self.run.summary["status"] = record["status"]
             if record.get("samples_png"):
-                self.run.log({"step": record.get("steps_completed") or 0,
-                              "eval/samples": wandb.Image(record["samples_png"])})
-            self.run.finish(exit_code=0 if record["status"] != "failed" else 1)
+                self.run.log(
+                    {"step": record.get("steps_completed") or 0, "eval/samples": wandb.Image(record["samples_png"])}
+                )
+            self.run.finish(exit_code=0 if record["status"] != Status.FAILED else 1)
         except Exception as e:
             self._disable(e)
         self.run = None
@@ -161,10 +185,17 @@ def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str) -> No
         import polars as pl
         import wandb
 
-        run = wandb.init(project=settings.project, entity=settings.entity, group=group, job_type="leaderboard",
-                         name=f"leaderboard {group}", dir=str(settings.dir or "."), mode=settings.resolved_mode(),
-                         reinit="create_new", settings=wandb.Settings(init_timeout=settings.init_timeout_s,
-                                                                      console="off", silent=True))
+        run = wandb.init(
+            project=settings.project,
+            entity=settings.entity,
+            group=group,
+            job_type="leaderboard",
+            name=f"leaderboard {group}",
+            dir=str(settings.dir or "."),
+            mode=settings.resolved_mode(),
+            reinit="create_new",
+            settings=wandb.Settings(init_timeout=settings.init_timeout_s, console="off", silent=True),
+        )
         df = pl.read_csv(out_dir / "leaderboard.csv", infer_schema_length=0)
         run.log({"leaderboard": wandb.Table(columns=df.columns, data=[list(r) for r in df.iter_rows()])})
         artifact = wandb.Artifact(f"leaderboard-{group}", type="leaderboard")

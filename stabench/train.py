@@ -26,7 +26,7 @@ from .diffusion import Diffusion
 from .ema import MultiEMA
 from .errors import UserError
 from .models import build_model, count_params
-from .record import atomic_torch_save, atomic_write_text, downsample, new_record, write_record
+from .record import Status, atomic_torch_save, atomic_write_text, downsample, new_record, write_record
 from .telemetry import DivergenceDetector, StepLog, feature_norms, summarize
 from .tracking import TrackingSettings, make_tracker
 
@@ -54,8 +54,15 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def optimization_step(model: nn.Module, diffusion: Diffusion, optimizer: torch.optim.Optimizer,
-                      x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, clip_norm: float | None):
+def optimization_step(
+    model: nn.Module,
+    diffusion: Diffusion,
+    optimizer: torch.optim.Optimizer,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    clip_norm: float | None,
+):
     """Forward, backward, global-norm clipping between backward and step, step.
     Returns (loss, pre-clip global grad norm) as tensors; the clipped grads stay in `.grad`."""
     loss = diffusion.loss(model, x0, t, noise)
@@ -102,9 +109,18 @@ class Trial:
     entries ends it as `pruned`. The record is complete (and written, with an `out_dir`) once the
     generator is exhausted. Search backends drive this; everyone else calls `run_trial`."""
 
-    def __init__(self, cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
-                 save_checkpoint: bool = False, tags: dict | None = None, tracking: TrackingSettings | None = None,
-                 resume_dir: str | Path | None = None, writer: Callable[[dict, Path], Any] = write_record):
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        out_dir: str | Path | None = None,
+        *,
+        progress: bool = False,
+        save_checkpoint: bool = False,
+        tags: dict | None = None,
+        tracking: TrackingSettings | None = None,
+        resume_dir: str | Path | None = None,
+        writer: Callable[[dict, Path], Any] = write_record,
+    ):
         self.cfg, self.progress, self.save_checkpoint, self.tracking = cfg, progress, save_checkpoint, tracking
         self.writer = writer  # search backends pass Store.write_unique: a (config, seed) counted once
         self.device = resolve_device(cfg.device)
@@ -116,8 +132,14 @@ class Trial:
         if cfg.eval.samples > 0:  # FID/KID against the held-out split; a missing Inception file fails here
             from .scoring import ReferenceScorer
 
-            self.scorer = ReferenceScorer(cfg.extractor, load_images(cfg.workload, "test"), cfg.workload.dataset,
-                                          cfg.workload.resolution, "test", cfg.eval.inception_weights)
+            self.scorer = ReferenceScorer(
+                cfg.extractor,
+                load_images(cfg.workload, "test"),
+                cfg.workload.dataset,
+                cfg.workload.resolution,
+                "test",
+                cfg.eval.inception_weights,
+            )
         self.resume_state = None
         if resume_dir is not None:  # continue an interrupted trial: same run id, same directory
             self.resume_state = load_checkpoint(Path(resume_dir), cfg)
@@ -129,7 +151,7 @@ class Trial:
 
     @property
     def finished(self) -> bool:
-        return self.record["status"] != "running"
+        return self.record["status"] != Status.RUNNING
 
     def evals(self) -> Iterator[dict]:
         """Train; yield every evaluation entry; finish the record (failed if training raised)."""
@@ -141,9 +163,11 @@ class Trial:
             result = yield from _train(self)
             self.record.update(result)
         except Exception as e:  # a failed trial is a result too; keep the reason
-            self.record.update(status="failed", steps_completed=self.loop.step if self.loop else 0,
-                               error={"type": type(e).__name__, "message": str(e),
-                                      "traceback": traceback.format_exc()[-4000:]})
+            self.record.update(
+                status=Status.FAILED,
+                steps_completed=self.loop.step if self.loop else 0,
+                error={"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()[-4000:]},
+            )
         self.record["wall_time_s"] = time.perf_counter() - started
         if self.run_dir is not None:
             self.record["run_dir"] = str(self.run_dir)
@@ -172,23 +196,41 @@ def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
         raise UserError(f"--resume: no checkpoint at '{path}' (trials write one every `checkpoint_every` steps)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["record_head"]["config_hash"] != config_hash(cfg) or state["record_head"]["seed"] != cfg.seed:
-        raise UserError(f"--resume: '{path}' belongs to config {state['record_head']['config_hash']} seed "
-                        f"{state['record_head']['seed']}, not to this config ({config_hash(cfg)} seed {cfg.seed})")
+        raise UserError(
+            f"--resume: '{path}' belongs to config {state['record_head']['config_hash']} seed "
+            f"{state['record_head']['seed']}, not to this config ({config_hash(cfg)} seed {cfg.seed})"
+        )
     return state
 
 
-def run_trial(cfg: TrialConfig, out_dir: str | Path | None = None, *, progress: bool = False,
-              save_checkpoint: bool = False, reporter: Reporter | None = None, tags: dict | None = None,
-              tracking: TrackingSettings | None = None, resume_dir: str | Path | None = None,
-              writer: Callable[[dict, Path], Any] = write_record) -> dict:
+def run_trial(
+    cfg: TrialConfig,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+    save_checkpoint: bool = False,
+    reporter: Reporter | None = None,
+    tags: dict | None = None,
+    tracking: TrackingSettings | None = None,
+    resume_dir: str | Path | None = None,
+    writer: Callable[[dict, Path], Any] = write_record,
+) -> dict:
     """Train one trial and return its record; with `out_dir`, also write `<out_dir>/<run_id>/`.
 
     `reporter(eval_entry)` is called at every evaluation point (search backends report intermediate
     values there); returning True stops the trial with status `pruned`. `tags` (sweep name, backend,
     trial number, ...) are stored in the record as they are.
     """
-    trial = Trial(cfg, out_dir, progress=progress, save_checkpoint=save_checkpoint, tags=tags, tracking=tracking,
-                  resume_dir=resume_dir, writer=writer)
+    trial = Trial(
+        cfg,
+        out_dir,
+        progress=progress,
+        save_checkpoint=save_checkpoint,
+        tags=tags,
+        tracking=tracking,
+        resume_dir=resume_dir,
+        writer=writer,
+    )
     while (entry := trial.next_eval()) is not None:
         if reporter is not None and reporter(entry):
             return trial.stop()
@@ -202,27 +244,41 @@ class LoopState:
         cfg, device, o = trial.cfg, trial.device, trial.cfg.optim
         torch.manual_seed(cfg.seed)  # model init, dropout, drop-path: everything random derives from the seed
         self.model = build_model(cfg, in_channels=trial.images.shape[1]).to(device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay, o.decay_all), lr=o.lr,
-                                           betas=o.betas, eps=o.eps)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, o.weight_decay, o.decay_all), lr=o.lr, betas=o.betas, eps=o.eps
+        )
         self.ema = MultiEMA(self.model, cfg.ema.betas, cfg.ema.warmup)
-        self.batches = BatchStream(trial.images.to(device), o.batch_size, stream_seed(cfg.seed, "data"),
-                                   cfg.augment.hflip)
+        self.batches = BatchStream(
+            trial.images.to(device), o.batch_size, stream_seed(cfg.seed, "data"), cfg.augment.hflip
+        )
         self.noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))
         self.log = StepLog()
         self.detector = DivergenceDetector(cfg.stability.divergence_factor, burn_in(cfg))
-        self.probes: dict[str, list] = {"step": [], "probe_loss": [], "feature_norm": [], "out_norm": [],
-                                        "skip_norms": []}
+        self.probes: dict[str, list] = {
+            "step": [],
+            "probe_loss": [],
+            "feature_norm": [],
+            "out_norm": [],
+            "skip_norms": [],
+        }
         self.evals: list[dict] = []
         self.step = 0
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict(), "batches": self.batches.state_dict(),
-                "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "log": {k: getattr(self.log, k) for k in ("loss", "grad_norm", "clipped", "lr")},
-                "detector": self.detector.state_dict(), "probes": self.probes, "evals": self.evals,
-                "step": self.step}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict(),
+            "batches": self.batches.state_dict(),
+            "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "log": {k: getattr(self.log, k) for k in ("loss", "grad_norm", "clipped", "lr")},
+            "detector": self.detector.state_dict(),
+            "probes": self.probes,
+            "evals": self.evals,
+            "step": self.step,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -268,8 +324,15 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
         probes, evals = state.probes, state.evals
     else:
         record_probe(0)
-    bar = tqdm(total=o.steps, initial=state.step, desc="train", unit="step", disable=not trial.progress,
-               dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0)  # few lines in CI logs
+    bar = tqdm(
+        total=o.steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not trial.progress,
+        dynamic_ncols=True,
+        mininterval=0.2 if sys.stderr.isatty() else 10.0,
+    )  # few lines in CI logs
     t_loop, start_step, eval_time = time.perf_counter(), state.step, 0.0
     model.train()
     for step in range(state.step + 1, o.steps + 1):
@@ -291,14 +354,19 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
         # Telemetry: read the step values in bulk, check divergence, probe the fixed batch.
         if step % cfg.eval.probe_every == 0 or step == o.steps:
             first = log.flush(o.clip_norm)
-            trial.tracker.log_steps(first + 1, log.loss[first:], log.grad_norm[first:], log.clipped[first:],
-                                    log.lr[first:])
+            trial.tracker.log_steps(
+                first + 1, log.loss[first:], log.grad_norm[first:], log.clipped[first:], log.lr[first:]
+            )
             diverged = state.detector.check_new(log.loss, log.grad_norm)
             if diverged:
                 break
             record_probe(step)
-            bar.set_postfix(loss=f"{log.loss[-1]:.4f}", probe=f"{probes['probe_loss'][-1]:.4f}",
-                            gnorm=f"{log.grad_norm[-1]:.3g}", refresh=False)
+            bar.set_postfix(
+                loss=f"{log.loss[-1]:.4f}",
+                probe=f"{probes['probe_loss'][-1]:.4f}",
+                gnorm=f"{log.grad_norm[-1]:.3g}",
+                refresh=False,
+            )
 
         # Evaluation: every weight set (raw and each EMA beta) on the probe batch.
         if step % cfg.eval.every == 0 or step == o.steps:
@@ -323,7 +391,7 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
 
     stability = summarize(log, probes, burn_in(cfg), st.spike_factor, st.spike_window, diverged is not None)
     result = {
-        "status": "diverged" if diverged else "pruned" if pruned_at else "ok",
+        "status": Status.DIVERGED if diverged else Status.PRUNED if pruned_at else Status.OK,
         "diverged_at": diverged[0] if diverged else None,
         "pruned_at": pruned_at,
         "diverged_reason": diverged[1] if diverged else None,
@@ -340,11 +408,18 @@ def _train(trial: Trial) -> Generator[dict, None, dict]:
             **best_weights(evals, trial.scorer),
         },
         "evals": evals,
-        "curves": downsample({"step": list(range(1, len(log.loss) + 1)), "loss": log.loss,
-                              "grad_norm": log.grad_norm, "clipped": log.clipped, "lr": log.lr}),
+        "curves": downsample(
+            {
+                "step": list(range(1, len(log.loss) + 1)),
+                "loss": log.loss,
+                "grad_norm": log.grad_norm,
+                "clipped": log.clipped,
+                "lr": log.lr,
+            }
+        ),
         "probes": probes,
     }
-    if run_dir is not None and result["status"] == "ok" and cfg.eval.grid > 0:
+    if run_dir is not None and result["status"] == Status.OK and cfg.eval.grid > 0:
         result["samples_png"] = save_grid(trial, model, ema, diffusion, result["metrics"], run_dir)
     if run_dir is not None and (trial.save_checkpoint or cfg.checkpoint_every):
         save_checkpoint(run_dir, trial.record, state)
@@ -375,8 +450,12 @@ def generate(trial: Trial, net: nn.Module, diffusion: Diffusion, n: int, chunk: 
     shape = (trial.images.shape[1], cfg.workload.resolution, cfg.workload.resolution)
     was_training = net.training
     net.eval()
-    out = [diffusion.sample(net, (min(chunk, n - i), *shape), cfg.eval.sampler_steps, g, cfg.eval.sampler,
-                            trial.device).cpu() for i in range(0, n, chunk)]
+    out = [
+        diffusion.sample(
+            net, (min(chunk, n - i), *shape), cfg.eval.sampler_steps, g, cfg.eval.sampler, trial.device
+        ).cpu()
+        for i in range(0, n, chunk)
+    ]
     net.train(was_training)
     return torch.cat(out)
 
@@ -408,17 +487,23 @@ def best_weights(evals: list[dict], scorer=None) -> dict:
         if fid:
             name = min(fid, key=fid.get)
             best_per_eval = [min(e[scorer.fid_key].values()) for e in evals]
-            out.update({"best_weights": name, scorer.fid_key: fid[name], scorer.kid_key: last[scorer.kid_key][name],
-                        f"{scorer.fid_key}_auc": sum(best_per_eval) / len(best_per_eval),
-                        f"{scorer.fid_key}_floor": scorer.floor(), "fid_samples": evals[-1].get("n_samples")})
+            out.update(
+                {
+                    "best_weights": name,
+                    scorer.fid_key: fid[name],
+                    scorer.kid_key: last[scorer.kid_key][name],
+                    f"{scorer.fid_key}_auc": sum(best_per_eval) / len(best_per_eval),
+                    f"{scorer.fid_key}_floor": scorer.floor(),
+                    "fid_samples": evals[-1].get("n_samples"),
+                }
+            )
             return out
     if probe:
         out["best_weights"] = min(probe, key=probe.get)
     return out
 
 
-def save_grid(trial: Trial, model: nn.Module, ema: MultiEMA, diffusion: Diffusion, metrics: dict,
-              run_dir: Path) -> str:
+def save_grid(trial: Trial, model: nn.Module, ema: MultiEMA, diffusion: Diffusion, metrics: dict, run_dir: Path) -> str:
     """A PNG grid of `eval.grid` samples from the best weight set, with the fixed sampler seed."""
     from torchvision.utils import save_image
 
@@ -430,8 +515,9 @@ def save_grid(trial: Trial, model: nn.Module, ema: MultiEMA, diffusion: Diffusio
     return str(path)
 
 
-def rescore(run_dir: str | Path, samples: int | None = None, inception_weights: str | None = None,
-            extractor: str | None = None) -> dict:
+def rescore(
+    run_dir: str | Path, samples: int | None = None, inception_weights: str | None = None, extractor: str | None = None
+) -> dict:
     """FID/KID of a finished trial's weights (raw and each EMA beta) from its checkpoint, with `samples`
     samples; written to RUN_DIR/score-<extractor>-n<N>.json (the record itself is never rewritten)."""
     import json
@@ -449,8 +535,11 @@ def rescore(run_dir: str | Path, samples: int | None = None, inception_weights: 
     cfg = load_config(run_dir / "config.yaml", overrides)
     if cfg.eval.samples == 0:
         raise UserError("--samples: give a sample count (the trial's config has eval.samples = 0)")
-    state_dict = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["loop"] \
-        if (run_dir / CHECKPOINT).is_file() else None
+    state_dict = (
+        torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["loop"]
+        if (run_dir / CHECKPOINT).is_file()
+        else None
+    )
     if state_dict is None:
         raise UserError(f"RUN_DIR: no {CHECKPOINT} in '{run_dir}'; train with --checkpoint (or --checkpoint-every)")
     trial = Trial(cfg)
@@ -458,8 +547,12 @@ def rescore(run_dir: str | Path, samples: int | None = None, inception_weights: 
     state = LoopState(trial)
     state.model.load_state_dict(state_dict["model"])
     state.ema.load_state_dict(state_dict["ema"])
-    result: dict = {"run_dir": str(run_dir), "step": state_dict["step"], "n_samples": cfg.eval.samples,
-                    "extractor": cfg.extractor}
+    result: dict = {
+        "run_dir": str(run_dir),
+        "step": state_dict["step"],
+        "n_samples": cfg.eval.samples,
+        "extractor": cfg.extractor,
+    }
     for name, net in weight_sets(state.model, state.ema):
         scores = trial.scorer.score(generate(trial, net, diffusion, cfg.eval.samples))
         for key in (trial.scorer.fid_key, trial.scorer.kid_key):

@@ -7,8 +7,15 @@ from stabench.config import load_config
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-TINY = ["preset=tiny", "batch_size=32", "probe_every=5", "probe_size=16", "eval.every=10", "samples=0",
-        "stability.burn_in=5"]
+TINY = [
+    "preset=tiny",
+    "batch_size=32",
+    "probe_every=5",
+    "probe_size=16",
+    "eval.every=10",
+    "samples=0",
+    "stability.burn_in=5",
+]
 
 
 def tiny_config(*overrides: str, steps: int = 20):

@@ -21,8 +21,15 @@ from stabench.store import Store
 ROWS: list[dict] = []
 
 
-def audit(scenario: str, store: Store, sweep: str, space: SearchSpace, requested: int,
-          finished_params: list[dict], n_finished: int) -> dict:
+def audit(
+    scenario: str,
+    store: Store,
+    sweep: str,
+    space: SearchSpace,
+    requested: int,
+    finished_params: list[dict],
+    n_finished: int,
+) -> dict:
     """`finished_params`: params of every trial the backend counts as finished with a value (each of its seeds
     must have a record); `n_finished` also counts trials stopped early by a pruner or scheduler."""
     torn = 0
@@ -35,10 +42,17 @@ def audit(scenario: str, store: Store, sweep: str, space: SearchSpace, requested
     finished = collections.Counter((r["config_hash"], r["seed"]) for r in records if r["status"] in ("ok", "diverged"))
     expected = {(config_hash(trial_config(space, p, seed)), seed) for p in finished_params for seed in space.seeds}
     run_dirs = [d for d in store.root.iterdir() if d.is_dir()]
-    row = {"scenario": scenario, "requested": requested, "finished": n_finished, "records": len(records),
-           "lost": len(expected - set(finished)), "duplicated": sum(c - 1 for c in finished.values()),
-           "torn": torn, "unrecorded_dirs": sum(not (d / "record.json").exists() for d in run_dirs),
-           "marked_duplicate": sum(r["status"] == "duplicate" for r in records)}
+    row = {
+        "scenario": scenario,
+        "requested": requested,
+        "finished": n_finished,
+        "records": len(records),
+        "lost": len(expected - set(finished)),
+        "duplicated": sum(c - 1 for c in finished.values()),
+        "torn": torn,
+        "unrecorded_dirs": sum(not (d / "record.json").exists() for d in run_dirs),
+        "marked_duplicate": sum(r["status"] == "duplicate" for r in records),
+    }
     ROWS.append(row)
     return row
 
@@ -46,8 +60,14 @@ def audit(scenario: str, store: Store, sweep: str, space: SearchSpace, requested
 def stabench(*args: str, cwd: Path, env: dict | None = None, log: str | None = None) -> subprocess.Popen:
     """The CLI as a process group of its own, so that kill -9 reaches its workers too."""
     out = open(cwd / log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (lives as long as the process)
-    return subprocess.Popen([sys.executable, "-m", "stabench.cli", *args], cwd=cwd, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "stabench.cli", *args],
+        cwd=cwd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def wait_for_records(store_dir: Path, n: int, timeout_s: float = 180) -> None:
@@ -65,6 +85,7 @@ def wait_for_training(store_dir: Path, timeout_s: float = 120) -> None:
     def just_started(d: Path) -> bool:
         config = d / "config.yaml"
         return config.exists() and not (d / "record.json").exists() and time.time() - config.stat().st_mtime < 1.0
+
     while not any(just_started(d) for d in store_dir.iterdir()):
         assert time.time() < deadline, f"no trial started training in {store_dir} within {timeout_s}s"
         time.sleep(0.05)

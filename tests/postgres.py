@@ -36,9 +36,22 @@ def postgres_url():
         os.chmod(base, 0o700)
         as_user = ["runuser", "-u", "postgres", "--"]
     subprocess.run(as_user + [initdb, "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    subprocess.run(as_user + [pg_ctl, "-D", data, "-w", "-l", os.path.join(base, "log"), "-o",
-                              f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        as_user
+        + [
+            pg_ctl,
+            "-D",
+            data,
+            "-w",
+            "-l",
+            os.path.join(base, "log"),
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:

@@ -56,12 +56,36 @@ def test_resume_refuses_another_config(tmp_path):
 
 
 def test_killed_cli_trial_resumes_to_the_same_result(tmp_path):
-    args = [sys.executable, "-m", "stabench.cli", "train", "baselines/ddpm.yaml", "--quiet", "--set", "preset=tiny",
-            "--set", "steps=120", "--set", "batch_size=32", "--set", "samples=0", "--set", "eval.every=20",
-            "--checkpoint-every", "20", "--wandb", "disabled"]
+    args = [
+        sys.executable,
+        "-m",
+        "stabench.cli",
+        "train",
+        "baselines/ddpm.yaml",
+        "--quiet",
+        "--set",
+        "preset=tiny",
+        "--set",
+        "steps=120",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "samples=0",
+        "--set",
+        "eval.every=20",
+        "--checkpoint-every",
+        "20",
+        "--wandb",
+        "disabled",
+    ]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], cwd=root, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args + ["--out", str(tmp_path / "cut")],
+        cwd=root,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "cut").glob(f"*/{CHECKPOINT}")):
         time.sleep(0.1)
@@ -70,11 +94,17 @@ def test_killed_cli_trial_resumes_to_the_same_result(tmp_path):
     proc.wait()
     (run_dir,) = (tmp_path / "cut").iterdir()
     assert not (run_dir / "record.json").exists()
-    out = subprocess.run(args[:4] + ["--resume", str(run_dir), "--quiet", "--wandb", "disabled", "--out",
-                                     str(tmp_path / "cut")], cwd=root, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        args[:4] + ["--resume", str(run_dir), "--quiet", "--wandb", "disabled", "--out", str(tmp_path / "cut")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
-    full = subprocess.run(args + ["--out", str(tmp_path / "full")], cwd=root, capture_output=True, text=True,
-                          timeout=300)
+    full = subprocess.run(
+        args + ["--out", str(tmp_path / "full")], cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert full.returncode == 0, full.stderr
     (full_dir,) = (tmp_path / "full").iterdir()
     resumed, uninterrupted = (json.loads((d / "record.json").read_text()) for d in (run_dir, full_dir))

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def stabench(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "stabench.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "stabench.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_readme_train_command_200_steps(tmp_path):
@@ -27,8 +28,15 @@ def test_readme_train_command_200_steps(tmp_path):
     probe = rec["probes"]["probe_loss"]
     assert probe[-1] < 0.5 * probe[0]
     assert sum(b < a for a, b in zip(probe, probe[1:])) >= 0.75 * (len(probe) - 1)  # mostly decreasing
-    for key in ["clip_frac", "grad_norm_cv", "grad_spike_rate", "probe_loss_osc", "feature_norm_max",
-                "feature_norm_growth", "instability"]:
+    for key in [
+        "clip_frac",
+        "grad_norm_cv",
+        "grad_spike_rate",
+        "probe_loss_osc",
+        "feature_norm_max",
+        "feature_norm_growth",
+        "instability",
+    ]:
         assert rec["metrics"][key] is not None, key
     assert len(rec["probes"]["skip_norms"][0]) == 9  # every long skip of the small UNet
     assert (record_path.parent / "samples.png").exists()
@@ -45,17 +53,21 @@ def test_bad_yaml_key_exits_2_naming_the_key(tmp_path):
     assert not (tmp_path / "runs").exists()  # failed before any training
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--set", "betas=0.9"], "optim.betas, ema.betas"),
-    (["--set", "lr=-3"], "optim.lr"),
-    (["--set", "dataset=folder", "--set", "root=/does/not/exist"], "/does/not/exist"),
-    (["--set", "lsc.mode=sideways"], "learnable_per_skip"),
-    (["--device", "cuda:7"], "device"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "betas=0.9"], "optim.betas, ema.betas"),
+        (["--set", "lr=-3"], "optim.lr"),
+        (["--set", "dataset=folder", "--set", "root=/does/not/exist"], "/does/not/exist"),
+        (["--set", "lsc.mode=sideways"], "learnable_per_skip"),
+        (["--device", "cuda:7"], "device"),
+    ],
+)
 def test_user_errors_exit_2(args, needle):
     result = CliRunner().invoke(main, ["train", "baselines/ddpm.yaml", "--quiet", *args])
     if needle == "device":
         import torch
+
         if torch.cuda.is_available():
             pytest.skip("CUDA present")
     assert result.exit_code == 2, result.output

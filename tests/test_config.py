@@ -27,9 +27,17 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.ema.betas == (0.99, 0.999) and cfg.optim.clip_norm is None
 
 
-@pytest.mark.parametrize("key,full", [("steps", "optim.steps"), ("lr", "optim.lr"), ("kappa", "lsc.kappa"),
-                                      ("ema.betas", "ema.betas"), ("dropout", "model.dropout"),
-                                      ("schedule", "diffusion.schedule")])
+@pytest.mark.parametrize(
+    "key,full",
+    [
+        ("steps", "optim.steps"),
+        ("lr", "optim.lr"),
+        ("kappa", "lsc.kappa"),
+        ("ema.betas", "ema.betas"),
+        ("dropout", "model.dropout"),
+        ("schedule", "diffusion.schedule"),
+    ],
+)
 def test_unique_leaf_shortcuts(key, full):
     assert resolve_key(key) == full
 
@@ -52,14 +60,17 @@ def test_unknown_yaml_key_names_file_and_key(tmp_path):
     assert str(p) in msg and "lsc.kapa" in msg and "kappa" in msg and "mode" in msg
 
 
-@pytest.mark.parametrize("text,key,allowed", [
-    ("optim:\n  lr: -1\n", "optim.lr", "gt 0.0"),
-    ("model:\n  dropout: 0.9\n", "model.dropout", "le 0.5"),
-    ("lsc:\n  mode: sideways\n", "lsc.mode", "'learnable_per_skip'"),
-    ("ema:\n  betas: [1.5]\n", "ema.betas", "(0, 1)"),
-    ("timestep_weighting:\n  kind: sqrt\n", "timestep_weighting.kind", "'min_snr'"),
-    ("optim:\n  steps: many\n", "optim.steps", "int"),
-])
+@pytest.mark.parametrize(
+    "text,key,allowed",
+    [
+        ("optim:\n  lr: -1\n", "optim.lr", "gt 0.0"),
+        ("model:\n  dropout: 0.9\n", "model.dropout", "le 0.5"),
+        ("lsc:\n  mode: sideways\n", "lsc.mode", "'learnable_per_skip'"),
+        ("ema:\n  betas: [1.5]\n", "ema.betas", "(0, 1)"),
+        ("timestep_weighting:\n  kind: sqrt\n", "timestep_weighting.kind", "'min_snr'"),
+        ("optim:\n  steps: many\n", "optim.steps", "int"),
+    ],
+)
 def test_out_of_range_values_name_file_key_and_allowed(tmp_path, text, key, allowed):
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
@@ -86,8 +97,12 @@ def test_hash_ignores_seed_and_device_but_not_knobs():
     assert config_hash(base) == config_hash(load_config(None, ["seed=5", "device=cpu"]))
     assert config_hash(base) != config_hash(load_config(None, ["lsc.kappa=0.7"]))
     # stable across processes (no dict-order or hash-seed dependence)
-    other = subprocess.run([sys.executable, "-c", "from stabench.config import *; print(config_hash(TrialConfig()))"],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    other = subprocess.run(
+        [sys.executable, "-c", "from stabench.config import *; print(config_hash(TrialConfig()))"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    )
     assert other.stdout.strip() == config_hash(base)
 
 
@@ -103,5 +118,16 @@ def test_every_leaf_key_is_settable():
         value = defaults
         for part in key.split("."):
             value = value[part]
-        assert load_config(None, [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
-                                  if value is not None else f"{key}=null"]) is not None
+        assert (
+            load_config(
+                None,
+                [
+                    f"{key}={value!r}"
+                    if isinstance(value, str)
+                    else f"{key}={value}"
+                    if value is not None
+                    else f"{key}=null"
+                ],
+            )
+            is not None
+        )

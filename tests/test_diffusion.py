@@ -17,14 +17,23 @@ def expected_raw(kind, snr, T, gamma, k):
     """The formulas of ../shared/KNOBS.md, written out independently of the implementation."""
     out = []
     for t, s in enumerate(snr.tolist()):
-        out.append({"uniform": 1.0, "snr": s, "min_snr": min(s, gamma) / s, "max_snr": max(s, gamma) / s,
-                    "p2": 1.0 / (k + s) ** gamma, "cosine": math.sin(math.pi * (t + 0.5) / T)}[kind])
+        out.append(
+            {
+                "uniform": 1.0,
+                "snr": s,
+                "min_snr": min(s, gamma) / s,
+                "max_snr": max(s, gamma) / s,
+                "p2": 1.0 / (k + s) ** gamma,
+                "cosine": math.sin(math.pi * (t + 0.5) / T),
+            }[kind]
+        )
     return torch.tensor(out, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
-@pytest.mark.parametrize("kind,params", [(k, {}) for k in KINDS] + [("min_snr", {"gamma": 1.0}),
-                                                                   ("p2", {"gamma": 0.5, "k": 2.0})])
+@pytest.mark.parametrize(
+    "kind,params", [(k, {}) for k in KINDS] + [("min_snr", {"gamma": 1.0}), ("p2", {"gamma": 0.5, "k": 2.0})]
+)
 def test_weighting_matches_formula_and_has_mean_one(kind, params, schedule):
     d = diffusion(kind, schedule, **params)
     wc = WeightingConfig(kind=kind, **params)

@@ -28,7 +28,7 @@ def test_warmup_beta_schedule():
     assert ema.effective_beta(0.999) == pytest.approx(1 / 10)
     ema.num_updates = 90
     assert ema.effective_beta(0.999) == pytest.approx(91 / 100)
-    ema.num_updates = 10 ** 6
+    ema.num_updates = 10**6
     assert ema.effective_beta(0.999) == 0.999
 
 

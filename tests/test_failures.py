@@ -34,16 +34,20 @@ def oom(monkeypatch):
 
 
 def test_optuna_sweep_goes_on_after_a_failed_trial_and_diverged_is_a_result(tmp_path, oom):
-    space = load_space(space_file(tmp_path, space=LR_CHOICES, fixed=NO_CLIP, trials=3,
-                                  sampler={"name": "random", "seed": 0}))
+    space = load_space(
+        space_file(tmp_path, space=LR_CHOICES, fixed=NO_CLIP, trials=3, sampler={"name": "random", "seed": 0})
+    )
     store = Store(tmp_path / "store")
     points = {"oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}  # run first
-    summary = run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), baselines=points,
-                               max_failures=3, log=lambda s: None)
+    summary = run_optuna_sweep(
+        space, store, storage_url=str(tmp_path / "j.journal"), baselines=points, max_failures=3, log=lambda s: None
+    )
     c = summary["counts"]
     assert c["complete"] == 3 and 1 <= c["fail"] <= 3
-    study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))))
+    study = optuna.load_study(
+        study_name="t",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))),
+    )
     by_status = collections.defaultdict(list)
     for r in store.records(sweep="t"):
         by_status[r["status"]].append(r)
@@ -58,11 +62,11 @@ def test_optuna_sweep_goes_on_after_a_failed_trial_and_diverged_is_a_result(tmp_
 
 
 def test_max_failures_stops_the_sweep(tmp_path, oom):
-    space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [OOM_LR]}},
-                                  trials=5))
+    space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [OOM_LR]}}, trials=5))
     lines = []
-    summary = run_optuna_sweep(space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"),
-                               max_failures=1, log=lines.append)
+    summary = run_optuna_sweep(
+        space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"), max_failures=1, log=lines.append
+    )
     assert summary["counts"]["fail"] == 2 and summary["counts"]["complete"] == 0
     assert any("more than 1 failed trials" in line for line in lines)
     assert len(list(Store(tmp_path / "store").records(sweep="t"))) == 2
@@ -76,12 +80,19 @@ def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_pa
     space = load_space(space_file(tmp_path, space=LR_CHOICES, fixed=NO_CLIP, trials=3))
     points = {"ok": {"optim.lr": 3e-3}, "oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}
     store = Store(tmp_path / "store")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": "tests.faults.simulate_oom",
-                          "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONPATH": REPO}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "worker_process_setup_hook": "tests.faults.simulate_oom",
+            "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONPATH": REPO},
+        },
+    )
     try:
-        summary = run_ray_sweep(space, store, storage_path=str(tmp_path / "ray"), max_failures=1,
-                                baselines=points, log=lambda s: None)
+        summary = run_ray_sweep(
+            space, store, storage_path=str(tmp_path / "ray"), max_failures=1, baselines=points, log=lambda s: None
+        )
     finally:
         ray.shutdown()
     assert summary["trials"] == 3 and summary["errors"] == 1

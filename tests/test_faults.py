@@ -35,8 +35,15 @@ def optuna_audit(scenario, tmp_path, space, storage, study_name, requested):
     study = optuna.load_study(study_name=study_name, storage=storage)
     states = collections.Counter(t.state.name for t in study.trials)
     complete = [t.params for t in study.trials if t.state.name == "COMPLETE"]
-    row = audit(scenario, Store(tmp_path / "store"), study_name, space, requested, complete,
-                states["COMPLETE"] + states["PRUNED"])
+    row = audit(
+        scenario,
+        Store(tmp_path / "store"),
+        study_name,
+        space,
+        requested,
+        complete,
+        states["COMPLETE"] + states["PRUNED"],
+    )
     assert states["RUNNING"] == 0, states
     return row, states
 
@@ -51,6 +58,7 @@ def assert_nothing_lost(row, requested, interrupted=True):
 # Optuna: the driver (the whole process group) is killed; `--resume` retries the interrupted trial
 # ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", SIZES)
 def test_optuna_journal_driver_killed_then_resumed(tmp_path, size):
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"], seeds=size["seeds"])
@@ -62,8 +70,14 @@ def test_optuna_journal_driver_killed_then_resumed(tmp_path, size):
     resumed = stabench(*args, "--resume", cwd=tmp_path, log="resume.log")
     assert resumed.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()
     assert "interrupted trial(s) marked failed and queued again" in (tmp_path / "resume.log").read_text()
-    row, states = optuna_audit(f"optuna journal, driver killed, --resume ({len(size['seeds'])} seed)",
-                               tmp_path, load_space(path), journal(tmp_path), "t", size["trials"])
+    row, states = optuna_audit(
+        f"optuna journal, driver killed, --resume ({len(size['seeds'])} seed)",
+        tmp_path,
+        load_space(path),
+        journal(tmp_path),
+        "t",
+        size["trials"],
+    )
     assert_nothing_lost(row, size["trials"])
     assert states["FAIL"] == 1  # the interrupted trial: failed, and its params queued again
     assert row["records"] == size["trials"] * len(size["seeds"])
@@ -84,18 +98,23 @@ def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how): 
         time.sleep(9)  # longer than the grace period: the running trial is stale now
     rerun = stabench(*args, *(["--resume"] if how == "--resume" else []), cwd=tmp_path, env=env, log="rerun.log")
     assert rerun.wait(timeout=400) == 0, (tmp_path / "rerun.log").read_text()
-    row, states = optuna_audit(f"optuna postgres, driver killed, {how}", tmp_path, load_space(path), postgres_url,
-                               study, 3)
+    row, states = optuna_audit(
+        f"optuna postgres, driver killed, {how}", tmp_path, load_space(path), postgres_url, study, 3
+    )
     assert_nothing_lost(row, 3)
     assert states["FAIL"] == 1 and row["records"] == 3
-    retried = [t for t in optuna.load_study(study_name=study, storage=postgres_url).trials
-               if t.system_attrs.get("failed_trial") is not None or "retry_of" in t.user_attrs]
+    retried = [
+        t
+        for t in optuna.load_study(study_name=study, storage=postgres_url).trials
+        if t.system_attrs.get("failed_trial") is not None or "retry_of" in t.user_attrs
+    ]
     assert len(retried) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Optuna: one of two worker processes is killed; the driver retries its trial and starts a replacement
 # ---------------------------------------------------------------------------------------------------------
+
 
 def kill_one_worker(proc, tmp_path, storage, study_name) -> int:
     """kill -9 the worker process of a RUNNING trial (workers tag their trials with their pid). The worker is
@@ -127,23 +146,43 @@ def test_optuna_journal_worker_killed(tmp_path, size):
     log = (tmp_path / "sweep.log").read_text()
     assert f"worker pid {killed} died" in log, log
     n = size["trials"] + 1
-    row, states = optuna_audit(f"optuna journal, 1 of 2 workers killed ({len(size['seeds'])} seed)", tmp_path,
-                               load_space(path), journal(tmp_path), "t", n)
+    row, states = optuna_audit(
+        f"optuna journal, 1 of 2 workers killed ({len(size['seeds'])} seed)",
+        tmp_path,
+        load_space(path),
+        journal(tmp_path),
+        "t",
+        n,
+    )
     assert_nothing_lost(row, n)
     assert states["FAIL"] == 1 and row["records"] == n * len(size["seeds"])
 
 
 def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
     path = space_file(tmp_path, fixed=STEPS, trials=4)
-    args = ["sweep", str(path), "--store", "store", "--storage", postgres_url, "--study", "pg-worker",
-            "--workers", "2", "--wandb", "disabled"]
-    proc = stabench(*args, cwd=tmp_path, env={"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "8"},
-                    log="sweep.log")
+    args = [
+        "sweep",
+        str(path),
+        "--store",
+        "store",
+        "--storage",
+        postgres_url,
+        "--study",
+        "pg-worker",
+        "--workers",
+        "2",
+        "--wandb",
+        "disabled",
+    ]
+    proc = stabench(
+        *args, cwd=tmp_path, env={"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "8"}, log="sweep.log"
+    )
     killed = kill_one_worker(proc, tmp_path, postgres_url, "pg-worker")
     assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()
     assert f"worker pid {killed} died" in (tmp_path / "sweep.log").read_text()
-    row, states = optuna_audit("optuna postgres, 1 of 2 workers killed", tmp_path, load_space(path), postgres_url,
-                               "pg-worker", 4)
+    row, states = optuna_audit(
+        "optuna postgres, 1 of 2 workers killed", tmp_path, load_space(path), postgres_url, "pg-worker", 4
+    )
     assert_nothing_lost(row, 4)
     assert states["FAIL"] == 1 and row["records"] == 4
 
@@ -151,6 +190,7 @@ def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
 # ---------------------------------------------------------------------------------------------------------
 # Ray Tune: a trial's actor process is killed (Tune restarts the trial); the driver is killed (Tuner.restore)
 # ---------------------------------------------------------------------------------------------------------
+
 
 def ray_audit(scenario, tmp_path, space, requested, sweep="t"):
     from ray.tune import ExperimentAnalysis
@@ -160,8 +200,9 @@ def ray_audit(scenario, tmp_path, space, requested, sweep="t"):
     with_value = [t.config for t in ended if "statuses" in (t.last_result or {})]  # the rest: stopped by ASHA
     row = audit(scenario, Store(tmp_path / "store"), sweep, space, requested, with_value, len(ended))
     stopped = [t.trial_id for t in ended if "statuses" not in (t.last_result or {})]
-    pruned = {r["tags"]["trial_number"] for r in Store(tmp_path / "store").records(sweep=sweep)
-              if r["status"] == "pruned"}
+    pruned = {
+        r["tags"]["trial_number"] for r in Store(tmp_path / "store").records(sweep=sweep) if r["status"] == "pruned"
+    }
     assert set(stopped) <= pruned  # a trial stopped by ASHA has its `pruned` record
     return row, trials
 
@@ -193,8 +234,22 @@ def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa:
     """The OptunaSearch study lives in PostgreSQL here (`--storage`), as on a cluster."""
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
     study = f"ray-{len(size['seeds'])}"
-    args = ["sweep", str(path), "--backend", "ray", "--store", "store", "--storage-path", "ray", "--wandb", "disabled",
-            "--study", study, "--storage", postgres_url]
+    args = [
+        "sweep",
+        str(path),
+        "--backend",
+        "ray",
+        "--store",
+        "store",
+        "--storage-path",
+        "ray",
+        "--wandb",
+        "disabled",
+        "--study",
+        study,
+        "--storage",
+        postgres_url,
+    ]
     proc = stabench(*args, cwd=tmp_path)
     wait_for_records(tmp_path / "store", 1)
     wait_for_training(tmp_path / "store")
@@ -204,8 +259,13 @@ def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa:
     assert resumed.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     assert "restoring Ray Tune experiment" in (tmp_path / "resume.log").read_text()
     n = size["trials"] + 1
-    row, _ = ray_audit(f"ray + postgres, driver killed, --resume ({len(size['seeds'])} seed)", tmp_path,
-                       load_space(path), n, sweep=study)
+    row, _ = ray_audit(
+        f"ray + postgres, driver killed, --resume ({len(size['seeds'])} seed)",
+        tmp_path,
+        load_space(path),
+        n,
+        sweep=study,
+    )
     # Ray's worker processes have their own sessions: the killed seed's actor may live on for one more
     # evaluation interval and finish it; then the restored trial's copy is marked `duplicate`, never counted.
     assert_nothing_lost(row, n, interrupted=False)
@@ -217,6 +277,7 @@ def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa:
 # ---------------------------------------------------------------------------------------------------------
 # Who is dead: the checks --resume and the driver rely on
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_worker_is_gone_tells_live_dead_zombie_and_reused_pids():
     import subprocess

@@ -22,11 +22,18 @@ def rec(config_hash, seed, fid, status="ok", evals=None, instability=0.1, baseli
         metrics["fid_digits_floor"] = floor
     cfg = copy.deepcopy(BASE_CONFIG)
     cfg["lsc"]["mode"] = mode
-    return {"run_id": f"{config_hash}-{seed}", "config_hash": config_hash, "seed": seed, "status": status,
-            "config": cfg, "metrics": metrics, "tags": {"baseline": baseline} if baseline else {"sweep": "s",
-                                                                                                 "trial_number": 0},
-            "evals": evals or [], "curves": {"step": [1, 2], "loss": [1.0, 0.5], "grad_norm": [1.0, 1.0]},
-            "probes": {"step": [0, 2], "feature_norm": [1.0, 1.1], "probe_loss": [1.0, 0.5]}}
+    return {
+        "run_id": f"{config_hash}-{seed}",
+        "config_hash": config_hash,
+        "seed": seed,
+        "status": status,
+        "config": cfg,
+        "metrics": metrics,
+        "tags": {"baseline": baseline} if baseline else {"sweep": "s", "trial_number": 0},
+        "evals": evals or [],
+        "curves": {"step": [1, 2], "loss": [1.0, 0.5], "grad_norm": [1.0, 1.0]},
+        "probes": {"step": [0, 2], "feature_norm": [1.0, 1.1], "probe_loss": [1.0, 0.5]},
+    }
 
 
 def test_bootstrap_ci_matches_hand_computation():
@@ -50,16 +57,24 @@ def test_steps_to_target_and_speedup_as_defined():
 
 
 def test_pareto_front_marks_non_dominated_points():
-    assert pareto_front([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0), (3.0, 3.0), (math.inf, 0.0)]) == \
-        [True, True, True, False, False]
+    assert pareto_front([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0), (3.0, 3.0), (math.inf, 0.0)]) == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_diverged_seeds_rank_last_and_are_counted():
     records = [rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)]
     records += [rec("good", s, 5.0 + s, mode="constant") for s in range(3)]
     # "lucky" has the best finite FIDs but one diverged seed: it must rank below every config without one
-    records += [rec("lucky", 0, 1.0, mode="learnable"), rec("lucky", 1, 1.0, mode="learnable"),
-                rec("lucky", 2, 0.0, status="diverged", mode="learnable")]
+    records += [
+        rec("lucky", 0, 1.0, mode="learnable"),
+        rec("lucky", 1, 1.0, mode="learnable"),
+        rec("lucky", 2, 0.0, status="diverged", mode="learnable"),
+    ]
     lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
     by_hash = {r["config_hash"]: r for r in lb.rows}
     assert [r["config_hash"] for r in lb.rows] == ["good", "base", "lucky"]
@@ -73,12 +88,23 @@ def test_diverged_seeds_rank_last_and_are_counted():
 def test_speedup_vs_baseline_from_eval_curves():
     curve_base = [(100, 20.0), (200, 12.0), (300, 11.0)]
     curve_fast = [(100, 15.0), (200, 10.0), (300, 9.0)]
-    records = [rec("base", s, 11.0, evals=[{"step": st, "fid_digits": {"raw": v}} for st, v in curve_base],
-                   baseline="ddpm") for s in range(3)]
-    records += [rec("fast", s, 9.0, evals=[{"step": st, "fid_digits": {"raw": v, "ema_0.99": v + 1}}
-                                          for st, v in curve_fast], mode="constant") for s in range(3)]
-    records += [rec("never", s, 30.0, evals=[{"step": 300, "fid_digits": {"raw": 30.0}}], mode="inv_sqrt2")
-                for s in range(3)]
+    records = [
+        rec("base", s, 11.0, evals=[{"step": st, "fid_digits": {"raw": v}} for st, v in curve_base], baseline="ddpm")
+        for s in range(3)
+    ]
+    records += [
+        rec(
+            "fast",
+            s,
+            9.0,
+            evals=[{"step": st, "fid_digits": {"raw": v, "ema_0.99": v + 1}} for st, v in curve_fast],
+            mode="constant",
+        )
+        for s in range(3)
+    ]
+    records += [
+        rec("never", s, 30.0, evals=[{"step": 300, "fid_digits": {"raw": 30.0}}], mode="inv_sqrt2") for s in range(3)
+    ]
     lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
     rows = {r["config_hash"]: r for r in lb.rows}
     assert lb.target == 11.0  # the baseline's median final FID
@@ -106,8 +132,14 @@ def test_regeneration_is_byte_identical_including_plots(tmp_path):
     write_leaderboard(records, tmp_path / "a", "fid_digits", baseline="ddpm")
     write_leaderboard(list(reversed(records)), tmp_path / "b", "fid_digits", baseline="ddpm")
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == ["curves.png", "feature_norms.png", "leaderboard.csv", "leaderboard.html", "leaderboard.md",
-                     "pareto.png"]
+    assert files == [
+        "curves.png",
+        "feature_norms.png",
+        "leaderboard.csv",
+        "leaderboard.html",
+        "leaderboard.md",
+        "pareto.png",
+    ]
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert "Floor (two halves of the real data): fid_digits = 0.5" in (tmp_path / "a" / "leaderboard.md").read_text()

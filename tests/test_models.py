@@ -40,8 +40,7 @@ def test_constant_kappa_one_equals_none_bit_for_bit(backbone):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-@pytest.mark.parametrize("mode,kappa", [("constant", 0.5), ("constant", 0.8), ("linear", 0.5),
-                                        ("inv_sqrt2", 0.5)])
+@pytest.mark.parametrize("mode,kappa", [("constant", 0.5), ("constant", 0.8), ("linear", 0.5), ("inv_sqrt2", 0.5)])
 def test_skip_i_entering_decoder_is_scaled(backbone, mode, kappa):
     x, t = batch()
     _, plain = make(backbone, "lsc.mode=none", preset="small").eval()(x, t, return_features=True)
@@ -55,7 +54,7 @@ def test_skip_i_entering_decoder_is_scaled(backbone, mode, kappa):
         elif mode == "linear":
             factor = 1 - (1 - kappa) * (i - 1) / (n - 1)
         else:
-            factor = 2 ** -0.5
+            factor = 2**-0.5
         torch.testing.assert_close(scaled["skips"][i - 1], factor * plain["skips"][i - 1], rtol=1e-6, atol=0)
 
 
@@ -95,8 +94,9 @@ def test_dropout_and_drop_path_only_in_training(backbone):
     assert not torch.equal(model(x, t), model(x, t))
 
 
-@pytest.mark.parametrize("backbone,norm", [("unet", "group"), ("unet", "layer"), ("unet", "none"),
-                                           ("uvit", "layer"), ("uvit", "none")])
+@pytest.mark.parametrize(
+    "backbone,norm", [("unet", "group"), ("unet", "layer"), ("unet", "none"), ("uvit", "layer"), ("uvit", "none")]
+)
 @pytest.mark.parametrize("act", ["silu", "gelu", "relu"])
 def test_norm_and_activation_choices(backbone, norm, act):
     model = make(backbone, f"norm={norm}", f"activation={act}")

@@ -81,6 +81,7 @@ def to_uint8_by_hand(x: torch.Tensor) -> torch.Tensor:
 # The digits extractor
 # ---------------------------------------------------------------------------------------------
 
+
 def test_committed_weights_classify_held_out_digits():
     model = digits_cnn.load_classifier()
     images, labels = digits_cnn._digits_split("test")
@@ -116,6 +117,7 @@ def test_extractor_features_are_penultimate_activations(test_digits):
 # Scoring
 # ---------------------------------------------------------------------------------------------
 
+
 def test_images_to_uint8():
     x = torch.tensor([-1.0, 0.0, 1.0, float("nan"), 5.0]).view(5, 1, 1, 1)
     u8 = scoring.images_to_uint8(x)
@@ -126,8 +128,10 @@ def test_images_to_uint8():
 
 def test_fid_orders_real_blurred_noise(train_digits, test_digits, ref_name, cache_dir):
     noise = torch.randn(N, 1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
-    real, blur, rand = (scoring.score(x, test_digits, ref_name, cache_dir=cache_dir)
-                        for x in (train_digits, blurred(train_digits), noise))
+    real, blur, rand = (
+        scoring.score(x, test_digits, ref_name, cache_dir=cache_dir)
+        for x in (train_digits, blurred(train_digits), noise)
+    )
     assert real["fid_digits"] < 1.0 < blur["fid_digits"] < rand["fid_digits"]
     assert 3 * real["fid_digits"] < blur["fid_digits"] and blur["fid_digits"] * 2 < rand["fid_digits"]
     assert real["kid_digits"] < blur["kid_digits"] < rand["kid_digits"]
@@ -138,9 +142,19 @@ def test_fid_orders_real_blurred_noise(train_digits, test_digits, ref_name, cach
 def test_equals_a_direct_torch_fidelity_call(train_digits, test_digits, ref_name, cache_dir):
     ours = scoring.score(train_digits, test_digits, ref_name, cache_dir=cache_dir)
     direct = torch_fidelity.calculate_metrics(
-        input1=RawUint8(to_uint8_by_hand(train_digits)), input2=RawUint8(to_uint8_by_hand(test_digits)),
-        fid=True, kid=True, kid_subset_size=N, feature_extractor="digits-cnn", feature_layer_fid="penultimate",
-        feature_layer_kid="penultimate", cache=False, cuda=False, save_cpu_ram=True, verbose=False)
+        input1=RawUint8(to_uint8_by_hand(train_digits)),
+        input2=RawUint8(to_uint8_by_hand(test_digits)),
+        fid=True,
+        kid=True,
+        kid_subset_size=N,
+        feature_extractor="digits-cnn",
+        feature_layer_fid="penultimate",
+        feature_layer_kid="penultimate",
+        cache=False,
+        cuda=False,
+        save_cpu_ram=True,
+        verbose=False,
+    )
     assert ours["fid_digits"] == pytest.approx(direct[torch_fidelity.KEY_METRIC_FID], rel=1e-6)
     assert ours["kid_digits"] == pytest.approx(direct[torch_fidelity.KEY_METRIC_KID_MEAN], rel=1e-6, abs=1e-9)
 
@@ -156,8 +170,9 @@ def test_reference_features_are_cached(train_digits, test_digits, ref_name, tmp_
     assert len(cached) == 2 and all(name.startswith(ref_name + f"-n{N}-") for name in cached)
 
 
-def test_another_reference_under_the_same_name_is_not_read_from_cache(train_digits, test_digits, ref_name,
-                                                                      tmp_path, images_seen):
+def test_another_reference_under_the_same_name_is_not_read_from_cache(
+    train_digits, test_digits, ref_name, tmp_path, images_seen
+):
     scoring.score(train_digits, test_digits, ref_name, cache_dir=tmp_path, kid_subsets=FEW)
     images_seen.clear()
     subset = scoring.score(train_digits, test_digits[:200], ref_name, cache_dir=tmp_path, kid_subsets=FEW)
@@ -209,13 +224,19 @@ def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
 # Inception: only from a local weights file
 # ---------------------------------------------------------------------------------------------
 
+
 def test_missing_inception_weights_explain_how_to_get_them(monkeypatch, tmp_path):
     monkeypatch.delenv("STABENCH_INCEPTION_WEIGHTS", raising=False)
     with pytest.raises(UserError) as err:
         scoring.resolve_inception_weights(None)
     msg = str(err.value)
-    for needed in ("weights-inception-2015-12-05-6726825d.pth", fidelity_inception.URL_INCEPTION_V3,
-                   "--inception-weights PATH", "eval.inception_weights", "STABENCH_INCEPTION_WEIGHTS"):
+    for needed in (
+        "weights-inception-2015-12-05-6726825d.pth",
+        fidelity_inception.URL_INCEPTION_V3,
+        "--inception-weights PATH",
+        "eval.inception_weights",
+        "STABENCH_INCEPTION_WEIGHTS",
+    ):
         assert needed in msg
     with pytest.raises(UserError, match="does not exist"):
         scoring.resolve_inception_weights(tmp_path / "nope.pth")
@@ -233,8 +254,10 @@ def test_unknown_extractor_is_a_user_error():
 
 def test_inception_scores_from_a_local_file_and_reports_plain_keys(monkeypatch, tmp_path, test_digits):
     # A randomly initialised InceptionV3 with the real layout stands in for the real weights file.
-    with mock.patch.object(fidelity_inception, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(fidelity_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None):
+    with (
+        mock.patch.object(fidelity_inception, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fidelity_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None),
+    ):
         fake = fidelity_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     weights = tmp_path / "inception.pth"
     torch.save(fake.state_dict(), weights)
@@ -245,7 +268,13 @@ def test_inception_scores_from_a_local_file_and_reports_plain_keys(monkeypatch, 
 
     monkeypatch.setattr(fidelity_inception, "load_state_dict_from_url", no_download)
     ext = scoring.get_extractor("inception")
-    r = scoring.score(test_digits[:4], test_digits[4:8], ext.reference_name("digits", 8, "test"), extractor=ext,
-                      cache_dir=tmp_path / "cache", kid_subsets=FEW)
+    r = scoring.score(
+        test_digits[:4],
+        test_digits[4:8],
+        ext.reference_name("digits", 8, "test"),
+        extractor=ext,
+        cache_dir=tmp_path / "cache",
+        kid_subsets=FEW,
+    )
     assert {"fid", "kid", "kid_std"} <= set(r) and r["extractor"] == "inception-v3-compat"
     assert not any(k.endswith("_digits") for k in r)

@@ -14,18 +14,35 @@ from stabench.search import confirm, run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
 
-TINY_FIXED = {"workload.preset": "tiny", "optim.batch_size": 32, "eval.every": 10, "eval.probe_every": 5,
-              "eval.probe_size": 16, "eval.samples": 0, "stability.burn_in": 5, "optim.steps": 20}
+TINY_FIXED = {
+    "workload.preset": "tiny",
+    "optim.batch_size": 32,
+    "eval.every": 10,
+    "eval.probe_every": 5,
+    "eval.probe_size": 16,
+    "eval.samples": 0,
+    "stability.burn_in": 5,
+    "optim.steps": 20,
+}
 
 
 def space_file(tmp_path, space=None, objectives=None, seeds=(0,), trials=4, pruner="none", fixed=None, **extra):
-    body = {"name": "t", "base": {}, "fixed": {**TINY_FIXED, **(fixed or {})},
-            "space": space or {"lsc.mode": {"type": "categorical", "choices": ["none", "constant"]},
-                               "lsc.kappa": {"type": "float", "low": 0.5, "high": 0.95,
-                                             "when": {"lsc.mode": ["constant"]}},
-                               "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-            "objectives": objectives or [{"metric": "best_probe_loss"}], "seeds": list(seeds),
-            "budget": {"trials": trials}, "pruner": {"name": pruner}, **extra}
+    body = {
+        "name": "t",
+        "base": {},
+        "fixed": {**TINY_FIXED, **(fixed or {})},
+        "space": space
+        or {
+            "lsc.mode": {"type": "categorical", "choices": ["none", "constant"]},
+            "lsc.kappa": {"type": "float", "low": 0.5, "high": 0.95, "when": {"lsc.mode": ["constant"]}},
+            "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+        "objectives": objectives or [{"metric": "best_probe_loss"}],
+        "seeds": list(seeds),
+        "budget": {"trials": trials},
+        "pruner": {"name": pruner},
+        **extra,
+    }
     p = tmp_path / "space.yaml"
     p.write_text(yaml.safe_dump(body, sort_keys=False))
     return p
@@ -44,8 +61,10 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     assert len(records) == 8 and by_trial(store) == {0: 2, 1: 2, 2: 2, 3: 2}
     assert {r["tags"]["backend"] for r in records} == {"optuna"} and {r["seed"] for r in records} == {0, 1}
     # the study value is the mean over seeds of each record's metric
-    study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))))
+    study = optuna.load_study(
+        study_name="t",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))),
+    )
     for t in study.trials:
         vals = [r["metrics"]["best_probe_loss"] for r in records if r["tags"]["trial_number"] == t.number]
         assert t.value == pytest.approx(sum(vals) / 2)
@@ -63,15 +82,23 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
 
 
 def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
-    space = load_space(space_file(
-        tmp_path, space={"optim.lr": {"type": "categorical", "choices": [3e-3, 2e-3, 1e-9]}}, trials=3,
-        pruner="median", fixed={"optim.steps": 40}))
-    space = space.model_copy(update={"pruner": space.pruner.model_copy(
-        update={"options": {"n_startup_trials": 2, "n_warmup_steps": 0}})})
+    space = load_space(
+        space_file(
+            tmp_path,
+            space={"optim.lr": {"type": "categorical", "choices": [3e-3, 2e-3, 1e-9]}},
+            trials=3,
+            pruner="median",
+            fixed={"optim.steps": 40},
+        )
+    )
+    space = space.model_copy(
+        update={"pruner": space.pruner.model_copy(update={"options": {"n_startup_trials": 2, "n_warmup_steps": 0}})}
+    )
     store = Store(tmp_path / "store")
     points = {"a": {"optim.lr": 3e-3}, "b": {"optim.lr": 2e-3}, "frozen": {"optim.lr": 1e-9}}  # cannot learn
-    summary = run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), baselines=points,
-                               log=lambda s: None)
+    summary = run_optuna_sweep(
+        space, store, storage_url=str(tmp_path / "j.journal"), baselines=points, log=lambda s: None
+    )
     assert summary["counts"]["pruned"] == 1 and summary["counts"]["complete"] == 2
     (pruned,) = [r for r in store.records(sweep="t") if r["status"] == "pruned"]
     assert pruned["config"]["optim"]["lr"] == 1e-9 and pruned["pruned_at"] == 10
@@ -80,16 +107,23 @@ def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
 
 
 def test_two_objectives_report_a_pareto_front(tmp_path):
-    space = load_space(space_file(tmp_path, objectives=[{"metric": "best_probe_loss"}, {"metric": "instability"}],
-                                  sampler={"name": "nsga2", "seed": 0}))
-    summary = run_optuna_sweep(space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"),
-                               log=lambda s: None)
+    space = load_space(
+        space_file(
+            tmp_path,
+            objectives=[{"metric": "best_probe_loss"}, {"metric": "instability"}],
+            sampler={"name": "nsga2", "seed": 0},
+        )
+    )
+    summary = run_optuna_sweep(
+        space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"), log=lambda s: None
+    )
     front = summary["pareto_front"]
     assert front and all(len(p["values"]) == 2 for p in front)
     # nobody on the front is dominated by another member
     for a in front:
-        assert not any(all(x <= y for x, y in zip(b["values"], a["values"])) and b["values"] != a["values"]
-                       for b in front)
+        assert not any(
+            all(x <= y for x, y in zip(b["values"], a["values"])) and b["values"] != a["values"] for b in front
+        )
 
 
 def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
@@ -102,8 +136,12 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
     assert len(by_trial(store)) == 4  # 4 Ray trials, each recorded (ok or pruned by ASHA)
     assert all(r["status"] in ("ok", "pruned") and r["tags"]["backend"] == "ray" for r in records)
     optuna_record = Store(tmp_path / "o").root
-    ref = run_optuna_sweep(load_space(space_file(tmp_path, trials=1)), Store(optuna_record),
-                           storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
+    ref = run_optuna_sweep(
+        load_space(space_file(tmp_path, trials=1)),
+        Store(optuna_record),
+        storage_url=str(tmp_path / "j.journal"),
+        log=lambda s: None,
+    )
     assert ref["counts"]["complete"] == 1
     (opt,) = Store(optuna_record).records()
     assert set(opt) == set(records[0]) and set(opt["tags"]) == set(records[0]["tags"])
@@ -115,14 +153,46 @@ def test_ray_sweep_joins_a_cluster_started_with_ray_start(tmp_path):
     # token auth off on both sides: this throwaway cluster is on loopback only
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                            f"--temp-dir={temp_dir}"], capture_output=True, text=True, env=env, timeout=120)
+    start = subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         path = space_file(tmp_path, trials=2)
-        out = subprocess.run([sys.executable, "-m", "stabench.cli", "sweep", str(path), "--backend", "ray",
-                              "--address", f"127.0.0.1:{port}", "--store", "store", "--storage-path", "ray"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stabench.cli",
+                "sweep",
+                str(path),
+                "--backend",
+                "ray",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--store",
+                "store",
+                "--storage-path",
+                "ray",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert len(by_trial(Store(tmp_path / "store"))) == 2
     finally:
@@ -130,7 +200,23 @@ def test_ray_sweep_joins_a_cluster_started_with_ray_start(tmp_path):
 
 
 def test_unreachable_ray_address_is_a_user_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "stabench.cli", "sweep", str(space_file(tmp_path)), "--backend",
-                          "ray", "--address", "127.0.0.1:1", "--store", "store"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stabench.cli",
+            "sweep",
+            str(space_file(tmp_path)),
+            "--backend",
+            "ray",
+            "--address",
+            "127.0.0.1:1",
+            "--store",
+            "store",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "--address" in out.stderr and "Traceback" not in out.stderr

@@ -15,18 +15,22 @@ def write_space(tmp_path, body: dict, name="space.yaml"):
 
 
 def test_every_distribution_type_maps_to_optuna(tmp_path):
-    p = write_space(tmp_path, {"space": {
-        "lsc.mode": {"type": "categorical", "choices": ["none", "constant"]},
-        "kappa": {"type": "float", "low": 0.5, "high": 0.95, "when": {"lsc.mode": ["constant"]}},
-        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "dropout": {"type": "float", "low": 0.0, "high": 0.3, "step": 0.1},
-        "warmup_steps": {"type": "int", "low": 0, "high": 10, "step": 5},
-        "optim.batch_size": {"type": "int", "low": 8, "high": 64, "log": True},
-    }})
+    p = write_space(
+        tmp_path,
+        {
+            "space": {
+                "lsc.mode": {"type": "categorical", "choices": ["none", "constant"]},
+                "kappa": {"type": "float", "low": 0.5, "high": 0.95, "when": {"lsc.mode": ["constant"]}},
+                "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "dropout": {"type": "float", "low": 0.0, "high": 0.3, "step": 0.1},
+                "warmup_steps": {"type": "int", "low": 0, "high": 10, "step": 5},
+                "optim.batch_size": {"type": "int", "low": 8, "high": 64, "log": True},
+            }
+        },
+    )
     space = load_space(p)
     keys = list(space.space)  # shortcuts resolved to full keys, parents before conditional keys
-    assert set(keys) == {"lsc.mode", "lsc.kappa", "optim.lr", "model.dropout", "optim.warmup_steps",
-                         "optim.batch_size"}
+    assert set(keys) == {"lsc.mode", "lsc.kappa", "optim.lr", "model.dropout", "optim.warmup_steps", "optim.batch_size"}
     assert keys.index("lsc.mode") < keys.index("lsc.kappa")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen_modes = set()
@@ -50,8 +54,9 @@ def test_every_distribution_type_maps_to_optuna(tmp_path):
 def test_base_path_is_relative_to_the_space_file(tmp_path):
     (tmp_path / "b.yaml").write_text("optim:\n  steps: 33\n")
     p = tmp_path / "s.yaml"
-    p.write_text("base: b.yaml\nspace:\n  lr: {type: float, low: 0.001, high: 0.01}\n"
-                 "objectives: [{metric: instability}]\n")
+    p.write_text(
+        "base: b.yaml\nspace:\n  lr: {type: float, low: 0.001, high: 0.01}\nobjectives: [{metric: instability}]\n"
+    )
     assert trial_config(load_space(p), {"optim.lr": 0.002}, 0).optim.steps == 33
 
 
@@ -62,16 +67,19 @@ MALFORMED = [
     ({"space": {"lsc.mode": {"type": "categorical", "choices": []}}}, "space.lsc.mode"),
     ({"space": {"dropout": {"type": "float", "low": 0.0, "high": 0.9}}}, "space.dropout"),
     ({"space": {"lsc.mode": {"type": "categorical", "choices": ["none", "sideways"]}}}, "space.lsc.mode"),
-    ({"space": {"kappa": {"type": "float", "low": 0.5, "high": 0.9, "when": {"lsc.mode": ["constant"]}}}},
-     "space.kappa.when"),
+    (
+        {"space": {"kappa": {"type": "float", "low": 0.5, "high": 0.9, "when": {"lsc.mode": ["constant"]}}}},
+        "space.kappa.when",
+    ),
     ({"space": {"lr": {"type": "beta", "low": 0.1, "high": 0.2}}}, "space.lr"),
     ({"fixed": {"lr": 0.001}, "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}, "space.optim.lr"),
     ({"space": {"seed": {"type": "int", "low": 0, "high": 3}}}, "space.seed"),
-    ({"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, "objectives": [{"metric": "fidd"}]},
-     "objectives.metric"),
+    (
+        {"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, "objectives": [{"metric": "fidd"}]},
+        "objectives.metric",
+    ),
     ({"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "bounds": 3}}}, "space.lr"),
-    ({"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, "sampler": {"name": "annealing"}},
-     "sampler.name"),
+    ({"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, "sampler": {"name": "annealing"}}, "sampler.name"),
 ]
 
 

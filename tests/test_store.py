@@ -12,9 +12,16 @@ from stabench.store import Store, curves_table, scalars_table
 
 
 def fake_record(run_id, size=10):
-    return {"run_id": run_id, "config_hash": run_id[:4], "seed": 0, "status": "ok", "tags": {"sweep": "w"},
-            "config": {"optim": {"lr": 0.1}}, "metrics": {"instability": 0.5},
-            "curves": {"step": list(range(size)), "loss": [1.0] * size, "grad_norm": [2.0] * size}}
+    return {
+        "run_id": run_id,
+        "config_hash": run_id[:4],
+        "seed": 0,
+        "status": "ok",
+        "tags": {"sweep": "w"},
+        "config": {"optim": {"lr": 0.1}},
+        "metrics": {"instability": 0.5},
+        "curves": {"step": list(range(size)), "loss": [1.0] * size, "grad_norm": [2.0] * size},
+    }
 
 
 def _writer(root, worker, n):
@@ -80,8 +87,9 @@ def test_write_unique_marks_a_second_finished_copy_as_duplicate(tmp_path, tiny):
     from stabench.train import run_trial
 
     store = Store(tmp_path)
-    first, second = (run_trial(tiny(steps=5), tmp_path, tags={"sweep": "s"}, writer=store.write_unique)
-                     for _ in range(2))
+    first, second = (
+        run_trial(tiny(steps=5), tmp_path, tags={"sweep": "s"}, writer=store.write_unique) for _ in range(2)
+    )
     assert first["status"] == "ok" and second["status"] == "duplicate"
     assert second["duplicate_of"] == first["run_id"]
     assert store.find(first["config_hash"], first["seed"], sweep="s")["run_id"] == first["run_id"]

@@ -29,8 +29,13 @@ def check_runs(runs, n):
 def test_two_trial_optuna_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     store = Store(tmp_path / "store")
-    run_optuna_sweep(load_space(space_file(tmp_path, trials=2)), store, storage_url=str(tmp_path / "j.journal"),
-                     tracking=TrackingSettings(dir=str(store.root)), log=lambda s: None)
+    run_optuna_sweep(
+        load_space(space_file(tmp_path, trials=2)),
+        store,
+        storage_url=str(tmp_path / "j.journal"),
+        tracking=TrackingSettings(dir=str(store.root)),
+        log=lambda s: None,
+    )
     check_runs(offline_runs(store.root), 2)
 
 
@@ -40,8 +45,14 @@ def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     store = Store(tmp_path / "store")
     space = load_space(space_file(tmp_path, trials=2))
-    run_ray_sweep(space, store, storage_path=str(tmp_path / "ray"), num_cpus=2,
-                  tracking=TrackingSettings(mode="offline", dir=str(store.root)), log=lambda s: None)
+    run_ray_sweep(
+        space,
+        store,
+        storage_path=str(tmp_path / "ray"),
+        num_cpus=2,
+        tracking=TrackingSettings(mode="offline", dir=str(store.root)),
+        log=lambda s: None,
+    )
     check_runs(offline_runs(store.root), 2)
 
 
@@ -50,6 +61,7 @@ def test_failing_wandb_init_leaves_the_trial_ok(tmp_path, monkeypatch):
 
     def broken_init(*a, **k):
         raise wandb.errors.CommError("simulated: service down")
+
     monkeypatch.setattr(wandb, "init", broken_init)
     with pytest.warns(RuntimeWarning, match="W&B disabled"):
         rec = run_trial(tiny_config(), tmp_path, tracking=TrackingSettings(mode="online", dir=str(tmp_path)))
@@ -69,6 +81,7 @@ def test_failing_wandb_log_midway_leaves_the_trial_ok(tmp_path, monkeypatch):
         if calls["n"] > 3:
             raise ConnectionError("simulated network loss")
         return original(self, *a, **k)
+
     monkeypatch.setattr(wr.Run, "log", flaky_log)
     with pytest.warns(RuntimeWarning, match="simulated network loss"):
         rec = run_trial(tiny_config(), tmp_path, tracking=TrackingSettings(dir=str(tmp_path)))

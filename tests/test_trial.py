@@ -11,8 +11,15 @@ from stabench.models import build_model
 from stabench.train import optimization_step, param_groups, run_trial
 from tests.conftest import tiny_config
 
-STABILITY_KEYS = ["clip_frac", "grad_norm_cv", "grad_spike_rate", "probe_loss_osc", "feature_norm_max",
-                  "feature_norm_growth", "instability"]
+STABILITY_KEYS = [
+    "clip_frac",
+    "grad_norm_cv",
+    "grad_spike_rate",
+    "probe_loss_osc",
+    "feature_norm_max",
+    "feature_norm_growth",
+    "instability",
+]
 
 
 def test_same_seed_bit_identical_other_seed_different():
@@ -77,6 +84,7 @@ def test_exception_inside_training_becomes_failed_record(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("CUDA out of memory (simulated)")
+
     monkeypatch.setattr(train_mod, "optimization_step", boom)
     rec = run_trial(tiny_config(), tmp_path)
     assert rec["status"] == "failed" and "simulated" in rec["error"]["message"]
@@ -95,11 +103,17 @@ def test_weight_decay_skips_norms_biases_embeddings():
     assert not none_left["params"]
 
 
-@pytest.mark.parametrize("overrides", [
-    ["backbone=uvit"], ["lsc.mode=learnable"], ["timestep_weighting.kind=min_snr", "prediction=v"],
-    ["schedule=cosine", "kind=p2"], ["ema.betas=[0.9,0.99,0.999,0.9999]", "ema.warmup=true"],
-    ["warmup_steps=5", "weight_decay=0.01", "stochastic_depth=0.1"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["backbone=uvit"],
+        ["lsc.mode=learnable"],
+        ["timestep_weighting.kind=min_snr", "prediction=v"],
+        ["schedule=cosine", "kind=p2"],
+        ["ema.betas=[0.9,0.99,0.999,0.9999]", "ema.warmup=true"],
+        ["warmup_steps=5", "weight_decay=0.01", "stochastic_depth=0.1"],
+    ],
+)
 def test_knob_combinations_train(overrides):
     rec = run_trial(tiny_config(*overrides, steps=10))
     assert rec["status"] == "ok", rec.get("error")

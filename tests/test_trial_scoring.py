@@ -7,8 +7,16 @@ from stabench.models import build_model
 from stabench.train import Trial, generate, run_trial
 from tests.conftest import tiny_config
 
-SCORED = ["lr=2e-3", "samples=200", "sampler_steps=20", "eval.every=100", "ema.betas=[0.99,0.999]", "batch_size=64",
-          "probe_every=25", "grid=16"]
+SCORED = [
+    "lr=2e-3",
+    "samples=200",
+    "sampler_steps=20",
+    "eval.every=100",
+    "ema.betas=[0.99,0.999]",
+    "batch_size=64",
+    "probe_every=25",
+    "grid=16",
+]
 
 
 def test_trained_model_scores_better_than_its_step0_weights(tmp_path):

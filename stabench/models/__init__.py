@@ -11,28 +11,36 @@ from .uvit import UViT
 # Width/depth are workload settings, not knobs. `deep` is where long-skip scaling shows on CPU
 # (4 levels x 2 blocks = 12 long skips at 16x16; see ../shared/README.md "Workloads").
 UNET_PRESETS = {
-    "tiny":  dict(channels=16, mult=(1, 2),       num_res_blocks=1, attn_resolutions=()),
-    "small": dict(channels=24, mult=(1, 2, 2),    num_res_blocks=2, attn_resolutions=()),
-    "deep":  dict(channels=32, mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(4,)),
+    "tiny": dict(channels=16, mult=(1, 2), num_res_blocks=1, attn_resolutions=()),
+    "small": dict(channels=24, mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=()),
+    "deep": dict(channels=32, mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(4,)),
 }
 UVIT_PRESETS = {
-    "tiny":  dict(patch=2, dim=32,  depth=4,  heads=2, mlp_ratio=2.0),
-    "small": dict(patch=2, dim=64,  depth=8,  heads=4, mlp_ratio=2.0),
-    "deep":  dict(patch=2, dim=128, depth=16, heads=4, mlp_ratio=4.0),
+    "tiny": dict(patch=2, dim=32, depth=4, heads=2, mlp_ratio=2.0),
+    "small": dict(patch=2, dim=64, depth=8, heads=4, mlp_ratio=2.0),
+    "deep": dict(patch=2, dim=128, depth=16, heads=4, mlp_ratio=4.0),
 }
 
 
 def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
     """The backbone of a trial, with its dropout, drop-path, activation, norm and LSC knobs applied."""
     w, m = cfg.workload, cfg.model
-    knobs = dict(dropout=m.dropout, stochastic_depth=m.stochastic_depth, activation=m.activation,
-                 norm=m.norm, lsc_mode=cfg.lsc.mode, kappa=cfg.lsc.kappa)
+    knobs = dict(
+        dropout=m.dropout,
+        stochastic_depth=m.stochastic_depth,
+        activation=m.activation,
+        norm=m.norm,
+        lsc_mode=cfg.lsc.mode,
+        kappa=cfg.lsc.kappa,
+    )
     if w.backbone == "unet":
         preset = UNET_PRESETS[w.preset]
         levels = len(preset["mult"])
         if w.resolution % 2 ** (levels - 1):
-            raise ValueError(f"workload.resolution {w.resolution} must be divisible by {2 ** (levels - 1)} "
-                             f"for unet preset '{w.preset}' ({levels} levels)")
+            raise ValueError(
+                f"workload.resolution {w.resolution} must be divisible by {2 ** (levels - 1)} "
+                f"for unet preset '{w.preset}' ({levels} levels)"
+            )
         return UNet(in_channels, w.resolution, **preset, **knobs)
     preset = UVIT_PRESETS[w.preset]
     if w.resolution % preset["patch"]:

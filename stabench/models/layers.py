@@ -57,15 +57,16 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 # Long-skip-connection scaling (ScaleLong, Huang et al. 2023). Skip i = 1 is the outermost.
 # ---------------------------------------------------------------------------------------------
 
+
 def constant_skip_scales(mode: str, kappa: float, num_skips: int) -> list[float]:
     """Fixed factor per skip i = 1..N for the non-learnable LSC modes."""
     idx = range(num_skips)  # i - 1
     if mode == "none":
         return [1.0] * num_skips
     if mode == "inv_sqrt2":  # ScaleLong mode 1, Imagen's skip_connect_scale
-        return [2 ** -0.5] * num_skips
+        return [2**-0.5] * num_skips
     if mode == "constant":  # ScaleLong CS: kappa ** (i - 1)
-        return [kappa ** i for i in idx]
+        return [kappa**i for i in idx]
     if mode == "linear":  # ours: 1 at the outermost skip down to kappa at the innermost
         return [1.0 - (1.0 - kappa) * i / max(num_skips - 1, 1) for i in idx]
     raise ValueError(f"no constant scales for LSC mode {mode!r}")
@@ -119,8 +120,9 @@ class SkipScaler(nn.Module):
             self.gates = nn.ModuleDict({n: make_gate(k) for n, k in dict(zip(names, shape_keys)).items()})
             self.gate_of_skip = names
         else:
-            self.register_buffer("scales", torch.tensor(constant_skip_scales(mode, kappa, len(shape_keys))),
-                                 persistent=False)
+            self.register_buffer(
+                "scales", torch.tensor(constant_skip_scales(mode, kappa, len(shape_keys))), persistent=False
+            )
 
     def forward(self, h: torch.Tensor, i: int) -> torch.Tensor:
         """h: the feature of skip i (1-based, 1 = outermost)."""

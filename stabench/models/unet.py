@@ -16,8 +16,7 @@ from .layers import ACTIVATIONS, ChannelGate, SkipScaler, TimestepEmbedder, conv
 class ResBlock(nn.Module):
     """norm-act-conv, add timestep embedding, norm-act-dropout-conv, plus a (1x1) shortcut."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, drop_path: float, act: str,
-                 norm: str):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, drop_path: float, act: str, norm: str):
         super().__init__()
         self.norm1, self.conv1 = conv_norm(norm, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
@@ -37,8 +36,11 @@ class AttnBlock(nn.Module):
 
     def __init__(self, channels: int, norm: str):
         super().__init__()
-        self.norm, self.qkv, self.proj = conv_norm(norm, channels), nn.Conv2d(channels, 3 * channels, 1), \
-            nn.Conv2d(channels, channels, 1)
+        self.norm, self.qkv, self.proj = (
+            conv_norm(norm, channels),
+            nn.Conv2d(channels, 3 * channels, 1),
+            nn.Conv2d(channels, channels, 1),
+        )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -78,9 +80,21 @@ class UNet(nn.Module):
     """ADM-style UNet for eps/v prediction. `forward(..., return_features=True)` also returns the
     (scaled) skip features entering the decoder, outermost first, and the decoder's output feature."""
 
-    def __init__(self, in_channels: int, resolution: int, channels: int, mult: tuple[int, ...],
-                 num_res_blocks: int, attn_resolutions: tuple[int, ...], dropout: float,
-                 stochastic_depth: float, activation: str, norm: str, lsc_mode: str, kappa: float):
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int,
+        channels: int,
+        mult: tuple[int, ...],
+        num_res_blocks: int,
+        attn_resolutions: tuple[int, ...],
+        dropout: float,
+        stochastic_depth: float,
+        activation: str,
+        norm: str,
+        lsc_mode: str,
+        kappa: float,
+    ):
         super().__init__()
         emb_dim = 4 * channels
         self.time_embed = TimestepEmbedder(channels, emb_dim, activation)

@@ -31,15 +31,25 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; in the decoder half it first fuses a long skip."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, drop_path: float, act: str,
-                 norm: str, skip: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        drop_path: float,
+        act: str,
+        norm: str,
+        skip: bool = False,
+    ):
         super().__init__()
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
         self.norm1, self.attn = token_norm(norm, dim), Attention(dim, heads, dropout)
         self.norm2 = token_norm(norm, dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[act](), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), ACTIVATIONS[act](), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,20 +63,40 @@ class UViT(nn.Module):
     """U-ViT for eps/v prediction; `return_features=True` also returns the scaled skips (outermost first)
     and the last block's output tokens."""
 
-    def __init__(self, in_channels: int, resolution: int, patch: int, dim: int, depth: int, heads: int,
-                 mlp_ratio: float, dropout: float, stochastic_depth: float, activation: str, norm: str,
-                 lsc_mode: str, kappa: float):
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int,
+        patch: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        stochastic_depth: float,
+        activation: str,
+        norm: str,
+        lsc_mode: str,
+        kappa: float,
+    ):
         super().__init__()
         assert resolution % patch == 0, "resolution must be divisible by the patch size"
         self.patch, self.in_channels, self.grid = patch, in_channels, resolution // patch
-        num_tokens = self.grid ** 2 + 1  # patches + time token
+        num_tokens = self.grid**2 + 1  # patches + time token
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.time_embed = TimestepEmbedder(dim, dim, activation)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-        block = dict(dim=dim, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout, drop_path=stochastic_depth,
-                     act=activation, norm=norm)
+        block = dict(
+            dim=dim,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            dropout=dropout,
+            drop_path=stochastic_depth,
+            act=activation,
+            norm=norm,
+        )
         self.in_blocks = nn.ModuleList(Block(**block) for _ in range(depth // 2))
         self.mid_block = Block(**block)
         self.out_blocks = nn.ModuleList(Block(**block, skip=True) for _ in range(depth // 2))
@@ -74,8 +104,7 @@ class UViT(nn.Module):
         self.head = nn.Linear(dim, patch * patch * in_channels)
 
         self.num_skips = depth // 2
-        self.skip_scaler = SkipScaler(lsc_mode, kappa, [num_tokens] * self.num_skips,
-                                      lambda n: TokenGate(n))
+        self.skip_scaler = SkipScaler(lsc_mode, kappa, [num_tokens] * self.num_skips, lambda n: TokenGate(n))
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         B, p, g, c = x.shape[0], self.patch, self.grid, self.in_channels
