@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from stabench.search import run_optuna_sweep
+from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
 
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--steps", type=int, default=100)
     args = ap.parse_args()
-    from stabench.ray_backend import run_ray_sweep
+    from stabench.sweep.ray import run_ray_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -65,7 +65,7 @@ def main() -> None:
 
         t0 = time.time()
         store = Store(tmp / "ray")
-        summary = run_ray_sweep(space, store, storage_path=str(tmp / "ray_state"), cpus_per_trial=1, log=lambda s: None)
+        summary = run_ray_sweep(space, store, ray_dir=str(tmp / "ray_state"), cpus_per_trial=1, log=lambda s: None)
         ray_wall = time.time() - t0
         started = summary["trial_started_unix"]
         ray_gaps = [

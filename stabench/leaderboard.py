@@ -20,7 +20,9 @@ import numpy as np
 import polars as pl
 
 from .config import flatten
-from .record import FINISHED, Status, eval_value, record_value
+from .errors import UserError
+from .record import FINISHED, Status, eval_value, label, metrics_of, record_value, tags_of
+from .store import Store
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -124,21 +126,10 @@ def group_records(records: list[dict]) -> list[ConfigGroup]:
     for rec in sorted(records, key=lambda r: r["run_id"]):
         if rec["status"] not in FINISHED:
             continue
-        g = groups.setdefault(rec["config_hash"], ConfigGroup(rec["config_hash"], label_of(rec), rec["config"]))
+        g = groups.setdefault(rec["config_hash"], ConfigGroup(rec["config_hash"], label(rec), rec["config"]))
         if all(r["seed"] != rec["seed"] for r in g.records):
             g.records.append(rec)
     return list(groups.values())
-
-
-def label_of(rec: dict) -> str:
-    tags = rec.get("tags") or {}
-    if tags.get("baseline"):
-        return tags["baseline"]
-    if tags.get("baseline_point"):  # a baseline's point inside a sweep's space (other fixed settings)
-        return f"{tags['baseline_point']}@{tags.get('sweep')}"
-    if tags.get("sweep") is not None and tags.get("trial_number") is not None:
-        return f"{tags['sweep']}#{tags['trial_number']}"
-    return rec["config_hash"][:8]
 
 
 def knob_diff(config: dict, baseline: dict | None) -> str:
@@ -221,8 +212,8 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
         r["rank"] = i
     for r, on_front in zip(rows, pareto_front([(r["q_mean"], r["u_mean"]) for r in rows])):
         r["pareto"] = on_front
-    floors = [r["metrics"].get(f"{metric}_floor") for r in records if (r.get("metrics") or {}).get(f"{metric}_floor")]
-    samples = sorted({r["metrics"]["fid_samples"] for r in records if (r.get("metrics") or {}).get("fid_samples")})
+    floors = [r["metrics"].get(f"{metric}_floor") for r in records if metrics_of(r).get(f"{metric}_floor")]
+    samples = sorted({r["metrics"]["fid_samples"] for r in records if metrics_of(r).get("fid_samples")})
     return Leaderboard(
         metric,
         baseline,
@@ -379,6 +370,22 @@ def to_html(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
         "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
         f"</style></head><body><h1>Leaderboard</h1>{notes}<table><tr>{head}</tr>{body}</table>{imgs}</body></html>\n"
     )
+
+
+def select_records(store: Store, sweeps: tuple[str, ...], baseline: str | None, metric: str) -> list[dict]:
+    """The store's records of these sweeps (all when none are named) plus the baseline's; at least one must have
+    `metric`."""
+    chosen = [
+        r
+        for r in store.records()
+        if not sweeps or tags_of(r).get("sweep") in sweeps or (baseline and tags_of(r).get("baseline") == baseline)
+    ]
+    if not chosen:
+        raise UserError(f"no records in {store.root}" + (f" for sweeps {list(sweeps)}" if sweeps else ""), key="store")
+    have = {k for r in chosen for k in metrics_of(r)}
+    if metric not in have:
+        raise UserError(f"no record has '{metric}'", key="metric", allowed=sorted(have))
+    return chosen
 
 
 def write_leaderboard(

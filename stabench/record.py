@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,6 +24,7 @@ import torch
 
 from . import __version__
 from .config import TrialConfig, config_hash, config_to_dict
+from .metrics import METRICS
 
 SCHEMA_VERSION = 1
 
@@ -39,9 +41,59 @@ class Status(StrEnum):
 
 
 FINISHED = frozenset({Status.OK, Status.DIVERGED})  # the records that count on leaderboards and objectives
+
+
+@dataclass(frozen=True)
+class Tags:
+    """Where a record comes from: stored in `record["tags"]` (None fields are left out)."""
+
+    sweep: str | None = None  # the sweep (Optuna study / Ray experiment) or "baselines"
+    backend: str | None = None  # optuna, ray or local
+    trial_number: int | str | None = None  # the backend's trial id within the sweep
+    scheduled_unix: float | None = None  # when the backend scheduled the trial (start-up overhead)
+    reference: str | None = None  # a baselines/*.yaml config run by `stabench baselines` (stored as "baseline")
+    named_point: str | None = None  # a baseline's values as a point of a sweep's space (stored as "baseline_point")
+    job_type: str | None = None  # confirm, for `stabench confirm`
+    seed_index: int | None = None
+    params: dict | None = None  # the sampled values of the space's keys
+
+    def to_dict(self) -> dict:
+        return {_STORED.get(k, k): v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Tags:
+        read = {v: k for k, v in _STORED.items()}
+        return cls(**{read.get(k, k): v for k, v in tags_of(record).items() if read.get(k, k) in _FIELDS})
+
+
+_STORED = {"reference": "baseline", "named_point": "baseline_point"}  # the names records have always used
+_FIELDS = set(Tags.__dataclass_fields__)
+
+
+def tags_of(record: dict) -> dict:
+    """A record's tags (an empty dict for records without any)."""
+    return record.get("tags") or {}
+
+
+def metrics_of(record: dict) -> dict:
+    """A record's final metrics (an empty dict for a record that has none, e.g. a failed one)."""
+    return record.get("metrics") or {}
+
+
+def label(record: dict) -> str:
+    """One name for a record's config, the same on leaderboards, plots and W&B: the reference config's name,
+    `<named point>@<sweep>`, `<sweep>#<trial>`, or the config hash prefix."""
+    tags = tags_of(record)
+    if tags.get("baseline"):
+        return tags["baseline"]
+    if tags.get("baseline_point"):  # a baseline's point inside a sweep's space (other fixed settings)
+        return f"{tags['baseline_point']}@{tags.get('sweep')}"
+    if tags.get("sweep") is not None and tags.get("trial_number") is not None:
+        return f"{tags['sweep']}#{tags['trial_number']}"
+    return record["config_hash"][:8]
+
+
 MAX_CURVE_POINTS = 2000
-# metrics measured at eval points under another name (best/final probe loss come from 'probe_loss')
-EVAL_KEYS = {"best_probe_loss": "probe_loss", "final_probe_loss": "probe_loss"}
 
 
 def git_sha() -> str | None:
@@ -151,7 +203,8 @@ def write_record(record: dict, run_dir: Path) -> Path:
 
 def eval_value(entry: dict, metric: str) -> float | None:
     """The best weight set's value of `metric` at one evaluation point, if measured there."""
-    values = entry.get(EVAL_KEYS.get(metric, metric))
+    registered = METRICS.get(metric)
+    values = entry.get(registered.eval_key if registered else metric)
     if not isinstance(values, dict) or not values:
         return None
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
@@ -166,5 +219,5 @@ def record_value(record: dict, metric: str, direction: str = "minimize") -> floa
     """A record's final value of `metric`; diverged (or missing, or non-finite) counts as the worst value."""
     if record["status"] == Status.DIVERGED:
         return worst(direction)
-    value = (record.get("metrics") or {}).get(metric)
+    value = metrics_of(record).get(metric)
     return float(value) if value is not None and math.isfinite(value) else worst(direction)

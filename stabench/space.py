@@ -16,23 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import TrialConfig, apply_values, build_config, read_yaml, resolve_key
 from .errors import ConfigError
+from .metrics import METRICS
 
-# Metrics a space may optimise: keys of a record's `metrics` (quality metrics arrive with scoring).
-OBJECTIVE_METRICS = (
-    "fid_digits",
-    "kid_digits",
-    "fid",
-    "kid",
-    "best_probe_loss",
-    "final_probe_loss",
-    "instability",
-    "grad_norm_cv",
-    "grad_spike_rate",
-    "probe_loss_osc",
-    "feature_norm_max",
-    "feature_norm_growth",
-    "clip_frac",
-)
 UNSEARCHABLE = ("seed", "device")
 
 
@@ -215,9 +200,9 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
         space[full] = d.model_copy(update={"when": when})
     space = _parents_first(space, src)
     for o in sp.objectives:
-        if o.metric not in OBJECTIVE_METRICS:
+        if o.metric not in METRICS:
             raise ConfigError(
-                f"{src}: key 'objectives.metric': unknown metric '{o.metric}'; allowed: " + ", ".join(OBJECTIVE_METRICS)
+                f"{src}: key 'objectives.metric': unknown metric '{o.metric}'; allowed: " + ", ".join(METRICS)
             )
     if len(sp.objectives) > 1 and sp.sampler.name == "cmaes":
         raise ConfigError(

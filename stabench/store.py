@@ -19,16 +19,18 @@ import polars as pl
 
 from .config import flatten
 from .errors import UserError
-from .record import FINISHED, Status, write_record
+from .record import FINISHED, Status, metrics_of, tags_of, write_record
 
 DEFAULT_STORE = Path(os.environ.get("STABENCH_STORE", "runs"))
 
 
 class Store:
+    """The append-only results store: `<root>/<run_id>/record.json` per trial, read back as records or tables."""
+
     def __init__(self, root: str | Path = DEFAULT_STORE):
         self.root = Path(root).absolute()
         if self.root.exists() and not self.root.is_dir():
-            raise UserError(f"--store: '{root}' exists and is not a directory; pass a directory for the store")
+            raise UserError(f"'{root}' exists and is not a directory; pass a directory for the store", key="store")
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -84,7 +86,7 @@ def _read_matching(paths: list[Path], tags: dict) -> Iterator[dict]:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if all(rec.get("tags", {}).get(k) == v for k, v in tags.items()):
+        if all(tags_of(rec).get(k) == v for k, v in tags.items()):
             yield rec
 
 
@@ -94,7 +96,7 @@ def _read_matching(paths: list[Path], tags: dict) -> Iterator[dict]:
 
 
 def scalar_row(rec: dict) -> dict[str, Any]:
-    tags = rec.get("tags") or {}
+    tags = tags_of(rec)
     row = {
         "run_id": rec["run_id"],
         "config_hash": rec["config_hash"],
@@ -107,7 +109,7 @@ def scalar_row(rec: dict) -> dict[str, Any]:
         "steps_completed": rec.get("steps_completed"),
         "wall_time_s": rec.get("wall_time_s"),
     }
-    row.update({f"metrics.{k}": v for k, v in (rec.get("metrics") or {}).items() if not isinstance(v, (dict, list))})
+    row.update({f"metrics.{k}": v for k, v in metrics_of(rec).items() if not isinstance(v, (dict, list))})
     row.update({f"config.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in flatten(rec["config"]).items()})
     return row
 

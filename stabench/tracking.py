@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import flatten
-from .record import Status
+from .record import Status, label, metrics_of, tags_of
 
 MODES = ("online", "offline", "disabled")
 
@@ -80,11 +80,8 @@ class WandbTracker(Tracker):
         try:
             import wandb
 
-            tags = record.get("tags") or {}
+            tags = tags_of(record)
             job_type = tags.get("job_type") or ("baseline" if tags.get("baseline") else "trial")
-            name = tags.get("baseline") or (
-                f"{tags['sweep']}#{tags['trial_number']}" if "trial_number" in tags else record["config_hash"][:8]
-            )
             directory = Path(settings.dir or ".")
             directory.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
@@ -92,7 +89,7 @@ class WandbTracker(Tracker):
                 entity=settings.entity,
                 group=tags.get("sweep") or "train",
                 job_type=job_type,
-                name=f"{name} s{record['seed']}",
+                name=f"{label(record)} s{record['seed']}",  # the leaderboard's name of the config
                 tags=run_tags(record["config"], tags),
                 config={
                     **flatten(record["config"]),
@@ -158,7 +155,7 @@ class WandbTracker(Tracker):
         try:
             import wandb
 
-            m = record.get("metrics") or {}
+            m = metrics_of(record)
             self.run.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float, str))})
             self.run.summary["status"] = record["status"]
             if record.get("samples_png"):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from stabench.config import config_hash
-from stabench.search import proc_stat
+from stabench.sweep.workers import proc_stat
 from stabench.space import SearchSpace, trial_config
 from stabench.store import Store
 

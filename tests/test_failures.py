@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from stabench.search import run_optuna_sweep
+from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
 from tests.faults import OOM_LR, simulate_oom
@@ -40,7 +40,7 @@ def test_optuna_sweep_goes_on_after_a_failed_trial_and_diverged_is_a_result(tmp_
     store = Store(tmp_path / "store")
     points = {"oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}  # run first
     summary = run_optuna_sweep(
-        space, store, storage_url=str(tmp_path / "j.journal"), baselines=points, max_failures=3, log=lambda s: None
+        space, store, storage_url=str(tmp_path / "j.journal"), named_points=points, max_failures=3, log=lambda s: None
     )
     c = summary["counts"]
     assert c["complete"] == 3 and 1 <= c["fail"] <= 3
@@ -75,7 +75,7 @@ def test_max_failures_stops_the_sweep(tmp_path, oom):
 def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_path):
     import ray
 
-    from stabench.ray_backend import run_ray_sweep
+    from stabench.sweep.ray import run_ray_sweep
 
     space = load_space(space_file(tmp_path, space=LR_CHOICES, fixed=NO_CLIP, trials=3))
     points = {"ok": {"optim.lr": 3e-3}, "oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}
@@ -91,7 +91,7 @@ def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_pa
     )
     try:
         summary = run_ray_sweep(
-            space, store, storage_path=str(tmp_path / "ray"), max_failures=1, baselines=points, log=lambda s: None
+            space, store, ray_dir=str(tmp_path / "ray"), max_failures=1, named_points=points, log=lambda s: None
         )
     finally:
         ray.shutdown()

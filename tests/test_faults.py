@@ -62,7 +62,7 @@ def assert_nothing_lost(row, requested, interrupted=True):
 @pytest.mark.parametrize("size", SIZES)
 def test_optuna_journal_driver_killed_then_resumed(tmp_path, size):
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"], seeds=size["seeds"])
-    args = ["sweep", str(path), "--store", "store", "--storage", "j.journal", "--wandb", "disabled"]
+    args = ["sweep", str(path), "--store", "store", "--study-storage", "j.journal", "--wandb", "disabled"]
     proc = stabench(*args, cwd=tmp_path)
     wait_for_records(tmp_path / "store", 1)
     wait_for_training(tmp_path / "store")
@@ -89,7 +89,7 @@ def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how): 
     path = space_file(tmp_path, fixed=STEPS, trials=3)
     study = f"pg-driver-{how.strip('-')}"
     env = {"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "8"}
-    args = ["sweep", str(path), "--store", "store", "--storage", postgres_url, "--study", study, "--wandb", "disabled"]
+    args = ["sweep", str(path), "--store", "store", "--study-storage", postgres_url, "--study", study, "--wandb", "disabled"]
     proc = stabench(*args, cwd=tmp_path, env=env)
     wait_for_records(tmp_path / "store", 1)
     wait_for_training(tmp_path / "store")
@@ -139,7 +139,7 @@ def kill_one_worker(proc, tmp_path, storage, study_name) -> int:
 @pytest.mark.parametrize("size", SIZES)
 def test_optuna_journal_worker_killed(tmp_path, size):
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
-    args = ["sweep", str(path), "--store", "store", "--storage", "j.journal", "--workers", "2", "--wandb", "disabled"]
+    args = ["sweep", str(path), "--store", "store", "--study-storage", "j.journal", "--workers", "2", "--wandb", "disabled"]
     proc = stabench(*args, cwd=tmp_path, log="sweep.log")
     killed = kill_one_worker(proc, tmp_path, journal(tmp_path), "t")
     assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()
@@ -165,7 +165,7 @@ def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
         str(path),
         "--store",
         "store",
-        "--storage",
+        "--study-storage",
         postgres_url,
         "--study",
         "pg-worker",
@@ -210,7 +210,7 @@ def ray_audit(scenario, tmp_path, space, requested, sweep="t"):
 @pytest.mark.parametrize("size", SIZES)
 def test_ray_trial_actor_killed(tmp_path, size):
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
-    args = ["sweep", str(path), "--backend", "ray", "--store", "store", "--storage-path", "ray", "--wandb", "disabled"]
+    args = ["sweep", str(path), "--backend", "ray", "--store", "store", "--ray-dir", "ray", "--wandb", "disabled"]
     proc = stabench(*args, cwd=tmp_path, log="sweep.log")
     wait_for_records(tmp_path / "store", 1)
     wait_for_training(tmp_path / "store")
@@ -241,13 +241,13 @@ def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa:
         "ray",
         "--store",
         "store",
-        "--storage-path",
+        "--ray-dir",
         "ray",
         "--wandb",
         "disabled",
         "--study",
         study,
-        "--storage",
+        "--study-storage",
         postgres_url,
     ]
     proc = stabench(*args, cwd=tmp_path)
@@ -282,7 +282,7 @@ def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa:
 def test_worker_is_gone_tells_live_dead_zombie_and_reused_pids():
     import subprocess
 
-    from stabench.search import this_worker, worker_is_gone
+    from stabench.sweep.workers import this_worker, worker_is_gone
 
     me = this_worker()
     assert not worker_is_gone(me, heartbeats=False)
@@ -300,7 +300,7 @@ def test_worker_is_gone_tells_live_dead_zombie_and_reused_pids():
 
 
 def test_retry_keeps_the_baseline_name_and_skips_finished_trials():
-    from stabench.search import fail_running
+    from stabench.sweep.optuna import fail_running
 
     study = optuna.create_study()
     dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})

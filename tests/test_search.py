@@ -10,7 +10,8 @@ import optuna
 import pytest
 import yaml
 
-from stabench.search import confirm, run_optuna_sweep
+from stabench.sweep import confirm
+from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
 
@@ -97,7 +98,7 @@ def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
     store = Store(tmp_path / "store")
     points = {"a": {"optim.lr": 3e-3}, "b": {"optim.lr": 2e-3}, "frozen": {"optim.lr": 1e-9}}  # cannot learn
     summary = run_optuna_sweep(
-        space, store, storage_url=str(tmp_path / "j.journal"), baselines=points, log=lambda s: None
+        space, store, storage_url=str(tmp_path / "j.journal"), named_points=points, log=lambda s: None
     )
     assert summary["counts"]["pruned"] == 1 and summary["counts"]["complete"] == 2
     (pruned,) = [r for r in store.records(sweep="t") if r["status"] == "pruned"]
@@ -127,11 +128,11 @@ def test_two_objectives_report_a_pareto_front(tmp_path):
 
 
 def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
-    from stabench.ray_backend import run_ray_sweep
+    from stabench.sweep.ray import run_ray_sweep
 
     space = load_space(space_file(tmp_path, trials=4))
     store = Store(tmp_path / "store")
-    run_ray_sweep(space, store, storage_path=str(tmp_path / "ray"), num_cpus=2, log=lambda s: None)
+    run_ray_sweep(space, store, ray_dir=str(tmp_path / "ray"), num_cpus=2, log=lambda s: None)
     records = list(store.records(sweep="t"))
     assert len(by_trial(store)) == 4  # 4 Ray trials, each recorded (ok or pruned by ASHA)
     assert all(r["status"] in ("ok", "pruned") and r["tags"]["backend"] == "ray" for r in records)
@@ -184,7 +185,7 @@ def test_ray_sweep_joins_a_cluster_started_with_ray_start(tmp_path):
                 f"127.0.0.1:{port}",
                 "--store",
                 "store",
-                "--storage-path",
+                "--ray-dir",
                 "ray",
             ],
             cwd=tmp_path,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from stabench.search import run_optuna_sweep
+from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
 from stabench.tracking import TrackingSettings
@@ -40,7 +40,7 @@ def test_two_trial_optuna_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
 
 
 def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
-    from stabench.ray_backend import run_ray_sweep
+    from stabench.sweep.ray import run_ray_sweep
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     store = Store(tmp_path / "store")
@@ -48,7 +48,7 @@ def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
     run_ray_sweep(
         space,
         store,
-        storage_path=str(tmp_path / "ray"),
+        ray_dir=str(tmp_path / "ray"),
         num_cpus=2,
         tracking=TrackingSettings(mode="offline", dir=str(store.root)),
         log=lambda s: None,

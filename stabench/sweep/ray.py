@@ -16,17 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import optuna
 from ray import tune
 
-from .config import config_hash
-from .errors import UserError
-from .record import Status, eval_value, worst
-from .search import fail_running, make_sampler, make_storage, objective_values
-from .space import SearchSpace, decode_params, suggest, trial_config
-from .store import Store
-from .tracking import TrackingSettings
-from .train import Trial
+from ..engine import run_trial
+from ..errors import UserError
+from ..record import Status, Tags, eval_value, worst
+from ..space import SearchSpace, decode_params, suggest, trial_config
+from ..store import Store
+from ..tracking import TrackingSettings
+from .core import ConfigRun, Event, TrialFailed
+from .optuna import fail_orphaned, make_sampler, make_storage
 
 DEFAULT_RAY_DIR = Path("results") / "ray"
 
@@ -51,7 +50,7 @@ def eval_budget(space: SearchSpace) -> int:
 
 
 class StabenchTrainable(tune.Trainable):
-    """One sampled config: every seed of the space in turn, one `step()` per evaluation point."""
+    """One sampled config: a `ConfigRun` over every seed of the space, one `step()` per evaluation point."""
 
     def setup(
         self,
@@ -61,93 +60,74 @@ class StabenchTrainable(tune.Trainable):
         sweep: str = "",
         threads: int = 1,
         tracking: TrackingSettings | None = None,
-        baselines: dict | None = None,
+        named_points: dict | None = None,
     ):
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.space, self.store, self.sweep, self.tracking = space, Store(store_root), sweep, tracking
+        self.space, self.store, self.tracking = space, Store(store_root), tracking
         self.params = dict(config)
         # a --with-baselines point (OptunaSearch's points_to_evaluate) keeps its name, as with Optuna
-        self.baseline = next((n for n, p in (baselines or {}).items() if decode_params(space, p) == self.params), None)
+        point = next((n for n, p in (named_points or {}).items() if decode_params(space, p) == self.params), None)
+        # scheduled_unix: the trial's start as its actor sees it (overhead benchmark)
+        self.tags = Tags(
+            sweep=sweep, backend="ray", trial_number=self.trial_id, scheduled_unix=time.time(), named_point=point
+        )
         cfg = trial_config(space, self.params, space.seeds[0])
         self.evals_per_seed, self.every, self.budget = evals_per_seed(cfg), cfg.eval.every, eval_budget(space)
-        self.records: list[dict] = []
-        self.scheduled_unix = time.time()  # the trial's start as its actor sees it (overhead benchmark)
-        self.seed_index, self.current = 0, None
+        self._start()
 
-    def _start_seed(self) -> dict | None:
-        """Start the next seed; returns its record instead when the store already has it finished (a restored
-        trial, or a config sampled twice), so no seed is recorded twice."""
-        seed = self.space.seeds[self.seed_index]
-        cfg = trial_config(self.space, self.params, seed)
-        found = self.store.find(config_hash(cfg), seed, sweep=self.sweep)
-        if found is not None:
-            return found
-        tags = {
-            "sweep": self.sweep,
-            "backend": "ray",
-            "trial_number": self.trial_id,
-            "scheduled_unix": self.scheduled_unix,
-            "seed_index": self.seed_index,
-            "params": self.params,
-        }
-        if self.baseline:
-            tags["baseline_point"] = self.baseline
-        self.current = Trial(cfg, self.store.root, tags=tags, tracking=self.tracking, writer=self.store.write_unique)
-        return None
+    def _start(self) -> None:
+        """Start (again) from the first seed: seeds already finished are found in the store, never recorded twice."""
+        self.run = ConfigRun(self.space, self.store, self.tags, self.tracking)
+        self.events = self.run.events(self.params)
 
     def step(self) -> dict:
         while True:
-            rec = self._start_seed() if self.current is None else None
-            if rec is None:
-                entry = self.current.next_eval()
-                if entry is not None:
-                    return self._intermediate(entry)
-                rec, self.current = self.current.record, None
-            self.records.append(rec)
-            self.seed_index += 1
-            if rec["status"] == Status.FAILED:
-                raise RuntimeError(f"trial failed: {rec['error']['type']}: {rec['error']['message']}")
-            if self.seed_index == len(self.space.seeds):
+            try:
+                event = next(self.events)
+            except StopIteration:
                 return self._final()
+            except TrialFailed as e:
+                raise RuntimeError(f"trial failed: {e}") from None
+            if event.entry is not None:
+                return self._intermediate(event)
 
-    def _intermediate(self, entry: dict) -> dict:
+    def _intermediate(self, event: Event) -> dict:
         # ASHA's clock: evaluation points of the whole trial, counted by us rather than by Ray's
         # training_iteration, which a restored trial resumes while its interrupted seed trains from step 0.
-        k = -(-entry["step"] // self.every)
+        k = -(-event.entry["step"] // self.every)
         out: dict[str, Any] = {
-            "step": entry["step"],
-            "seed_index": self.seed_index,
-            "eval_index": min(self.seed_index * self.evals_per_seed + k, self.budget - 1),
+            "step": event.entry["step"],
+            "seed_index": event.seed_index,
+            "eval_index": min(event.seed_index * self.evals_per_seed + k, self.budget - 1),
         }
         for o in self.space.objectives:
-            v = eval_value(entry, o.metric)
+            v = eval_value(event.entry, o.metric)
             # metrics only known at the end (e.g. instability) report the worst value meanwhile
             out[o.metric] = v if v is not None else worst(o.direction)
         return out
 
     def _final(self) -> dict:
+        records = self.run.records
         out: dict[str, Any] = {
             "done": True,
-            "step": self.records[-1].get("steps_completed"),
+            "step": records[-1].get("steps_completed"),
             "eval_index": self.budget,
-            "statuses": [r["status"] for r in self.records],
+            "statuses": [r["status"] for r in records],
         }
-        out.update(zip(metric_names(self.space), objective_values(self.space, self.records)))
+        out.update(zip(metric_names(self.space), self.run.values()))
         return out
 
     def cleanup(self) -> None:
-        if self.current is not None and not self.current.finished:
-            self.current.stop()  # stopped by the scheduler: record it as pruned
+        self.run.stop()  # stopped by the scheduler: the running seed is recorded as pruned
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict:
         return {}  # the store is the state: finished seeds are found there again
 
     def load_checkpoint(self, checkpoint: dict) -> None:
-        # Restarted (failed actor) or restored (killed driver) trial: start over from the first seed;
-        # `_start_seed` finds every seed already finished in the store, and an interrupted seed trains again.
-        self.seed_index, self.records, self.current = 0, [], None
+        # Restarted (failed actor) or restored (killed driver) trial: the interrupted seed trains again.
+        self._start()
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -160,8 +140,10 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except (OSError, ValueError) as e:
         raise UserError(
-            f"--address: cannot reach Ray at '{address}' ({e}). Allowed: omit it for a local Ray, "
-            "'auto' for the cluster this machine belongs to, host:port or ray://host:port"
+            f"cannot reach Ray at '{address}' ({e})",
+            key="address",
+            allowed="omit it for a local Ray, 'auto' for the cluster this machine belongs to, host:port or "
+            "ray://host:port",
         ) from None
 
 
@@ -186,8 +168,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
             ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
     except Exception as e:  # unreachable address, version mismatch, ...
         raise UserError(
-            f"--address: cannot connect to Ray at '{address}': {type(e).__name__}: {e}. Allowed: "
-            "omit it for a local Ray, 'auto' for a running cluster, or ray://host:port"
+            f"cannot connect to Ray at '{address}': {type(e).__name__}: {e}",
+            key="address",
+            allowed="omit it for a local Ray, 'auto' for a running cluster, or ray://host:port",
         ) from None
     return True
 
@@ -206,7 +189,7 @@ def ray_session(address: str | None, num_cpus: int | None):
             ray.shutdown()
 
 
-def make_searcher(space: SearchSpace, name: str, baselines: dict | None, study_storage, max_concurrent: int | None):
+def make_searcher(space: SearchSpace, name: str, named_points: dict | None, study_storage, max_concurrent: int | None):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -217,7 +200,7 @@ def make_searcher(space: SearchSpace, name: str, baselines: dict | None, study_s
         metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,
         sampler=make_sampler(space),
-        points_to_evaluate=list((baselines or {}).values()) or None,
+        points_to_evaluate=list((named_points or {}).values()) or None,
         study_name=name,
         storage=study_storage,
     )
@@ -243,10 +226,10 @@ def run_ray_sweep(
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
     max_concurrent: int | None = None,
-    storage_path: str | None = None,
+    ray_dir: str | None = None,
     resume: bool = False,
     max_failures: int = 3,
-    baselines: dict[str, dict] | None = None,
+    named_points: dict[str, dict] | None = None,
     num_cpus: int | None = None,
     storage_url: str | None = None,
     tracking: TrackingSettings | None = None,
@@ -257,7 +240,7 @@ def run_ray_sweep(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
     name, n_trials = study_name or space.name, n_trials or space.budget.trials
     study_storage = make_storage(storage_url, name, heartbeats=False)[0] if storage_url else None  # fail fast
-    storage = storage_path if "://" in (storage_path or "") else str(Path(storage_path or DEFAULT_RAY_DIR).absolute())
+    storage = ray_dir if "://" in (ray_dir or "") else str(Path(ray_dir or DEFAULT_RAY_DIR).absolute())
     experiment = f"{storage}/{name}"
     store.root.mkdir(parents=True, exist_ok=True)
     with ray_session(address, num_cpus):
@@ -269,7 +252,7 @@ def run_ray_sweep(
                 sweep=name,
                 threads=max(1, int(cpus_per_trial)),
                 tracking=tracking,
-                baselines=baselines,
+                named_points=named_points,
             ),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
         )
@@ -278,33 +261,39 @@ def run_ray_sweep(
             log(f"[{name}] restoring Ray Tune experiment from {experiment}")
             tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
         else:
-            single = len(space.objectives) == 1
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(space, name, baselines, study_storage, max_concurrent),
-                    scheduler=make_scheduler(space),
-                    num_samples=n_trials,
-                    metric=space.objectives[0].metric if single else None,
-                    mode=space.directions[0][:3] if single else None,
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=storage,
-                    verbose=0,
-                    callbacks=[progress],
-                    failure_config=tune.FailureConfig(max_failures=max_failures),
-                    checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
-                ),
-            )
+            searcher = make_searcher(space, name, named_points, study_storage, max_concurrent)
+            tuner = make_tuner(trainable, space, searcher, n_trials, name, storage, [progress], max_failures)
         results = tuner.fit()
     # Once the sweep has ended none of its study's trials can still run; trials a killed driver asked after its
     # last experiment checkpoint would stay RUNNING in the study otherwise.
-    if study_storage is not None and (
-        n := fail_running(optuna.load_study(study_name=name, storage=study_storage), dead=lambda w: True, requeue=False)
-    ):
+    if study_storage is not None and (n := fail_orphaned(name, study_storage)):
         log(f"[{name}] {n} trial(s) of a killed driver left running in the study: marked failed")
     return {**summarize_results(results, space), "trial_started_unix": progress.started_unix}
+
+
+def make_tuner(
+    trainable, space: SearchSpace, searcher, n_trials: int, name: str, storage: str, callbacks: list, max_failures: int
+) -> tune.Tuner:
+    """A new experiment: OptunaSearch proposes, ASHA stops, a failed actor is restarted `max_failures` times."""
+    single = len(space.objectives) == 1
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(space),
+            num_samples=n_trials,
+            metric=space.objectives[0].metric if single else None,
+            mode=space.directions[0][:3] if single else None,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
+        ),
+    )
 
 
 def summarize_results(results, space: SearchSpace) -> dict:
@@ -367,8 +356,6 @@ def _run_job(
 ) -> None:
     import torch
 
-    from .train import run_trial
-
     torch.set_num_threads(max(1, threads))
     name, cfg, tags = jobs[config["job"]]
     rec = run_trial(cfg, store_root, tags=tags, tracking=tracking)
@@ -382,7 +369,7 @@ def run_ray_jobs(
     address: str | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
-    storage_path: str | None = None,
+    ray_dir: str | None = None,
     name: str = "baselines",
     num_cpus: int | None = None,
     tracking: TrackingSettings | None = None,
@@ -396,7 +383,7 @@ def run_ray_jobs(
             ),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
         )
-        storage = str(Path(storage_path or DEFAULT_RAY_DIR).absolute())
+        storage = str(Path(ray_dir or DEFAULT_RAY_DIR).absolute())
         tune.Tuner(
             trainable,
             param_space={"job": tune.grid_search(list(range(len(jobs))))},

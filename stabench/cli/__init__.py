@@ -1,0 +1,278 @@
+"""The `stabench` command line: parses options and calls the library, nothing more.
+
+Every command runs inside one error boundary (`options.Command`): bad input raises `UserError` in the
+library, and the CLI prints it naming the flag, with exit code 2, before any training starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from . import output
+from .options import (
+    CONTEXT,
+    Group,
+    deprecated_alias,
+    inception_option,
+    open_store,
+    ray_options,
+    store_option,
+    tracking,
+    wandb_options,
+)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, help="Show full tracebacks for user errors too.")
+@click.version_option(package_name="stabench")
+def main(debug: bool) -> None:
+    """stabench: measure which training-stabilization settings make diffusion models train well.
+
+    A trial trains a real diffusion model from a YAML config and a seed and records loss, gradient-norm
+    and feature-norm statistics (see `stabench train --help`). Config keys are listed by `stabench keys`.
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key; repeatable. KEY is a dotted path (optim.lr) or a unique leaf "
+              "name (lr, steps). VALUE is parsed as YAML: 1e-3, null, [0.999,0.9999].")  # fmt: skip
+@click.option("--seed", type=click.IntRange(min=0), default=None, metavar="N", help="Trial seed (overrides `seed`).")
+@click.option("--device", default=None, metavar="DEVICE", help="auto (default: CUDA when available), cpu, cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
+              metavar="DIR", help="Each trial writes DIR/<run_id>/record.json and more.")  # fmt: skip
+@click.option("--checkpoint", is_flag=True, help="Also save the final weights, EMA and optimizer state.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Save a resumable checkpoint (atomically) every K steps.")  # fmt: skip
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              metavar="RUN_DIR", help="Continue an interrupted trial from RUN_DIR/checkpoint.pt (CONFIG defaults "
+              "to RUN_DIR/config.yaml); the result equals an uninterrupted run.")  # fmt: skip
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the resolved config, then exit.")
+@inception_option
+@wandb_options
+def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, resume_dir, quiet, dry_run, **wandb):
+    """Train one trial from CONFIG (a YAML file) and write its record.
+
+    \b
+    Example:
+      stabench train baselines/ddpm.yaml --set steps=200 --set lsc.mode=constant --set kappa=0.7
+    """
+    from ..config import config_hash, dump_yaml, load_config
+    from ..preflight import check_inputs
+
+    if config is None and resume_dir is None:
+        raise UserError("give a config file (or --resume RUN_DIR)", key="config")
+    extra = [f"{k}={v}" for k, v in (("seed", seed), ("device", device), ("checkpoint_every", checkpoint_every)) if v]
+    cfg = load_config(config or resume_dir / "config.yaml", [*overrides, *extra])
+    if not dry_run:
+        check_inputs([cfg])
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' exists and is not a directory", key="out")
+    if dry_run:
+        click.echo(dump_yaml(cfg) + f"# config_hash: {config_hash(cfg)}")
+        return
+    from ..engine import run_trial
+    from ..record import Status
+
+    record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint, resume_dir=resume_dir,
+                       tracking=tracking(**wandb, root=out))  # fmt: skip
+    output.trial_summary(record)
+    if record["status"] == Status.FAILED:
+        sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("space_file", metavar="SPACE.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(["optuna", "ray"]), default="optuna", show_default=True,
+              help="optuna: in-process or --workers local processes; ray: Ray Tune, local or a cluster.")  # fmt: skip
+@click.option("--study", default=None, metavar="NAME", help="Study/sweep name (default: the space's name).")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Finished trials wanted in the study (default: the space's budget.trials).")  # fmt: skip
+@store_option()
+@click.option("--resume", is_flag=True, help="Continue an interrupted sweep: retry trials left running by a killed "
+              "process (optuna) or restore the Ray Tune experiment (ray).")  # fmt: skip
+@click.option("--with-baselines", is_flag=True, help="Enqueue the baselines/*.yaml points of this space first.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
+              help="Failed trials tolerated before the sweep stops, and dead workers replaced (optuna); "
+              "restarts per trial (ray).")  # fmt: skip
+@click.option("--study-storage", default=None, metavar="URL_OR_FILE",
+              help="Optuna study storage: a journal file or an RDB URL, e.g. "
+              "postgresql+psycopg2://user:pw@host/db. Default: results/optuna/<study>.journal (optuna); "
+              "in memory, saved with the Ray experiment (ray).")  # fmt: skip
+@deprecated_alias("--storage", "study_storage")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="[optuna] Local worker processes sharing the study.")  # fmt: skip
+@ray_options
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, metavar="K",
+              help="[ray] Trials running at once (default: as many as resources allow).")  # fmt: skip
+@click.option("--ray-dir", default=None, metavar="DIR_OR_URI",
+              help="[ray] Where Ray Tune keeps experiment state (default results/ray).")  # fmt: skip
+@deprecated_alias("--storage-path", "ray_dir")
+@inception_option
+@wandb_options
+def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, max_failures, study_storage, workers,
+          address, cpus_per_trial, gpus_per_trial, max_concurrent, ray_dir, **wandb):  # fmt: skip
+    """Search the knobs of SPACE.yaml and record every trial in the store.
+
+    Re-running the same command continues the same study. The Optuna storage opens in
+    optuna-dashboard: `optuna-dashboard results/optuna/<study>.journal`.
+
+    \b
+    Examples:
+      stabench sweep search_spaces/quickstart.yaml
+      stabench sweep search_spaces/lsc.yaml --workers 2
+      stabench sweep search_spaces/cifar10-full.yaml --backend ray --address auto --gpus-per-trial 0.25
+    """
+    from ..baselines import reference_paths
+    from ..preflight import check_inputs
+    from ..space import load_space, trial_config
+    from ..sweep import SweepSettings, named_points, run_sweep
+
+    space, store = load_space(space_file), open_store(store)
+    points = named_points(space, reference_paths()) if with_baselines else {}
+    check_inputs([trial_config(space, {}, space.seeds[0])], data=not address)  # on a cluster the data is remote
+    settings = SweepSettings(study or space.name, n_trials or space.budget.trials, resume, max_failures, points,
+                             study_storage, tracking(**wandb, root=store.root))  # fmt: skip
+    objectives = [o.metric + " " + o.direction for o in space.objectives]
+    click.echo(f"sweep '{settings.study}' ({backend}): {len(space.space)} knobs, seeds {space.seeds}, "
+               f"objectives {objectives}, store {store.root}")  # fmt: skip
+    options = dict(workers=workers) if backend == "optuna" else dict(
+        address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent, ray_dir=ray_dir)  # fmt: skip
+    output.sweep_summary(run_sweep(backend, space, store, settings, **options), space)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
+@click.option("--samples", type=click.IntRange(min=2), default=None, metavar="N",
+              help="Samples per weight set (default: the trial's eval.samples).")  # fmt: skip
+@click.option("--extractor", type=click.Choice(["digits", "inception"]), default=None,
+              help="Feature extractor (default: the trial's eval.extractor).")  # fmt: skip
+@click.option("--inception-weights", default=None, metavar="PATH",
+              help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
+              "(or $STABENCH_INCEPTION_WEIGHTS).")  # fmt: skip
+def score(run_dir, samples, extractor, inception_weights):
+    """Re-score a finished trial (raw and EMA weights) from its checkpoint; writes score-*.json beside it."""
+    from ..engine import rescore
+
+    output.rescore_summary(rescore(run_dir, samples, inception_weights, extractor))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("sweep_name", metavar="SWEEP")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, metavar="K",
+              help="How many of the sweep's best configs to confirm.")  # fmt: skip
+@click.option("--n-seeds", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
+              help="Seeds 0..N-1 for each of them (seeds already recorded are not re-run).")  # fmt: skip
+@deprecated_alias("--seeds", "n_seeds", type=click.IntRange(min=1))
+@click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
+              help="Ranks the sweep's configs (lower is better; diverged = worst).")  # fmt: skip
+@store_option()
+@wandb_options
+def confirm(sweep_name, top, n_seeds, metric, store, **wandb):
+    """Re-run the TOP best configs of SWEEP with more seeds, so the leaderboard can give CIs."""
+    from ..sweep import confirm as run_confirm
+
+    store = open_store(store)
+    if not any(True for _ in store.records(sweep=sweep_name)):
+        raise UserError(f"no records of sweep '{sweep_name}' in {store.root}", key="sweep_name")
+    records = run_confirm(store, sweep_name, metric, top, n_seeds, tracking=tracking(**wandb, root=store.root))
+    click.echo(f"{len(records)} records for the top {top} configs of '{sweep_name}' "
+               f"(run `stabench leaderboard --sweep {sweep_name}`)")  # fmt: skip
+
+
+def _local_backend(ctx, param, value):
+    if value == "optuna":  # the old name: baselines never ran Optuna
+        click.echo("DeprecationWarning: --backend optuna is now called --backend local.", err=True)
+        return "local"
+    return value
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--only", multiple=True, metavar="NAME", help="Run only these baselines (repeatable; default: all).")
+@click.option("--seeds", default="0,1,2", show_default=True, metavar="LIST", help="Comma-separated seeds.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key in every baseline (e.g. steps=600 for a CPU-sized run).")  # fmt: skip
+@store_option()
+@click.option("--backend", type=click.Choice(["local", "ray", "optuna"]), default="local", show_default=True,
+              callback=_local_backend, help="local: one after another in this process; ray: as Ray Tune trials "
+              "('optuna' is the deprecated name of local).")  # fmt: skip
+@ray_options
+@inception_option
+@wandb_options
+def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, gpus_per_trial, **wandb):
+    """Run the named reference configs of baselines/ over several seeds.
+
+    Records are tagged sweep=baselines and baseline=NAME; a (baseline, seed) already in the store is
+    not run again, so an interrupted run continues where it stopped.
+    """
+    from ..baselines import baseline_jobs, baseline_names, run_baselines
+    from ..preflight import check_inputs
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"expected comma-separated integers like 0,1,2, got '{seeds}'", key="seeds") from None
+    names = list(only) or baseline_names()
+    jobs, store = baseline_jobs(names, seed_list, list(overrides)), open_store(store)
+    check_inputs([c for _, c in jobs], data=not address)
+    click.echo(f"{len(names)} baselines x {len(seed_list)} seeds = {len(jobs)} trials -> {store.root}")
+    ray = (
+        dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial) if backend == "ray" else {}
+    )
+    run_baselines(jobs, store, backend, tracking(**wandb, root=store.root), **ray)
+
+
+@main.command(context_settings=CONTEXT)
+@store_option("Results store to read (default: runs/, or $STABENCH_STORE).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="NAME",
+              help="Only records of these sweeps (repeatable); the baseline's records are always "
+              "included.")  # fmt: skip
+@click.option("--baseline", default="ddpm", show_default=True, metavar="NAME",
+              help="Baseline for deltas, steps-to-target and speedup ('' for none).")  # fmt: skip
+@click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
+              help="Quality metric (lower is better): fid_digits, kid_digits, fid, kid, "
+              "best_probe_loss, ...")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/leaderboard"),
+              show_default=True, metavar="DIR",
+              help="Writes leaderboard.md, .csv, .html and PNG plots here (results/ holds the "
+              "committed one).")  # fmt: skip
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--wandb", "wandb_mode", type=click.Choice(["online", "offline"]), default=None,
+              help="Also log the table and the files to W&B (job_type leaderboard, in the sweep's "
+              "group).")  # fmt: skip
+@click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME", help="W&B project.")
+@click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (team or user).")
+def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
+    """Regenerate the leaderboard from the results store (same store in -> byte-identical files out)."""
+    from ..leaderboard import select_records, write_leaderboard
+    from ..sweep.optuna import load_journal_study
+
+    store = open_store(store)
+    records = select_records(store, sweeps, baseline or None, metric)
+    studies = [s for s in map(load_journal_study, sweeps) if s is not None]
+    lb = write_leaderboard(records, out, metric, baseline or None, plots=not no_plots, studies=studies)
+    output.leaderboard_top(lb, metric, len(records), out)
+    if wandb["wandb_mode"]:
+        from ..tracking import log_leaderboard
+
+        log_leaderboard(tracking(**wandb, root=store.root), out, group=",".join(sweeps) or "all")
+
+
+@main.command(context_settings=CONTEXT)
+def keys() -> None:
+    """List every config key with its default and allowed values."""
+    from ..config import TrialConfig, allowed_values, leaf_keys
+
+    defaults = TrialConfig().model_dump(mode="json")
+    for key in leaf_keys():
+        value = defaults
+        for part in key.split("."):
+            value = value[part]
+        click.echo(f"{key:32s} default {value!r:24s} {allowed_values(key)}")

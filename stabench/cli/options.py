@@ -1,0 +1,144 @@
+"""What every command shares: the error boundary, deprecated spellings, and options used by several commands."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
+DEPRECATED = "deprecated__"  # prefix of the hidden options that keep an old spelling working
+
+
+class UserFacingError(click.ClickException):
+    """Printed as 'Error: ...' without a traceback; exit code 2 like click's usage errors."""
+
+    exit_code = 2
+
+
+class Command(click.Command):
+    """A command with the CLI's one error boundary: a `UserError` becomes 'Error: <flag>: <message>', exit 2
+    (`stabench --debug` re-raises it with its traceback). Old option spellings are folded into the new ones."""
+
+    def invoke(self, ctx: click.Context):
+        fold_deprecated(ctx)
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            if ctx.find_root().params.get("debug"):
+                raise
+            raise UserFacingError(err.render(flag_for(ctx, err.key))) from None
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+def flag_for(ctx: click.Context, key: str | None) -> str | None:
+    """How the user spelled the input called `key`: the flag (or argument) of the parameter of that name."""
+    used = ctx.meta.get("used_flag", {})
+    if key in used:
+        return used[key]
+    for param in ctx.command.params:
+        if param.name == key:
+            return param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+    return None
+
+
+def deprecated_alias(old: str, new: str, **option_kwargs):
+    """Keep `old` working as a hidden, deprecated spelling of the option whose parameter is called `new`."""
+    return click.option(
+        old,
+        f"{DEPRECATED}{new}",
+        hidden=True,
+        deprecated=f"use --{new.replace('_', '-')}",
+        default=None,
+        **option_kwargs,
+    )
+
+
+def fold_deprecated(ctx: click.Context) -> None:
+    for name in [n for n in ctx.params if n.startswith(DEPRECATED)]:
+        value, new = ctx.params.pop(name), name.removeprefix(DEPRECATED)
+        if value is not None:
+            ctx.params[new] = value
+            old = next(p.opts[0] for p in ctx.command.params if p.name == name)
+            ctx.meta.setdefault("used_flag", {})[new] = old
+
+
+def store_option(help: str = "Results store for the trial records (default: runs/, or $STABENCH_STORE)."):
+    return click.option("--store", type=click.Path(path_type=Path), default=None, metavar="DIR", help=help)
+
+
+def open_store(path: Path | None):
+    from ..store import DEFAULT_STORE, Store
+
+    return Store(path or DEFAULT_STORE)
+
+
+def _set_inception_env(ctx, param, value):
+    if value:  # read by scoring.resolve_inception_weights, here and in Ray workers started from here
+        os.environ["STABENCH_INCEPTION_WEIGHTS"] = str(Path(value).absolute())
+    return value
+
+
+def inception_option(fn):
+    return click.option(
+        "--inception-weights",
+        default=None,
+        metavar="PATH",
+        callback=_set_inception_env,
+        expose_value=False,
+        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for the standard FID (same as "
+        "$STABENCH_INCEPTION_WEIGHTS); nothing is downloaded.",
+    )(fn)
+
+
+def wandb_options(fn):
+    """--wandb MODE, --wandb-project, --wandb-entity (offline by default without an API key)."""
+    fn = click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (team or user).")(fn)
+    fn = click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME", help="W&B project.")(fn)
+    return click.option(
+        "--wandb",
+        "wandb_mode",
+        type=click.Choice(["online", "offline", "disabled"]),
+        default=None,
+        help="W&B mode (default: $WANDB_MODE, else online when logged in, else offline; offline runs go to "
+        "<store>/wandb/, upload with `wandb sync <store>/wandb/offline-run-*`).",
+    )(fn)
+
+
+def tracking(wandb_mode: str | None, wandb_project: str, wandb_entity: str | None, root: Path):
+    """The W&B settings of a command; offline runs go under `root`."""
+    from ..tracking import TrackingSettings
+
+    return TrackingSettings(mode=wandb_mode, project=wandb_project, entity=wandb_entity, dir=str(root))
+
+
+def ray_options(fn):
+    """--address, --cpus-per-trial, --gpus-per-trial: where and how large Ray trials are."""
+    fn = click.option(
+        "--gpus-per-trial",
+        type=click.FloatRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="G",
+        help="[ray] GPUs per trial; fractions share a GPU (0.25 = four trials per GPU).",
+    )(fn)
+    fn = click.option(
+        "--cpus-per-trial",
+        type=click.FloatRange(min=0, min_open=True),
+        default=1,
+        show_default=True,
+        metavar="C",
+        help="[ray] CPUs reserved per trial.",
+    )(fn)
+    return click.option(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="[ray] Cluster to join: 'auto', host:port or ray://host:port (default: start a local Ray).",
+    )(fn)

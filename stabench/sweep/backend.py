@@ -1,0 +1,80 @@
+"""The seam between the CLI and the sweep backends: one call, `run_sweep(name, ...)`, and a registry.
+
+A backend decides which configs run and where; it trains them through `ConfigRun` (core.py), so every
+backend writes the same records. Adding a backend means one function with this signature and one entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import UserError
+from ..space import SearchSpace
+from ..store import Store
+from ..tracking import TrackingSettings
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What every backend is told: the study, its size, resumption, failures, named points and tracking."""
+
+    study: str
+    n_trials: int
+    resume: bool = False
+    max_failures: int = 3
+    named_points: dict[str, dict] = field(default_factory=dict)  # name -> params, run first
+    study_storage: str | None = None  # Optuna journal file or RDB URL (default: a journal file per study)
+    tracking: TrackingSettings | None = None
+
+
+class Backend(Protocol):
+    """Runs (or continues) a sweep and returns its summary (`best` or `pareto_front`, and counts)."""
+
+    def __call__(self, space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict: ...
+
+
+def _optuna(space: SearchSpace, store: Store, settings: SweepSettings, *, workers: int = 1, **_) -> dict:
+    from .optuna import run_optuna_sweep
+
+    return run_optuna_sweep(
+        space,
+        store,
+        study_name=settings.study,
+        storage_url=settings.study_storage,
+        n_trials=settings.n_trials,
+        workers=workers,
+        resume=settings.resume,
+        max_failures=settings.max_failures,
+        named_points=settings.named_points,
+        tracking=settings.tracking,
+    )
+
+
+def _ray(space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict:
+    from .ray import run_ray_sweep
+
+    return run_ray_sweep(
+        space,
+        store,
+        study_name=settings.study,
+        n_trials=settings.n_trials,
+        resume=settings.resume,
+        max_failures=settings.max_failures,
+        named_points=settings.named_points,
+        storage_url=settings.study_storage,
+        tracking=settings.tracking,
+        **options,
+    )
+
+
+BACKENDS: dict[str, Backend] = {"optuna": _optuna, "ray": _ray}  # imported on use: Ray is slow to import
+
+
+def run_sweep(backend: str, space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict:
+    """Run the sweep on the named backend with its own `options` (e.g. workers; address, gpus_per_trial)."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend: '{backend}' is not a sweep backend; allowed: {', '.join(BACKENDS)}")
+    run: Callable[..., dict] = BACKENDS[backend]
+    return run(space, store, settings, **options)

@@ -1,0 +1,144 @@
+"""The one per-config seed loop that every sweep backend drives.
+
+One sampled config = one backend trial = one engine `Trial` per seed of the space, each writing its record to
+the store tagged with the sweep, backend and trial number. A (config, seed) the sweep has already recorded is
+reused, never trained twice. The objective of a config is the mean over its seeds; a diverged seed counts as
+the worst possible value (infinity), never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..config import build_config, config_hash, config_to_dict, load_config
+from ..engine import Trial
+from ..errors import ConfigError
+from ..record import Status, Tags, record_value
+from ..space import CategoricalDist, SearchSpace, scalar_choices, trial_config
+from ..store import Store
+from ..tracking import TrackingSettings
+
+
+class TrialFailed(Exception):
+    """A seed of the trial ended with status `failed` (the error is in its record), or its config is invalid."""
+
+
+class TrialPruned(Exception):
+    """The backend stopped the trial early."""
+
+
+@dataclass
+class Event:
+    """What a config run reports: an evaluation entry of the running seed, or a seed's finished record."""
+
+    seed_index: int
+    entry: dict | None = None
+    record: dict | None = None
+
+
+@dataclass
+class ConfigRun:
+    """Runs one sampled config for every seed of the space, reusing records already in the store.
+
+    `events(params)` trains seed after seed and yields an `Event` per evaluation entry and per finished seed
+    (but the last); it returns the objective values. `stop()` ends it: the running seed is recorded as
+    `pruned` and the next step of `events` raises `TrialPruned`. A failed seed raises `TrialFailed`.
+    """
+
+    space: SearchSpace
+    store: Store
+    tags: Tags
+    tracking: TrackingSettings | None = None
+    records: list[dict] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)  # run ids found in the store instead of trained again
+    current: Trial | None = None
+    stopped: bool = False
+
+    def events(self, params: dict[str, Any]) -> Iterator[Event]:
+        for i, seed in enumerate(self.space.seeds):
+            if self.stopped:
+                raise TrialPruned(f"pruned before seed {seed}")
+            record = yield from self._seed(i, seed, params)
+            self.records.append(record)
+            if record["status"] == Status.FAILED:
+                raise TrialFailed(f"seed {seed}: {record['error']['type']}: {record['error']['message']}")
+            if record["status"] == Status.PRUNED:
+                raise TrialPruned(f"pruned at step {record['pruned_at']}")
+            if i + 1 < len(self.space.seeds):
+                yield Event(i, record=record)
+        return self.values()
+
+    def _seed(self, index: int, seed: int, params: dict[str, Any]) -> Iterator[Event]:
+        """Train one seed (or find it in the store); returns its record."""
+        try:
+            cfg = trial_config(self.space, params, seed)
+        except ConfigError as e:  # values valid one by one but not together: this trial fails, the sweep goes on
+            raise TrialFailed(str(e)) from None
+        found = self.store.find(config_hash(cfg), seed, sweep=self.tags.sweep)
+        if found is not None:  # a resumed sweep, or a config sampled twice
+            self.reused.append(found["run_id"])
+            return found
+        tags = replace(self.tags, seed_index=index, params=params)
+        self.current = Trial(
+            cfg, self.store.root, tags=tags.to_dict(), tracking=self.tracking, writer=self.store.write_unique
+        )
+        for entry in self.current.run():
+            yield Event(index, entry=entry)
+        record, self.current = self.current.record, None
+        return record
+
+    def stop(self) -> None:
+        """Stop after the current evaluation point (the running seed is recorded as `pruned`)."""
+        self.stopped = True
+        if self.current is not None and not self.current.finished:
+            self.current.stop()
+
+    def values(self) -> list[float]:
+        return objective_values(self.space, self.records)
+
+
+def run_config(run: ConfigRun, params: dict[str, Any]) -> list[float]:
+    """Drive `run` to its end without intermediate decisions; returns the objective values."""
+    events = run.events(params)
+    while True:
+        try:
+            next(events)
+        except StopIteration as done:
+            return done.value
+
+
+def objective_values(space: SearchSpace, records: list[dict]) -> list[float]:
+    """A config's value of each objective: the mean over its seeds' records (diverged = the worst value)."""
+    return [sum(record_value(r, o.metric, o.direction) for r in records) / len(records) for o in space.objectives]
+
+
+def named_point_params(space: SearchSpace, config: dict) -> dict[str, Any]:
+    """A config's values for the space's keys (only keys active under its own values): a point of the space."""
+    params: dict[str, Any] = {}
+    for key, d in space.space.items():
+        value: Any = config
+        for part in key.split("."):
+            value = value[part]
+        if d.when and not all(params.get(p) in v for p, v in d.when.items()):
+            continue
+        if isinstance(d, CategoricalDist) and value not in d.choices:
+            continue
+        params[key] = json.dumps(value) if isinstance(d, CategoricalDist) and not scalar_choices(d) else value
+    return params
+
+
+def named_points(space: SearchSpace, reference_configs: list) -> dict[str, dict]:
+    """The reference configs (paths of baselines/*.yaml) as named points of this space: those on the same
+    workload, `ddpm` first; a config that lands on the same point as an earlier one is skipped."""
+    points: dict[str, dict] = {}
+    workload = config_to_dict(build_config(space.base))["workload"]
+    for path in sorted(reference_configs, key=lambda p: (p.stem != "ddpm", p.stem)):
+        cfg = config_to_dict(load_config(path))
+        if cfg["workload"] == workload:
+            params = named_point_params(space, cfg)
+            if params and params not in points.values():
+                points[path.stem] = params
+    return points

@@ -1,0 +1,403 @@
+"""The Optuna backend: a study (journal file or RDB) asks for configs, `ConfigRun` trains them, the study is told.
+
+The only module that touches Optuna's internals (heartbeats, a trial's storage id): `study.optimize` hides
+what a supervised, resumable ask/tell loop needs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # as study.optimize; we ask/tell
+from optuna.trial import TrialState
+
+from ..errors import UserError
+from ..record import Tags, eval_value, record_value
+from ..space import SearchSpace, grid_values, suggest
+from ..store import Store
+from ..tracking import TrackingSettings
+from .core import ConfigRun, Event, TrialFailed, TrialPruned
+from .workers import same_machine, supervise, this_worker, worker_is_gone
+
+DEFAULT_STORAGE_DIR = Path("results") / "optuna"
+
+
+def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The space's sampler. `seed_offset` differs per worker and per restart so that a seeded sampler in a
+    second process does not propose the same sequence of configs again."""
+    s = space.sampler
+    opts = dict(s.options)
+    seed = None if s.seed is None else s.seed + seed_offset
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(grid_values(space), seed=seed)
+    cls = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "qmc": optuna.samplers.QMCSampler,
+    }[s.name]
+    return cls(seed=seed, **opts)
+
+
+def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    p = space.pruner
+    cls = {
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "wilcoxon": optuna.pruners.WilcoxonPruner,
+        "none": optuna.pruners.NopPruner,
+    }[p.name]
+    return cls(**p.options)
+
+
+HEARTBEAT_INTERVAL_S = int(os.environ.get("STABENCH_HEARTBEAT_S", "60"))
+HEARTBEAT_GRACE_S = int(os.environ.get("STABENCH_HEARTBEAT_GRACE_S", "180"))
+MAX_RETRY = 2  # a trial whose worker died is retried this many times (RDB storages, via heartbeats)
+
+
+def make_storage(url: str | None, study_name: str, heartbeats: bool = True) -> tuple[optuna.storages.BaseStorage, str]:
+    """Journal file by default (safe for several local processes); any RDB URL otherwise, with heartbeats:
+    a trial whose worker stops beating for HEARTBEAT_GRACE_S is marked FAIL and retried (up to MAX_RETRY).
+    Ray's OptunaSearch asks and tells from the driver only, so it opens RDB storages without heartbeats."""
+    if url is None:
+        DEFAULT_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
+        url = str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
+    if "://" not in url:  # a plain path: an Optuna journal file
+        path = Path(url)
+        if path.exists() and path.is_dir():
+            raise UserError(f"'{url}' is a directory; give a journal file path or a database URL", key="study_storage")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path))), str(path)
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            beats = dict(
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=HEARTBEAT_GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
+            )
+            storage = optuna.storages.RDBStorage(
+                url,
+                **(beats if heartbeats else {}),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
+        return storage, url
+    except Exception as e:  # bad dialect, unreachable server, ...
+        raise UserError(
+            f"cannot open '{url}': {type(e).__name__}: {e}",
+            key="study_storage",
+            allowed="a journal file path, or an RDB URL such as postgresql://user:pw@host/db",
+        ) from None
+
+
+def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> optuna.Study:
+    storage, _ = make_storage(storage_url, study_name)
+    kw = {"directions": space.directions} if len(space.objectives) > 1 else {"direction": space.directions[0]}
+    return optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=make_sampler(space),
+        pruner=make_pruner(space),
+        load_if_exists=True,
+        **kw,
+    )
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    c = {s.name.lower(): 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        c[t.state.name.lower()] += 1
+    return c
+
+
+def fail_running(study: optuna.Study, dead: Callable[[dict | None], bool], requeue: bool = True) -> int:
+    """Mark RUNNING trials whose worker (the `worker` user attr) is `dead` as FAIL and, with `requeue`, enqueue
+    their params again (same config, same baseline name; the seeds it already finished are found in the store,
+    so nothing is recorded twice). Returns how many it failed."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not dead(t.user_attrs.get("worker")):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished meanwhile, or a heartbeat check failed it first
+        if requeue:
+            keep = {k: v for k, v in t.user_attrs.items() if k == "baseline_point"}
+            study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number}, skip_if_exists=False)
+        n += 1
+    return n
+
+
+def fail_orphaned(name: str, storage: optuna.storages.BaseStorage) -> int:
+    """Mark every RUNNING trial of a finished sweep's study failed (asked by a driver that was killed)."""
+    return fail_running(optuna.load_study(study_name=name, storage=storage), dead=lambda w: True, requeue=False)
+
+
+def trial_failures(study: optuna.Study) -> int:
+    """Trials that failed by themselves (an exception in training); not those of a dead worker or a stale
+    heartbeat, which are retried."""
+    return sum("error" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+
+def sweep_lock(store: Store, name: str):
+    """Serialises 'count trials, then create one' across local workers so the count is exact."""
+    return store.lock(f"sweep-{name}")
+
+
+def should_prune(trial: optuna.Trial, space: SearchSpace, event: Event) -> bool:
+    """Report to the pruner and ask it: eval points of the first seed, or (Wilcoxon) one value per finished seed.
+    Optuna cannot prune multi-objective studies."""
+    if len(space.objectives) > 1 or space.pruner.name == "none":
+        return False
+    o = space.objectives[0]
+    if space.pruner.name == "wilcoxon":
+        if event.record is None:
+            return False
+        trial.report(record_value(event.record, o.metric, o.direction), event.seed_index)
+        return trial.should_prune()
+    if event.entry is None or event.seed_index > 0:
+        return False
+    value = eval_value(event.entry, o.metric)
+    if value is None:
+        return False
+    trial.report(value, event.entry["step"])
+    return trial.should_prune()
+
+
+def run_with_pruner(run: ConfigRun, params: dict[str, Any], trial: optuna.Trial, space: SearchSpace) -> list[float]:
+    """Every seed of `params`, stopped when the pruner says so; returns the objective values."""
+    events = run.events(params)
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as done:
+            return done.value
+        if should_prune(trial, space, event):
+            run.stop()
+
+
+def run_one_optuna_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    space: SearchSpace,
+    store: Store,
+    sweep: str,
+    tracking: TrackingSettings | None = None,
+) -> tuple[TrialState, list[float] | None]:
+    """Train one asked trial over every seed and tell the study how it ended."""
+    tags = Tags(
+        sweep=sweep,
+        backend="optuna",
+        trial_number=trial.number,
+        scheduled_unix=time.time(),
+        named_point=trial.user_attrs.get("baseline_point"),
+    )
+    run = ConfigRun(space, store, tags, tracking)
+    try:
+        values = run_with_pruner(run, suggest(trial, space), trial, space)
+        if run.reused:
+            trial.set_user_attr("reused", run.reused)
+    except TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        return TrialState.PRUNED, None
+    except TrialFailed as e:
+        trial.set_user_attr("error", str(e)[:500])
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return TrialState.FAIL, None
+    except BaseException:  # anything else (Ctrl-C included): never leave the trial RUNNING in the study
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    if space.pruner.name == "wilcoxon" and len(space.objectives) == 1:
+        o = space.objectives[0]
+        trial.report(record_value(run.records[-1], o.metric, o.direction), len(run.records) - 1)
+    # skip_if_finished: a trial failed meanwhile by a heartbeat check was queued again; its retry reuses the records
+    told = study.tell(trial, values if len(values) > 1 else values[0], skip_if_finished=True)
+    return told.state, values
+
+
+def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str:
+    c = counts(study)
+    done = c["complete"] + c["pruned"]
+    line = (
+        f"[{study.study_name}] done {done}/{n_trials} | running {c['running']} | pruned {c['pruned']} | "
+        f"failed {c['fail']}"
+    )
+    if c["complete"] and len(space.objectives) == 1:
+        best = study.best_trial
+        line += f" | best {space.objectives[0].metric}={best.value:.4g} (trial {best.number})"
+    elif c["complete"]:
+        line += f" | Pareto front: {len(study.best_trials)} trials"
+    return line
+
+
+def optuna_worker(
+    space: SearchSpace,
+    store_root: str,
+    sweep: str,
+    storage_url: str | None,
+    n_trials: int,
+    max_failures: int,
+    timeout_s: float | None,
+    threads: int | None = None,
+    worker_index: int = 0,
+    tracking: TrackingSettings | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store, study = Store(store_root), open_study(space, sweep, storage_url)
+    study.sampler = make_sampler(space, seed_offset=1000 * len(study.trials) + worker_index)
+    limits = WorkerLimits(n_trials, max_failures, timeout_s, trial_failures(study), time.monotonic())
+    while (trial := ask_next(study, store, sweep, limits, log)) is not None:
+        with get_heartbeat_thread(trial._trial_id, study._storage):  # no-op for journal files
+            state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking)
+        shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values)) if values else ""
+        if values and state != TrialState.COMPLETE:
+            shown += " (finished after a heartbeat check had failed it; its retry reuses these records)"
+        log(f"trial {trial.number} {state.name.lower()} {shown}  {progress_line(study, n_trials, space)}")
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """When a worker stops asking: enough trials, too many failed trials, or past its deadline."""
+
+    n_trials: int
+    max_failures: int  # failed trials since this worker started
+    timeout_s: float | None
+    failures_at_start: int
+    started: float  # time.monotonic()
+
+
+def ask_next(
+    study: optuna.Study, store: Store, sweep: str, limits: WorkerLimits, log: Callable[[str], None]
+) -> optuna.Trial | None:
+    """The next trial to run, tagged with this worker; None once a limit is reached."""
+    if is_heartbeat_enabled(study._storage):  # RDB: trials of dead workers -> FAIL -> retried
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    with sweep_lock(store, sweep):  # 'count, then ask' is exact across local workers
+        c = counts(study)
+        if c["complete"] + c["pruned"] + c["running"] >= limits.n_trials:
+            return None
+        if trial_failures(study) - limits.failures_at_start > limits.max_failures:
+            log(f"[{sweep}] stopping: more than {limits.max_failures} failed trials (see their records)")
+            return None
+        if limits.timeout_s is not None and time.monotonic() - limits.started > limits.timeout_s:
+            log(f"[{sweep}] stopping: timeout of {limits.timeout_s:g}s reached")
+            return None
+        trial = study.ask()
+        trial.set_user_attr("worker", this_worker())  # lets the driver or --resume retry it
+        return trial
+
+
+def _worker_entry(kwargs: dict) -> None:
+    optuna_worker(**kwargs)
+
+
+def run_optuna_sweep(
+    space: SearchSpace,
+    store: Store,
+    *,
+    study_name: str | None = None,
+    storage_url: str | None = None,
+    n_trials: int | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    max_failures: int = 3,
+    named_points: dict[str, dict] | None = None,
+    tracking: TrackingSettings | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or continue) a sweep with Optuna in this process or `workers` supervised local processes; returns a
+    summary with the best trial(s). `named_points` (name -> params) run first, labelled `<name>@<sweep>`."""
+    name = study_name or space.name
+    n_trials = n_trials or space.budget.trials
+    study = open_study(space, name, storage_url)
+    if resume:
+        retry_interrupted(study, store, log)
+    for point, params in (named_points or {}).items():
+        study.enqueue_trial(params, user_attrs={"baseline_point": point}, skip_if_exists=True)
+    kwargs = dict(
+        space=space,
+        store_root=str(store.root),
+        sweep=name,
+        storage_url=storage_url,
+        n_trials=n_trials,
+        max_failures=max_failures,
+        timeout_s=space.budget.timeout_s,
+        tracking=tracking,
+    )
+    if workers <= 1:
+        optuna_worker(**kwargs, log=log)
+    else:
+        supervise(_worker_entry, kwargs, workers, max_failures, on_death=requeue_dead_worker(study, log))
+    c = counts(study)
+    if c["waiting"] and c["complete"] + c["pruned"] < n_trials:
+        log(
+            f"[{name}] {c['waiting']} queued trial(s) did not run (the workers stopped); "
+            "run the same command again to finish them"
+        )
+    return summarize_study(study, space)
+
+
+def retry_interrupted(study: optuna.Study, store: Store, log: Callable[[str], None]) -> None:
+    """--resume: trials whose worker is really gone are marked failed and queued again."""
+    heartbeats = is_heartbeat_enabled(study._storage)
+    with sweep_lock(store, study.study_name):  # local workers ask and tag under this lock
+        retried = fail_running(study, lambda w: worker_is_gone(w, heartbeats))
+    if retried:
+        log(f"[{study.study_name}] resuming: {retried} interrupted trial(s) marked failed and queued again")
+
+
+def requeue_dead_worker(study: optuna.Study, log: Callable[[str], None]) -> Callable[[int, int], None]:
+    """What the supervisor does when a local worker dies: its trial is marked failed and queued again."""
+
+    def on_death(pid: int, exitcode: int) -> None:
+        n = fail_running(study, lambda w: w is not None and same_machine(w) and w["pid"] == pid)
+        log(
+            f"[{study.study_name}] worker pid {pid} died (exit code {exitcode}); {n} trial(s) marked failed "
+            "and queued again"
+        )
+
+    return on_death
+
+
+def summarize_study(study: optuna.Study, space: SearchSpace) -> dict:
+    c = counts(study)
+    out: dict[str, Any] = {"study": study.study_name, "counts": c}
+    if not c["complete"]:
+        return out
+    if len(space.objectives) == 1:
+        b = study.best_trial
+        out["best"] = {"trial": b.number, "value": b.value, "params": b.params}
+    else:
+        out["pareto_front"] = [{"trial": t.number, "values": t.values, "params": t.params} for t in study.best_trials]
+    return out
+
+
+def load_journal_study(name: str) -> optuna.Study | None:
+    """The study of sweep `name` in its default journal file, if there is one (for knob importance)."""
+    path = DEFAULT_STORAGE_DIR / f"{name}.journal"
+    if not path.is_file():
+        return None
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
