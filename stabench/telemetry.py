@@ -78,20 +78,44 @@ class DivergenceDetector:
         return None
 
 
+# Probe series recorded at every probe point (record["probes"]), decoder side first: ScaleLong's theory bounds the
+# features the decoder receives, so rankings use those; the encoder side is kept as a diagnostic.
+PROBE_SERIES = (
+    "probe_loss",  # unweighted eps-MSE of the fixed probe batch: comparable across weighting kinds
+    "probe_grad_norm",  # global gradient norm of that unweighted loss (no weighting, no clipping, fixed batch)
+    "decoder_norm",  # the decoder's last hidden feature (before the output head)
+    "skip_norm",  # all long skips as they enter the decoder (after LSC scaling), together
+    "skip_norms",  # each long skip as it enters the decoder, outermost first
+    "encoder_norm",  # diagnostic: the encoder's skip outputs before scaling, together
+)
+# Records written before the decoder-side readout (schema 1) named two series differently.
+LEGACY_SERIES = {"decoder_norm": "out_norm", "encoder_norm": "feature_norm"}
+
+
+def probe_series(probes: dict, name: str) -> list | None:
+    """A probe series of a record, also from records of the old readout (where it exists there)."""
+    if name in probes:
+        return probes[name]
+    return probes.get(LEGACY_SERIES.get(name, ""))
+
+
 @torch.no_grad()
 def feature_norms(features: dict) -> dict:
-    """ScaleLong's "norm of feature": mean per-sample L2 norm of each long-skip feature (the encoder's
-    output, before LSC scaling, so that scaling does not lower the metric by construction), of all of
-    them together, and of the decoder's output feature."""
+    """ScaleLong's "norm of feature" on the probe batch: mean per-sample L2 norm of each long skip entering the
+    decoder (after scaling), of all of them together, and of the decoder's last hidden feature; plus the
+    encoder-side norm before scaling as a diagnostic."""
 
     def per_sample(x: torch.Tensor) -> torch.Tensor:
         return x.float().flatten(1).norm(dim=1)
 
-    skips = [per_sample(s) for s in features["encoder"]]
+    def together(xs: list[torch.Tensor]) -> float:
+        return torch.stack([per_sample(x) for x in xs]).pow(2).sum(0).sqrt().mean().item()
+
     return {
-        "skip_norms": [s.mean().item() for s in skips],
-        "feature_norm": torch.stack(skips).pow(2).sum(0).sqrt().mean().item(),
-        "out_norm": per_sample(features["out"]).mean().item(),
+        "decoder_norm": per_sample(features["out"]).mean().item(),
+        "skip_norm": together(features["skips"]),
+        "skip_norms": [per_sample(s).mean().item() for s in features["skips"]],
+        "encoder_norm": together(features["encoder"]),
     }
 
 
@@ -109,44 +133,93 @@ def grad_spike_rate(grad_norm: np.ndarray, start: int, factor: float, window: in
     return 1000.0 * spikes / checked if checked else None
 
 
-def probe_loss_oscillation(probe_loss: list[float]) -> float | None:
-    """mean |d log L| - |mean d log L| over consecutive probes: ~0 when monotone, high for zig-zags."""
-    logs = np.log(np.asarray(probe_loss, dtype=np.float64))
+def oscillation(series: list[float]) -> float | None:
+    """mean |d log x| - |mean d log x| over consecutive probes: ~0 for a monotone series, high for zig-zags.
+    Scale-free, so a series that grows smoothly (or a weighting that scales it) does not count as unstable."""
+    logs = np.log(np.asarray(series, dtype=np.float64))
     if len(logs) < 3 or not np.all(np.isfinite(logs)):
         return None
     d = np.diff(logs)
     return float(np.mean(np.abs(d)) - abs(np.mean(d)))
 
 
+probe_loss_oscillation = oscillation
+
+
+def series_summary(name: str, series: list[float] | None) -> dict:
+    """Maximum, final/initial growth and oscillation of a probe series."""
+    if not series:
+        return {}
+    return {
+        f"{name}_max": _finite(max(series)),
+        f"{name}_growth": _finite(series[-1] / series[0]) if len(series) > 1 and series[0] > 0 else None,
+        f"{name}_osc": oscillation(series),
+    }
+
+
+def spike_fraction(series: list[float], start: int, factor: float, window: int = 10) -> float | None:
+    """Fraction of probe points from `start` on whose value exceeds `factor` x the median of the previous
+    `window` probe points."""
+    x = np.asarray(series, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        return None
+    checked = [bool(x[i] > factor * np.median(x[max(0, i - window) : i])) for i in range(max(start, 1), len(x))]
+    return float(np.mean(checked)) if checked else None
+
+
+def cv(x: np.ndarray) -> float | None:
+    """Coefficient of variation (std / mean) of finite values, None for fewer than two."""
+    x = x[np.isfinite(x)]
+    return _finite(float(np.std(x) / np.mean(x))) if len(x) > 1 and np.mean(x) > 0 else None
+
+
+# The parts of `instability`: each is dimensionless, none depends on the timestep weighting kind (all are read
+# on the fixed probe batch with the unweighted loss, or on decoder-side features), and each is 0 when steady.
+INSTABILITY_PARTS = (
+    "probe_grad_osc",
+    "probe_grad_spike_frac",
+    "probe_loss_osc",
+    "decoder_norm_osc",
+    "decoder_norm_log_growth",
+)
+
+
 def instability_score(parts: dict, diverged: bool) -> float:
-    """One scalar for ranking (lower is steadier; 0 = perfectly steady; inf = diverged):
-    grad_norm_cv + probe_loss_osc + grad_spike_rate / 100 + max(0, log feature_norm_growth).
-    Every term is dimensionless; missing terms count 0."""
+    """One scalar for ranking (lower is steadier; 0 = perfectly steady; inf = diverged): the sum of
+    INSTABILITY_PARTS, where `decoder_norm_log_growth` = max(0, log decoder_norm_growth). Missing parts count 0."""
     if diverged:
         return math.inf
-    growth = parts.get("feature_norm_growth")
-    return (
-        (parts.get("grad_norm_cv") or 0.0)
-        + (parts.get("probe_loss_osc") or 0.0)
-        + (parts.get("grad_spike_rate") or 0.0) / 100.0
-        + (max(0.0, math.log(growth)) if growth else 0.0)
-    )
+    return sum(parts.get(k) or 0.0 for k in INSTABILITY_PARTS)
 
 
 def summarize(log: StepLog, probes: dict, warmup: int, spike_factor: float, spike_window: int, diverged: bool) -> dict:
     """Scalar stability metrics of a finished (or stopped) trial."""
     gn = np.asarray(log.grad_norm, dtype=np.float64)
     finite_gn = gn[warmup:][np.isfinite(gn[warmup:])]
-    fn = probes["feature_norm"]
+    probe_steps = probes["step"]
+    first_probe = next((i for i, s in enumerate(probe_steps) if s >= warmup), len(probe_steps))
+    pg = probes.get("probe_grad_norm") or []
     parts = {
+        # Training-loss statistics: they depend on the weighting kind (diagnostics, not in `instability`).
         "clip_frac": float(np.mean(log.clipped)) if log.clipped else None,
         "grad_norm_mean": _finite(float(np.mean(finite_gn))) if len(finite_gn) else None,
         "grad_norm_max": _finite(float(np.max(finite_gn))) if len(finite_gn) else None,
-        "grad_norm_cv": _finite(float(np.std(finite_gn) / np.mean(finite_gn))) if len(finite_gn) > 1 else None,
+        "grad_norm_cv": cv(gn[warmup:]),
         "grad_spike_rate": grad_spike_rate(gn, warmup, spike_factor, spike_window) if np.all(np.isfinite(gn)) else None,
-        "probe_loss_osc": probe_loss_oscillation(probes["probe_loss"]),
-        "feature_norm_max": _finite(max(fn)) if fn else None,
-        "feature_norm_growth": _finite(fn[-1] / fn[0]) if len(fn) > 1 and fn[0] > 0 else None,
+        # Weighting-free statistics on the fixed probe batch.
+        "probe_loss_osc": oscillation(probes["probe_loss"]),
+        "probe_grad_cv": cv(np.asarray(pg[first_probe:], dtype=np.float64)) if pg else None,
+        "probe_grad_osc": oscillation(pg[first_probe:]) if pg else None,
+        "probe_grad_spike_frac": spike_fraction(pg, first_probe, spike_factor) if pg else None,
+        **series_summary("decoder_norm", probe_series(probes, "decoder_norm")),
+        **series_summary("skip_norm", probe_series(probes, "skip_norm")),
+        **{
+            k: v
+            for k, v in series_summary("encoder_norm", probe_series(probes, "encoder_norm")).items()
+            if not k.endswith("_osc")
+        },
     }
+    growth = parts.get("decoder_norm_growth")
+    parts["decoder_norm_log_growth"] = max(0.0, math.log(growth)) if growth else None
     parts["instability"] = instability_score(parts, diverged)
     return parts
