@@ -295,26 +295,40 @@ def fid_floor(
     seed: int = 0,
     splits: int = 5,
     kid_subsets: int = 100,
+    real: torch.Tensor | None = None,
+    n: int | None = None,
 ) -> dict:
-    """FID/KID between two disjoint, equal halves of the real data: the noise floor of the metric.
+    """FID/KID of real images scored like samples: the floor of the metric, averaged over `splits` seeded draws.
 
-    Averaged over `splits` seeded random halvings, since one halving alone is noisy. Returns the
-    mean as `fid_digits`/`kid_digits` (or `fid`/`kid`), the spread over splits as `*_std`, each split's
-    FID, and 'n_per_half'. Computed once and stored as JSON next to the cached reference statistics;
-    later calls read it. It is measured at half the reference size, and FID is biased upwards at small
-    sample counts, so compare it with FIDs of about that many samples.
+    With `real` (the training images) and `n`: `n` real images, drawn without replacement, against the whole
+    reference, exactly as a trial's `n` samples are scored (`source` "train-vs-reference"). FID is biased
+    upwards at small sample counts, so only a floor at the trial's own `n` tells a real gap from noise.
+    Without them: two disjoint halves of the reference (`source` "halves"), the metric's own noise.
+    Returns the mean as `fid_digits`/`kid_digits` (or `fid`/`kid`), the spread as `*_std`, each draw's FID,
+    and `n`. Computed once and stored as JSON next to the cached reference statistics.
     """
     ext = _resolve(extractor, inception_weights)
     ref = images_to_uint8(reference)
     cache_dir = Path(cache_dir or default_cache_dir())
-    path = cache_dir / f"{_cache_name(reference_name, ref, ext)}-floor-seed{seed}x{splits}.json"
+    ref_cache = _cache_name(reference_name, ref, ext)
+    at_n = real is not None
+    if at_n:
+        real_u8 = images_to_uint8(real)
+        n = min(n or len(ref), len(real_u8))
+        path = cache_dir / f"{ref_cache}-floor-{_cache_name('train', real_u8, ext)}-n{n}-seed{seed}x{splits}.json"
+    else:
+        n = len(ref) // 2
+        path = cache_dir / f"{ref_cache}-floor-seed{seed}x{splits}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    gen, half = torch.Generator().manual_seed(seed), len(ref) // 2
-    runs = []
+    gen, runs = torch.Generator().manual_seed(seed), []
     for _ in range(splits):
-        perm = torch.randperm(len(ref), generator=gen)
-        runs.append(_calculate(ref[perm[:half]], ref[perm[half : 2 * half]], ext, None, cache_dir, kid_subsets))
+        if at_n:  # the reference's statistics come from the cache, as for a trial's samples
+            drawn = real_u8[torch.randperm(len(real_u8), generator=gen)[:n]]
+            runs.append(_calculate(drawn, ref, ext, ref_cache, cache_dir, kid_subsets))
+        else:
+            perm = torch.randperm(len(ref), generator=gen)
+            runs.append(_calculate(ref[perm[:n]], ref[perm[n : 2 * n]], ext, None, cache_dir, kid_subsets))
     fid, kid = [r[ext.key("fid")] for r in runs], [r[ext.key("kid")] for r in runs]
     result = {
         ext.key("fid"): statistics.mean(fid),
@@ -323,7 +337,9 @@ def fid_floor(
         ext.key("kid") + "_std": statistics.pstdev(kid),
         ext.key("fid") + "_splits": fid,
         "extractor": ext.fidelity_name,
-        "n_per_half": half,
+        "source": "train-vs-reference" if at_n else "halves",
+        "n": n,
+        "n_reference": len(ref) if at_n else n,
         "splits": splits,
         "seed": seed,
         "reference": reference_name,
@@ -334,7 +350,11 @@ def fid_floor(
 
 class ReferenceScorer:
     """Scores sample batches of one trial against its workload's held-out reference split, with the
-    reference statistics cached on disk (computed by the first scoring, reused by every later one)."""
+    reference statistics cached on disk (computed by the first scoring, reused by every later one).
+
+    With the training images (`real`), it also gives the floor at a trial's sample count and a selection
+    FID against the training images, so that choosing among weight sets never looks at the reported reference.
+    """
 
     def __init__(
         self,
@@ -345,14 +365,25 @@ class ReferenceScorer:
         split: str = "test",
         inception_weights: str | Path | None = None,
         cache_dir: str | Path | None = None,
+        real: torch.Tensor | None = None,
     ):
         self.ext = get_extractor(extractor, inception_weights)
-        self.reference, self.cache_dir = reference, cache_dir
+        self.reference, self.real, self.cache_dir = reference, real, cache_dir
         self.name = self.ext.reference_name(dataset, resolution, split)
+        self.selection_name = self.ext.reference_name(dataset, resolution, "train")
         self.fid_key, self.kid_key = self.ext.key("fid"), self.ext.key("kid")
 
     def score(self, samples: torch.Tensor) -> dict:
+        """FID/KID of `samples` against the reported reference."""
         return score(samples, self.reference, self.name, self.ext, cache_dir=self.cache_dir)
 
-    def floor(self) -> float:
-        return fid_floor(self.reference, self.name, self.ext, cache_dir=self.cache_dir)[self.fid_key]
+    def selection_fid(self, samples: torch.Tensor) -> float:
+        """FID of `samples` against the training images (for choosing weights; never reported as quality)."""
+        assert self.real is not None, "selection needs the training images"
+        return score(samples, self.real, self.selection_name, self.ext, cache_dir=self.cache_dir)[self.fid_key]
+
+    def floor(self, n: int | None = None) -> float:
+        """The metric's floor: `n` training images against the reference (two halves without training images)."""
+        return fid_floor(self.reference, self.name, self.ext, cache_dir=self.cache_dir, real=self.real, n=n)[
+            self.fid_key
+        ]
