@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import TrialConfig, config_hash, load_config
+from .engine import run_trial
 from .errors import UserError
 from .store import Store
 from .tracking import TrackingSettings
-from .train import run_trial
 
 # ./baselines when run from a checkout or a project of one's own, else the repository's (editable install)
 BASELINES_DIR = Path(os.environ.get("STABENCH_BASELINES", "baselines"))

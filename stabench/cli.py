@@ -177,8 +177,8 @@ def train(
         click.echo(dump_yaml(cfg) + f"# config_hash: {config_hash(cfg)}")
         return
 
+    from .engine import run_trial
     from .record import Status
-    from .train import run_trial
 
     try:
         record = run_trial(
@@ -493,7 +493,7 @@ def score(
     ctx: click.Context, run_dir: Path, samples: int | None, extractor: str | None, inception_weights: str | None
 ) -> None:
     """Re-score a finished trial (raw and EMA weights) from its checkpoint; writes score-*.json beside it."""
-    from .train import rescore
+    from .engine import rescore
 
     try:
         result = rescore(run_dir, samples, inception_weights, extractor)

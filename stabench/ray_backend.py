@@ -20,13 +20,13 @@ import optuna
 from ray import tune
 
 from .config import config_hash
+from .engine import Trial
 from .errors import UserError
 from .record import Status, eval_value, worst
 from .search import fail_running, make_sampler, make_storage, objective_values
 from .space import SearchSpace, decode_params, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
-from .train import Trial
 
 DEFAULT_RAY_DIR = Path("results") / "ray"
 
@@ -101,7 +101,7 @@ class StabenchTrainable(tune.Trainable):
         while True:
             rec = self._start_seed() if self.current is None else None
             if rec is None:
-                entry = self.current.next_eval()
+                entry = next(self.current.run(), None)
                 if entry is not None:
                     return self._intermediate(entry)
                 rec, self.current = self.current.record, None
@@ -367,7 +367,7 @@ def _run_job(
 ) -> None:
     import torch
 
-    from .train import run_trial
+    from .engine import run_trial
 
     torch.set_num_threads(max(1, threads))
     name, cfg, tags = jobs[config["job"]]

@@ -26,12 +26,12 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.trial import TrialState
 
 from .config import config_hash
+from .engine import Trial, run_trial
 from .errors import ConfigError, UserError
 from .record import FINISHED, Status, eval_value, record_value
 from .space import CategoricalDist, SearchSpace, grid_values, scalar_choices, suggest, trial_config
 from .store import Store
 from .tracking import TrackingSettings
-from .train import run_trial
 
 DEFAULT_STORAGE_DIR = Path("results") / "optuna"
 
@@ -70,15 +70,17 @@ class ConfigRun:
                 raise TrialFailed(str(e)) from None
             rec = self.store.find(config_hash(cfg), seed, sweep=self.tags["sweep"])
             if rec is None:  # resumed sweeps (or a config sampled twice) do not re-run a finished seed
-                reporter = (lambda entry, i=i: self.report(i, entry["step"], entry)) if self.report else None
-                rec = run_trial(
+                trial = Trial(
                     cfg,
                     self.store.root,
-                    reporter=reporter,
                     tracking=self.tracking,
                     tags={**self.tags, "seed_index": i, "params": params},
                     writer=self.store.write_unique,
                 )
+                for entry in trial.run():
+                    if self.report is not None and self.report(i, entry["step"], entry):
+                        trial.stop()  # the backend prunes: status `pruned`
+                rec = trial.record
             else:
                 self.reused.append(rec["run_id"])
             self.records.append(rec)
