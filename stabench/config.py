@@ -1,6 +1,6 @@
 """One validated config per trial: YAML -> pydantic model tree -> JSON dump + stable hash.
 
-Every knob of ../shared/KNOBS.md is one leaf here; `--set key=value` overrides accept the
+Every knob of docs/knobs.md is one leaf here; `--set key=value` overrides accept the
 full dotted path (`optim.lr`) or any unique leaf name (`lr`).
 """
 

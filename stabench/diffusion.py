@@ -1,6 +1,6 @@
 """Gaussian diffusion: noise schedules, timestep loss weightings, the training loss and DDIM/DDPM samplers.
 
-Notation as in ../shared/KNOBS.md: abar_t is the cumulative signal fraction, SNR(t) = abar_t / (1 - abar_t).
+Notation as in docs/knobs.md ("Conventions"): abar_t is the cumulative signal fraction, SNR(t) = abar_t / (1 - abar_t).
 Weightings w(t) are defined on the eps-prediction MSE and normalised to mean 1 over t = 0..T-1, so the
 learning rate keeps its meaning across kinds. With v-prediction the network predicts
 v = sqrt(abar) eps - sqrt(1 - abar) x0; since eps_hat - eps = sqrt(abar) (v_hat - v), the objective

@@ -1,4 +1,4 @@
-"""Training-stability telemetry, exactly as ../shared/METRICS.md ("Stability") defines it.
+"""Training-stability telemetry; docs/metrics.md ("Stability") defines each statistic.
 
 Per step: loss, pre-clip global grad norm, clip flag, lr (kept as tensors and read in bulk at probe
 points, so a GPU is not synchronised every step). Per probe: a fixed batch's loss and the L2 norms of the

@@ -140,9 +140,9 @@ def simulate_oom() -> None:
     monkeypatch or, in Ray workers, as `worker_process_setup_hook`."""
     import torch
 
-    import stabench.train as train
+    import stabench.engine.trial as trial_mod
 
-    real, calls = train.optimization_step, collections.Counter()
+    real, calls = trial_mod.optimization_step, collections.Counter()
 
     def step(model, diffusion, optimizer, *args, **kwargs):
         calls[id(optimizer)] += 1
@@ -150,4 +150,4 @@ def simulate_oom() -> None:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         return real(model, diffusion, optimizer, *args, **kwargs)
 
-    train.optimization_step = step
+    trial_mod.optimization_step = step

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
+from stabench.engine import CHECKPOINT, Trial, run_trial
 from stabench.errors import UserError
-from stabench.train import CHECKPOINT, Trial, run_trial
 from tests.conftest import tiny_config
 
 KNOBS = ["checkpoint_every=10", "dropout=0.2", "stochastic_depth=0.1", "ema.betas=[0.9,0.99]", "hflip=0.3"]
@@ -34,7 +34,7 @@ def test_resumed_trial_equals_uninterrupted_bit_for_bit(tmp_path):
     full = run_trial(cfg, tmp_path / "full")
     # interrupted: advance to the evaluation at step 20 (the last checkpoint is from step 10), then "crash"
     trial = Trial(cfg, tmp_path / "cut")
-    while trial.next_eval()["step"] < 20:
+    while next(trial.run())["step"] < 20:
         pass
     run_dir = trial.run_dir
     del trial

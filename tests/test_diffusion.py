@@ -14,7 +14,7 @@ def diffusion(kind="uniform", schedule="linear", prediction="eps", **w):
 
 
 def expected_raw(kind, snr, T, gamma, k):
-    """The formulas of ../shared/KNOBS.md, written out independently of the implementation."""
+    """The formulas of docs/knobs.md ("Timestep weighting"), written out independently of the implementation."""
     out = []
     for t, s in enumerate(snr.tolist()):
         out.append(

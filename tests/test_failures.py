@@ -27,9 +27,9 @@ def assert_failed_record(rec):
 
 @pytest.fixture
 def oom(monkeypatch):
-    import stabench.train as train
+    import stabench.engine.trial as trial_mod
 
-    monkeypatch.setattr(train, "optimization_step", train.optimization_step)  # restored after the test
+    monkeypatch.setattr(trial_mod, "optimization_step", trial_mod.optimization_step)  # restored after the test
     simulate_oom()
 
 

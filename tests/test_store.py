@@ -84,7 +84,7 @@ def test_store_path_that_is_a_file_is_a_user_error(tmp_path):
 
 
 def test_write_unique_marks_a_second_finished_copy_as_duplicate(tmp_path, tiny):
-    from stabench.train import run_trial
+    from stabench.engine import run_trial
 
     store = Store(tmp_path)
     first, second = (

@@ -2,11 +2,11 @@
 
 import pytest
 
+from stabench.engine import run_trial
 from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
 from stabench.tracking import TrackingSettings
-from stabench.train import run_trial
 from tests.conftest import tiny_config
 from tests.test_search import space_file
 from tests.wandb_reader import read_offline_run

@@ -7,8 +7,10 @@ import torch
 from stabench.config import load_config
 from stabench.data import load_images
 from stabench.diffusion import Diffusion
+from stabench.engine import run_trial
+from stabench.engine.state import param_groups
+from stabench.engine.trial import optimization_step
 from stabench.models import build_model
-from stabench.train import optimization_step, param_groups, run_trial
 from tests.conftest import tiny_config
 
 STABILITY_KEYS = [
@@ -80,12 +82,12 @@ def test_huge_lr_without_clipping_diverges_into_a_record(tmp_path):
 
 
 def test_exception_inside_training_becomes_failed_record(tmp_path, monkeypatch):
-    import stabench.train as train_mod
+    import stabench.engine.trial as trial_mod
 
     def boom(*a, **k):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(train_mod, "optimization_step", boom)
+    monkeypatch.setattr(trial_mod, "optimization_step", boom)
     rec = run_trial(tiny_config(), tmp_path)
     assert rec["status"] == "failed" and "simulated" in rec["error"]["message"]
     assert "RuntimeError" in rec["error"]["traceback"]

@@ -3,8 +3,9 @@
 import torch
 
 from stabench.diffusion import Diffusion
+from stabench.engine import Trial, run_trial
+from stabench.engine.evaluate import generate
 from stabench.models import build_model
-from stabench.train import Trial, generate, run_trial
 from tests.conftest import tiny_config
 
 SCORED = [
@@ -35,7 +36,8 @@ def test_trained_model_scores_better_than_its_step0_weights(tmp_path):
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg, 1)
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting)
-    fid0 = trial.scorer.score(generate(trial, untrained, diffusion, 200))["fid_digits"]
+    samples = generate(untrained, diffusion, 200, cfg=cfg, device=trial.device, channels=1)
+    fid0 = trial.scorer.score(samples)["fid_digits"]
     assert m["fid_digits"] < 0.9 * fid0, (m["fid_digits"], fid0)
 
 

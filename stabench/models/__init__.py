@@ -9,7 +9,7 @@ from .unet import UNet
 from .uvit import UViT
 
 # Width/depth are workload settings, not knobs. `deep` is where long-skip scaling shows on CPU
-# (4 levels x 2 blocks = 12 long skips at 16x16; see ../shared/README.md "Workloads").
+# (4 levels x 2 blocks, the stem and 3 downsamples = 12 long skips at 16x16; docs/knobs.md "Backbones and presets").
 UNET_PRESETS = {
     "tiny": dict(channels=16, mult=(1, 2), num_res_blocks=1, attn_resolutions=()),
     "small": dict(channels=24, mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=()),

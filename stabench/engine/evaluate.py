@@ -1,0 +1,165 @@
+"""Evaluation of a trial's weights: the fixed probe batch, samples with a fixed seed, FID/KID, the best weight set."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..config import TrialConfig
+from ..data import load_images
+from ..diffusion import Diffusion
+from ..ema import MultiEMA
+from ..telemetry import feature_norms
+from .state import stream_seed
+
+
+class Probe:
+    """A fixed batch (images, timesteps, noise) drawn once from the trial seed."""
+
+    def __init__(self, images: torch.Tensor, size: int, T: int, seed: int, device: torch.device):
+        g = torch.Generator().manual_seed(stream_seed(seed, "probe"))
+        idx = torch.randperm(len(images), generator=g)[:size]
+        self.x0 = images[idx].to(device)
+        self.t = torch.randint(0, T, (len(idx),), generator=g).to(device)
+        self.noise = torch.randn(self.x0.shape, generator=g).to(device)
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, diffusion: Diffusion, features: bool = True) -> dict:
+        """Unweighted eps-MSE (comparable across weightings) and feature norms, in eval mode."""
+        was_training = model.training
+        model.eval()
+        mse, extra = diffusion.per_sample_mse(model, self.x0, self.t, self.noise, return_features=features)
+        model.train(was_training)
+        out = {"probe_loss": mse.mean().item()}
+        if features:
+            out.update(feature_norms(extra))
+        return out
+
+
+def make_scorer(cfg: TrialConfig):
+    """FID/KID against the workload's held-out split (a missing Inception file fails here)."""
+    from ..scoring import ReferenceScorer  # torch-fidelity loads only when a trial scores
+
+    return ReferenceScorer(
+        cfg.extractor,
+        load_images(cfg.workload, "test"),
+        cfg.workload.dataset,
+        cfg.workload.resolution,
+        "test",
+        cfg.eval.inception_weights,
+    )
+
+
+def ema_name(beta: float) -> str:
+    """The weight-set name of an EMA beta."""
+    return f"ema_{beta!r}"  # repr round-trips exactly: distinct betas never share a name
+
+
+def weight_sets(model: nn.Module, ema: MultiEMA) -> Iterator[tuple[str, nn.Module]]:
+    """(name, model) for the raw weights and each EMA beta."""
+    yield "raw", model
+    for beta in ema.betas:
+        yield ema_name(beta), ema.copy_to(model, beta)
+
+
+def generate(
+    net: nn.Module,
+    diffusion: Diffusion,
+    n: int,
+    *,
+    cfg: TrialConfig,
+    device: torch.device,
+    channels: int,
+    chunk: int = 500,
+) -> torch.Tensor:
+    """`n` samples from `net` with the configured sampler and a fixed seed (the same noise at every eval)."""
+    g = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "samples"))
+    shape = (channels, cfg.workload.resolution, cfg.workload.resolution)
+    was_training = net.training
+    net.eval()
+    out = [
+        diffusion.sample(net, (min(chunk, n - i), *shape), cfg.eval.sampler_steps, g, cfg.eval.sampler, device).cpu()
+        for i in range(0, n, chunk)
+    ]
+    net.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    ema: MultiEMA,
+    probe: Probe,
+    diffusion: Diffusion,
+    step: int,
+    scorer=None,
+    *,
+    cfg: TrialConfig,
+    device: torch.device,
+    channels: int,
+) -> dict:
+    """Probe loss, and FID/KID of `eval.samples` samples, for the raw weights and each EMA beta."""
+    entry: dict = {"step": step, "probe_loss": {}}
+    for name, net in weight_sets(model, ema):
+        entry["probe_loss"][name] = probe.measure(net, diffusion, features=False)["probe_loss"]
+        if scorer is not None:
+            samples = generate(net, diffusion, cfg.eval.samples, cfg=cfg, device=device, channels=channels)
+            scores = scorer.score(samples)
+            for key in (scorer.fid_key, scorer.kid_key):
+                entry.setdefault(key, {})[name] = scores[key]
+            entry["n_samples"] = len(samples)
+    return entry
+
+
+def best_weights(evals: list[dict], scorer=None) -> dict:
+    """The best weight set at the last evaluation (by FID when scored, else by probe loss), its values,
+    the best probe loss, and the FID's area under the curve over training (mean over eval points)."""
+    if not evals:
+        return {}
+    last = evals[-1]
+    probe = {k: v for k, v in last["probe_loss"].items() if math.isfinite(v)}
+    out: dict = {"best_probe_loss": min(probe.values())} if probe else {}
+    if scorer is not None and scorer.fid_key in last:
+        fid = {k: v for k, v in last[scorer.fid_key].items() if math.isfinite(v)}
+        if fid:
+            name = min(fid, key=fid.get)
+            best_per_eval = [min(e[scorer.fid_key].values()) for e in evals]
+            out.update(
+                {
+                    "best_weights": name,
+                    scorer.fid_key: fid[name],
+                    scorer.kid_key: last[scorer.kid_key][name],
+                    f"{scorer.fid_key}_auc": sum(best_per_eval) / len(best_per_eval),
+                    f"{scorer.fid_key}_floor": scorer.floor(),
+                    "fid_samples": evals[-1].get("n_samples"),
+                }
+            )
+            return out
+    if probe:
+        out["best_weights"] = min(probe, key=probe.get)
+    return out
+
+
+def save_grid(
+    model: nn.Module,
+    ema: MultiEMA,
+    diffusion: Diffusion,
+    metrics: dict,
+    run_dir: Path,
+    *,
+    cfg: TrialConfig,
+    device: torch.device,
+    channels: int,
+) -> str:
+    """A PNG grid of `eval.grid` samples from the best weight set, with the fixed sampler seed."""
+    from torchvision.utils import save_image
+
+    name = metrics.get("best_weights", "raw")
+    net = model if name == "raw" else ema.copy_to(model, {ema_name(b): b for b in ema.betas}[name])
+    x = generate(net, diffusion, cfg.eval.grid, cfg=cfg, device=device, channels=channels)
+    path = run_dir / "samples.png"
+    save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(len(x)))), padding=1)
+    return str(path)

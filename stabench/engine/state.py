@@ -1,0 +1,143 @@
+"""What one trial carries from step to step: weights, optimizer, EMA, data order, RNG streams and telemetry,
+and its checkpoint on disk (written atomically, read back by `train --resume` and by `score`)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..config import TrialConfig, config_hash
+from ..data import BatchStream
+from ..ema import MultiEMA
+from ..errors import UserError
+from ..models import build_model
+from ..record import atomic_torch_save
+from ..telemetry import DivergenceDetector, StepLog
+
+CHECKPOINT = "checkpoint.pt"
+PROBE_KEYS = ("probe_loss", "feature_norm", "out_norm", "skip_norms")  # measured on the probe batch
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a config's `device` ('auto' picks CUDA when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: '{name}' requested but CUDA is not available; allowed here: auto, cpu")
+    return device
+
+
+def stream_seed(seed: int, name: str) -> int:
+    """Independent, reproducible seeds for the separate random streams of one trial."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little") >> 1
+
+
+def burn_in(cfg: TrialConfig) -> int:
+    """Steps the stability statistics ignore: the burn-in, and at least the lr warm-up (METRICS.md)."""
+    return min(max(cfg.stability.burn_in, cfg.optim.warmup_steps), cfg.optim.steps // 2)
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
+    """AdamW groups: no decay on norms, biases and embeddings (1-D tensors, positional embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        exempt = p.ndim <= 1 or "pos_embed" in name
+        (no_decay if exempt and not decay_all else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_weights(cfg: TrialConfig, in_channels: int, device: torch.device) -> tuple[nn.Module, MultiEMA]:
+    """The trial's freshly initialised model and its EMA shadows."""
+    torch.manual_seed(cfg.seed)  # model init, dropout, drop-path: everything random derives from the seed
+    model = build_model(cfg, in_channels=in_channels).to(device)
+    return model, MultiEMA(model, cfg.ema.betas, cfg.ema.warmup)
+
+
+class TrainState:
+    """Everything the training loop carries from one step to the next (what a checkpoint holds)."""
+
+    def __init__(self, cfg: TrialConfig, images: torch.Tensor, device: torch.device):
+        o = cfg.optim
+        self.model, self.ema = build_weights(cfg, images.shape[1], device)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, o.weight_decay, o.decay_all), lr=o.lr, betas=o.betas, eps=o.eps
+        )
+        self.batches = BatchStream(images.to(device), o.batch_size, stream_seed(cfg.seed, "data"), cfg.augment.hflip)
+        self.noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))
+        self.log = StepLog()
+        self.detector = DivergenceDetector(cfg.stability.divergence_factor, burn_in(cfg))
+        self.probes: dict[str, list] = {"step": [], **{k: [] for k in PROBE_KEYS}}
+        self.evals: list[dict] = []
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        """Every piece of state, RNG included: a resumed trial continues bit for bit."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict(),
+            "batches": self.batches.state_dict(),
+            "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "log": {k: getattr(self.log, k) for k in ("loss", "grad_norm", "clipped", "lr")},
+            "detector": self.detector.state_dict(),
+            "probes": self.probes,
+            "evals": self.evals,
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved (into the same objects, so references to them stay valid)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.batches.load_state_dict(state["batches"])
+        self.noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for k, v in state["log"].items():
+            setattr(self.log, k, list(v))
+        self.detector.load_state_dict(state["detector"])
+        self.probes, self.evals, self.step = state["probes"], state["evals"], state["step"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint files: {"record_head": who the trial is, "loop": TrainState.state_dict()}
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: Path, record: dict, state: TrainState) -> None:
+    """Write the checkpoint atomically: a kill at any moment leaves the previous one intact."""
+    head = {k: record[k] for k in ("run_id", "config_hash", "seed", "created_at")}
+    atomic_torch_save({"record_head": head, "loop": state.state_dict()}, run_dir / CHECKPOINT)
+
+
+def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
+    """The checkpoint of an interrupted trial of this config and seed (`train --resume`)."""
+    path = run_dir / CHECKPOINT
+    if (run_dir / "record.json").exists():
+        raise UserError(f"--resume: '{run_dir}' already finished (it has a record.json); records are never rewritten")
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at '{path}' (trials write one every `checkpoint_every` steps)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["record_head"]["config_hash"] != config_hash(cfg) or state["record_head"]["seed"] != cfg.seed:
+        raise UserError(
+            f"--resume: '{path}' belongs to config {state['record_head']['config_hash']} seed "
+            f"{state['record_head']['seed']}, not to this config ({config_hash(cfg)} seed {cfg.seed})"
+        )
+    return state
+
+
+def load_weights(run_dir: Path) -> dict:
+    """The model and EMA weights of a trial's checkpoint and their step (`score`); nothing else of the loop."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"RUN_DIR: no {CHECKPOINT} in '{run_dir}'; train with --checkpoint (or --checkpoint-every)")
+    loop = torch.load(path, map_location="cpu", weights_only=False)["loop"]
+    return {k: loop[k] for k in ("model", "ema", "step")}
