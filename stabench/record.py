@@ -26,7 +26,7 @@ from . import __version__
 from .config import TrialConfig, config_hash, config_to_dict
 from .metrics import METRICS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: decoder-side probe readout, probe gradient norm, weighting-free instability
 
 
 class Status(StrEnum):

@@ -136,8 +136,10 @@ class WandbTracker(Tracker):
         data = {
             "step": step,
             "probe/loss": probe["probe_loss"],
-            "probe/feature_norm": probe["feature_norm"],
-            "probe/out_norm": probe["out_norm"],
+            "probe/grad_norm": probe["probe_grad_norm"],
+            "probe/decoder_norm": probe["decoder_norm"],
+            "probe/skip_norm": probe["skip_norm"],
+            "probe/encoder_norm": probe["encoder_norm"],
         }
         data.update({f"probe/skip_norm_{i + 1}": v for i, v in enumerate(probe["skip_norms"])})
         self._log(data)

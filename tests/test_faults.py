@@ -89,7 +89,18 @@ def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how): 
     path = space_file(tmp_path, fixed=STEPS, trials=3)
     study = f"pg-driver-{how.strip('-')}"
     env = {"STABENCH_HEARTBEAT_S": "1", "STABENCH_HEARTBEAT_GRACE_S": "8"}
-    args = ["sweep", str(path), "--store", "store", "--study-storage", postgres_url, "--study", study, "--wandb", "disabled"]
+    args = [
+        "sweep",
+        str(path),
+        "--store",
+        "store",
+        "--study-storage",
+        postgres_url,
+        "--study",
+        study,
+        "--wandb",
+        "disabled",
+    ]
     proc = stabench(*args, cwd=tmp_path, env=env)
     wait_for_records(tmp_path / "store", 1)
     wait_for_training(tmp_path / "store")
@@ -139,7 +150,18 @@ def kill_one_worker(proc, tmp_path, storage, study_name) -> int:
 @pytest.mark.parametrize("size", SIZES)
 def test_optuna_journal_worker_killed(tmp_path, size):
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
-    args = ["sweep", str(path), "--store", "store", "--study-storage", "j.journal", "--workers", "2", "--wandb", "disabled"]
+    args = [
+        "sweep",
+        str(path),
+        "--store",
+        "store",
+        "--study-storage",
+        "j.journal",
+        "--workers",
+        "2",
+        "--wandb",
+        "disabled",
+    ]
     proc = stabench(*args, cwd=tmp_path, log="sweep.log")
     killed = kill_one_worker(proc, tmp_path, journal(tmp_path), "t")
     assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()

@@ -185,7 +185,14 @@ CASES = [
     ),
     (
         "sweep-unreachable-postgres",
-        lambda t: ["sweep", space(t), "--store", str(t / "s"), "--study-storage", "postgresql+psycopg2://u@127.0.0.1:1/db"],
+        lambda t: [
+            "sweep",
+            space(t),
+            "--store",
+            str(t / "s"),
+            "--study-storage",
+            "postgresql+psycopg2://u@127.0.0.1:1/db",
+        ],
         ["--study-storage", "127.0.0.1:1"],
     ),
     (

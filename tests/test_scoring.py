@@ -197,7 +197,9 @@ def test_diverged_samples_score_badly_instead_of_crashing(test_digits, ref_name,
 
 def test_floor_is_small_positive_and_cached(test_digits, ref_name, tmp_path, images_seen):
     floor = scoring.fid_floor(test_digits, ref_name, cache_dir=tmp_path, splits=3, kid_subsets=FEW)
-    assert 0 < floor["fid_digits"] < 3.0 and floor["n_per_half"] == N // 2
+    assert 0 < floor["fid_digits"] < 3.0
+    assert floor["n"] == N // 2
+    assert floor["source"] == "halves"
     assert len(floor["fid_digits_splits"]) == floor["splits"] == 3
     assert sum(images_seen) == 3 * 2 * (N // 2)
     (stored,) = tmp_path.glob("*floor*.json")
@@ -205,6 +207,20 @@ def test_floor_is_small_positive_and_cached(test_digits, ref_name, tmp_path, ima
     images_seen.clear()
     assert scoring.fid_floor(test_digits, ref_name, cache_dir=tmp_path, splits=3, kid_subsets=FEW) == floor
     assert images_seen == []
+
+
+def test_floor_at_n_scores_training_images_like_a_trial(test_digits, train_digits, ref_name, cache_dir):
+    small = scoring.fid_floor(
+        test_digits, ref_name, cache_dir=cache_dir, splits=3, kid_subsets=FEW, real=train_digits, n=50
+    )
+    large = scoring.fid_floor(
+        test_digits, ref_name, cache_dir=cache_dir, splits=3, kid_subsets=FEW, real=train_digits, n=300
+    )
+    assert small["source"] == "train-vs-reference"
+    assert small["n"] == 50
+    assert small["n_reference"] == N
+    assert len(small["fid_digits_splits"]) == 3
+    assert 0 < large["fid_digits"] < small["fid_digits"]  # FID's small-sample bias: the floor depends on n
 
 
 def test_reference_name_has_every_part():

@@ -22,7 +22,7 @@ def check_runs(runs, n):
         run = read_offline_run(run_dir)
         assert run["config"]["lsc.mode"] in ("none", "constant") and "config_hash" in run["config"]
         keys = set().union(*run["history"])
-        assert {"train/loss", "train/grad_norm", "probe/loss", "probe/feature_norm", "step"} <= keys
+        assert {"train/loss", "train/grad_norm", "probe/loss", "probe/grad_norm", "probe/decoder_norm", "step"} <= keys
         assert any(k.startswith("eval/probe_loss/") for k in keys)
 
 

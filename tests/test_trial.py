@@ -18,8 +18,13 @@ STABILITY_KEYS = [
     "grad_norm_cv",
     "grad_spike_rate",
     "probe_loss_osc",
-    "feature_norm_max",
-    "feature_norm_growth",
+    "decoder_norm_max",
+    "decoder_norm_growth",
+    "decoder_norm_osc",
+    "skip_norm_growth",
+    "probe_grad_cv",
+    "probe_grad_osc",
+    "probe_grad_spike_frac",
     "instability",
 ]
 

@@ -29,7 +29,12 @@ def test_trained_model_scores_better_than_its_step0_weights(tmp_path):
     assert [e["step"] for e in rec["evals"]] == [100, 200, 300]
     for e in rec["evals"]:  # per eval point and per weight set
         assert set(e["fid_digits"]) == set(e["kid_digits"]) == {"raw", "ema_0.99", "ema_0.999"}
-    assert m["fid_digits"] == min(rec["evals"][-1]["fid_digits"].values())
+    last = rec["evals"][-1]
+    assert set(last["fid_digits_train"]) == {"raw", "ema_0.99", "ema_0.999"}  # only the final eval has these
+    assert "fid_digits_train" not in rec["evals"][0]
+    assert m["best_weights_by"] == "train-fid"
+    assert m["best_weights"] == min(last["fid_digits_train"], key=last["fid_digits_train"].get)
+    assert m["fid_digits"] == last["fid_digits"][m["best_weights"]]  # the test FID of the weights chosen on train
     assert (tmp_path / rec["run_id"] / "samples.png").exists()
 
     trial = Trial(cfg)  # the same sampler, seed and scorer, applied to the untrained weights
@@ -38,6 +43,8 @@ def test_trained_model_scores_better_than_its_step0_weights(tmp_path):
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting)
     samples = generate(untrained, diffusion, 200, cfg=cfg, device=trial.device, channels=1)
     fid0 = trial.scorer.score(samples)["fid_digits"]
+    assert m["fid_digits_floor"] == trial.scorer.floor(200)  # train images vs the test split, at the trial's n
+    assert trial.scorer.floor(200) > trial.scorer.floor(None)  # 200 < 359 images: a higher floor
     assert m["fid_digits"] < 0.9 * fid0, (m["fid_digits"], fid0)
 
 

@@ -27,21 +27,27 @@ class Probe:
         self.t = torch.randint(0, T, (len(idx),), generator=g).to(device)
         self.noise = torch.randn(self.x0.shape, generator=g).to(device)
 
-    @torch.no_grad()
     def measure(self, model: nn.Module, diffusion: Diffusion, features: bool = True) -> dict:
-        """Unweighted eps-MSE (comparable across weightings) and feature norms, in eval mode."""
+        """Unweighted eps-MSE (comparable across weightings), in eval mode; with `features`, also the
+        decoder-side feature norms and the global norm of that loss's gradient (the weights' `.grad`, the
+        optimizer and every random stream stay untouched)."""
         was_training = model.training
         model.eval()
-        mse, extra = diffusion.per_sample_mse(model, self.x0, self.t, self.noise, return_features=features)
+        with torch.set_grad_enabled(features):
+            mse, extra = diffusion.per_sample_mse(model, self.x0, self.t, self.noise, return_features=features)
+            out = {"probe_loss": mse.mean().item()}
+            if features:
+                params = [p for p in model.parameters() if p.requires_grad]
+                grads = torch.autograd.grad(mse.mean(), params, allow_unused=True)
+                out["probe_grad_norm"] = torch.nn.utils.get_total_norm([g for g in grads if g is not None]).item()
+                out.update(feature_norms(extra))
         model.train(was_training)
-        out = {"probe_loss": mse.mean().item()}
-        if features:
-            out.update(feature_norms(extra))
         return out
 
 
 def make_scorer(cfg: TrialConfig):
-    """FID/KID against the workload's held-out split (a missing Inception file fails here)."""
+    """FID/KID against the workload's held-out split (a missing Inception file fails here); the training images
+    give the floor at the trial's sample count and the FID that chooses among weight sets."""
     from ..scoring import ReferenceScorer  # torch-fidelity loads only when a trial scores
 
     return ReferenceScorer(
@@ -51,6 +57,7 @@ def make_scorer(cfg: TrialConfig):
         cfg.workload.resolution,
         "test",
         cfg.eval.inception_weights,
+        real=load_images(cfg.workload, "train"),
     )
 
 
@@ -100,8 +107,11 @@ def evaluate(
     cfg: TrialConfig,
     device: torch.device,
     channels: int,
+    final: bool = False,
 ) -> dict:
-    """Probe loss, and FID/KID of `eval.samples` samples, for the raw weights and each EMA beta."""
+    """Probe loss, and FID/KID of `eval.samples` samples, for the raw weights and each EMA beta. At the `final`
+    evaluation each weight set is also scored against the training images (`<fid>_train`), which chooses
+    the best weight set without looking at the reported reference."""
     entry: dict = {"step": step, "probe_loss": {}}
     for name, net in weight_sets(model, ema):
         entry["probe_loss"][name] = probe.measure(net, diffusion, features=False)["probe_loss"]
@@ -110,36 +120,49 @@ def evaluate(
             scores = scorer.score(samples)
             for key in (scorer.fid_key, scorer.kid_key):
                 entry.setdefault(key, {})[name] = scores[key]
+            if final:
+                entry.setdefault(f"{scorer.fid_key}_train", {})[name] = scorer.selection_fid(samples)
             entry["n_samples"] = len(samples)
     return entry
 
 
+def _finite(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
 def best_weights(evals: list[dict], scorer=None) -> dict:
-    """The best weight set at the last evaluation (by FID when scored, else by probe loss), its values,
-    the best probe loss, and the FID's area under the curve over training (mean over eval points)."""
+    """The best weight set at the last evaluation, its values, the best probe loss, and the FID's area under
+    the curve over training (the chosen weight set's mean over eval points).
+
+    Scored trials choose by FID against the training images (`best_weights_by: train-fid`) and report the
+    test FID of that choice, so the choice never looks at the reported number; a trial stopped before its
+    final evaluation has no such FID and chooses by test FID (`test-fid`, optimistic). Unscored trials choose
+    by probe loss."""
     if not evals:
         return {}
     last = evals[-1]
-    probe = {k: v for k, v in last["probe_loss"].items() if math.isfinite(v)}
+    probe = _finite(last["probe_loss"])
     out: dict = {"best_probe_loss": min(probe.values())} if probe else {}
-    if scorer is not None and scorer.fid_key in last:
-        fid = {k: v for k, v in last[scorer.fid_key].items() if math.isfinite(v)}
-        if fid:
-            name = min(fid, key=fid.get)
-            best_per_eval = [min(e[scorer.fid_key].values()) for e in evals]
-            out.update(
-                {
-                    "best_weights": name,
-                    scorer.fid_key: fid[name],
-                    scorer.kid_key: last[scorer.kid_key][name],
-                    f"{scorer.fid_key}_auc": sum(best_per_eval) / len(best_per_eval),
-                    f"{scorer.fid_key}_floor": scorer.floor(),
-                    "fid_samples": evals[-1].get("n_samples"),
-                }
-            )
-            return out
+    if scorer is not None and _finite(last.get(scorer.fid_key, {})):
+        by_train = _finite(last.get(f"{scorer.fid_key}_train", {}))
+        choose_from = by_train or _finite(last[scorer.fid_key])
+        name = min(choose_from, key=choose_from.get)
+        curve = [e[scorer.fid_key][name] for e in evals]
+        out.update(
+            {
+                "best_weights": name,
+                "best_weights_by": "train-fid" if by_train else "test-fid",
+                scorer.fid_key: last[scorer.fid_key][name],
+                scorer.kid_key: last[scorer.kid_key][name],
+                f"{scorer.fid_key}_auc": sum(curve) / len(curve),
+                f"{scorer.fid_key}_floor": scorer.floor(last.get("n_samples")),
+                "fid_samples": last.get("n_samples"),
+            }
+        )
+        return out
     if probe:
         out["best_weights"] = min(probe, key=probe.get)
+        out["best_weights_by"] = "probe-loss"
     return out
 
 

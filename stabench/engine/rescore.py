@@ -48,6 +48,6 @@ def rescore(
         scores = scorer.score(generate(net, diffusion, cfg.eval.samples, cfg=cfg, device=device, channels=channels))
         for key in (scorer.fid_key, scorer.kid_key):
             result.setdefault(key, {})[name] = scores[key]
-    result[f"{scorer.fid_key}_floor"] = scorer.floor()
+    result[f"{scorer.fid_key}_floor"] = scorer.floor(cfg.eval.samples)
     atomic_write_text(run_dir / f"score-{cfg.extractor}-n{cfg.eval.samples}.json", json.dumps(result, indent=1) + "\n")
     return result

@@ -15,10 +15,9 @@ from ..ema import MultiEMA
 from ..errors import UserError
 from ..models import build_model
 from ..record import atomic_torch_save
-from ..telemetry import DivergenceDetector, StepLog
+from ..telemetry import PROBE_SERIES, DivergenceDetector, StepLog
 
 CHECKPOINT = "checkpoint.pt"
-PROBE_KEYS = ("probe_loss", "feature_norm", "out_norm", "skip_norms")  # measured on the probe batch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,7 +69,7 @@ class TrainState:
         self.noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))
         self.log = StepLog()
         self.detector = DivergenceDetector(cfg.stability.divergence_factor, burn_in(cfg))
-        self.probes: dict[str, list] = {"step": [], **{k: [] for k in PROBE_KEYS}}
+        self.probes: dict[str, list] = {"step": [], **{k: [] for k in PROBE_SERIES}}
         self.evals: list[dict] = []
         self.step = 0
 
@@ -104,6 +103,12 @@ class TrainState:
         for k, v in state["log"].items():
             setattr(self.log, k, list(v))
         self.detector.load_state_dict(state["detector"])
+        if set(state["probes"]) != set(self.probes):
+            raise UserError(
+                "the checkpoint was written by an older stabench whose probe readout differs "
+                f"({sorted(state['probes'])}); start the trial again",
+                key="resume",
+            )
         self.probes, self.evals, self.step = state["probes"], state["evals"], state["step"]
 
 

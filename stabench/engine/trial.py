@@ -23,10 +23,10 @@ from ..data import load_images
 from ..diffusion import Diffusion
 from ..models import count_params
 from ..record import Status, atomic_write_text, downsample, new_record, write_record
-from ..telemetry import summarize
+from ..telemetry import PROBE_SERIES, summarize
 from ..tracking import TrackingSettings, make_tracker
 from .evaluate import Probe, best_weights, evaluate, make_scorer, save_grid
-from .state import CHECKPOINT, PROBE_KEYS, TrainState, burn_in, load_checkpoint, resolve_device, save_checkpoint
+from .state import CHECKPOINT, TrainState, burn_in, load_checkpoint, resolve_device, save_checkpoint
 
 
 def optimization_step(
@@ -231,7 +231,7 @@ class Trial:
         m = self.probe.measure(self.state.model, self.diffusion)
         probes = self.state.probes
         probes["step"].append(step)
-        for k in PROBE_KEYS:
+        for k in PROBE_SERIES:
             probes[k].append(m[k])
         self.tracker.log_probe(step, m)
 
@@ -252,6 +252,7 @@ class Trial:
             cfg=self.cfg,
             device=self.device,
             channels=self.channels,
+            final=step == self.cfg.optim.steps,
         )
         s.evals.append(entry)
         self.eval_time += time.perf_counter() - started
