@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
+from stabench.sweep.optuna import run_optuna_sweep
 
 
 def write_space(directory: Path, trials: int, steps: int) -> Path:

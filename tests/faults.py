@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from stabench.config import config_hash
-from stabench.sweep.workers import proc_stat
 from stabench.space import SearchSpace, trial_config
 from stabench.store import Store
+from stabench.sweep.workers import proc_stat
 
 ROWS: list[dict] = []
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
+from stabench.sweep.optuna import run_optuna_sweep
 from tests.faults import OOM_LR, simulate_oom
 from tests.test_search import space_file
 

@@ -10,10 +10,10 @@ import optuna
 import pytest
 import yaml
 
-from stabench.sweep import confirm
-from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
+from stabench.sweep import confirm
+from stabench.sweep.optuna import run_optuna_sweep
 
 TINY_FIXED = {
     "workload.preset": "tiny",

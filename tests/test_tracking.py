@@ -3,9 +3,9 @@
 import pytest
 
 from stabench.engine import run_trial
-from stabench.sweep.optuna import run_optuna_sweep
 from stabench.space import load_space
 from stabench.store import Store
+from stabench.sweep.optuna import run_optuna_sweep
 from stabench.tracking import TrackingSettings
 from tests.conftest import tiny_config
 from tests.test_search import space_file
