@@ -242,21 +242,21 @@ def resolve_key(key: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise ConfigError(f"--set {key}: ambiguous key, candidates: {', '.join(matches)}")
+        raise ConfigError("ambiguous key", key=key, allowed=matches)
     close = difflib.get_close_matches(key, keys + [k.rsplit(".", 1)[-1] for k in keys], n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"--set {key}: unknown config key{hint} (see `stabench keys`)")
+    raise ConfigError(f"unknown config key{hint} (see `stabench keys`)", key=key)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'optim.lr=1e-3' -> ('optim.lr', 0.001). Values are parsed as YAML (null, lists, numbers)."""
     if "=" not in text:
-        raise ConfigError(f"--set {text}: expected KEY=VALUE")
+        raise ConfigError("expected KEY=VALUE", key=text)
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text}: value is not valid YAML ({e})") from None
+        raise ConfigError(f"value is not valid YAML ({e})", key=text) from None
     return resolve_key(key.strip()), value
 
 
@@ -276,8 +276,11 @@ def apply_values(data: dict, values: dict[str, Any]) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `--set KEY=VALUE` strings."""
-    return apply_values(data, dict(parse_override(text) for text in overrides))
+    """Apply `KEY=VALUE` strings (the CLI's `--set`); a bad one is reported as the `overrides` input."""
+    try:
+        return apply_values(data, dict(parse_override(text) for text in overrides))
+    except ConfigError as e:
+        raise ConfigError(e.render(), key="overrides") from None
 
 
 # ---------------------------------------------------------------------------------------------

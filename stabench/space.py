@@ -157,7 +157,7 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
         try:
             resolved_fixed[resolve_key(k)] = v
         except ConfigError as e:
-            raise ConfigError(f"{src}: key 'fixed.{k}': {str(e).split(': ', 1)[-1]}") from None
+            raise ConfigError(f"{src}: key 'fixed.{k}': {e.message}", allowed=e.allowed) from None
     base = apply_values(base, resolved_fixed)
     build_config(base, f"{src} (base + fixed)")
 
@@ -167,7 +167,7 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
         try:
             full = resolve_key(k)
         except ConfigError as e:
-            raise ConfigError(f"{src}: key 'space.{k}': {str(e).split(': ', 1)[-1]}") from None
+            raise ConfigError(f"{src}: key 'space.{k}': {e.message}", allowed=e.allowed) from None
         if full in UNSEARCHABLE:
             raise ConfigError(f"{src}: key 'space.{k}': '{full}' cannot be searched (use 'seeds' for seeds)")
         if full in resolved_fixed:

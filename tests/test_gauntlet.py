@@ -56,13 +56,13 @@ CASES = [
         ["model.norm", "layer"],
     ),
     ("missing-config", lambda t: ["train", str(t / "nope.yaml")], ["nope.yaml", "not found"]),
-    ("set-unknown", lambda t: ["train", "baselines/ddpm.yaml", "--set", "lsc.kapa=1"], ["--set lsc.kapa", "kappa"]),
+    ("set-unknown", lambda t: ["train", "baselines/ddpm.yaml", "--set", "lsc.kapa=1"], ["--set: lsc.kapa", "kappa"]),
     (
         "set-ambiguous",
         lambda t: ["train", "baselines/ddpm.yaml", "--set", "betas=[0.9]"],
-        ["--set betas", "optim.betas", "ema.betas"],
+        ["--set: betas", "optim.betas", "ema.betas"],
     ),
-    ("set-no-equals", lambda t: ["train", "baselines/ddpm.yaml", "--set", "steps"], ["--set steps", "KEY=VALUE"]),
+    ("set-no-equals", lambda t: ["train", "baselines/ddpm.yaml", "--set", "steps"], ["--set: steps", "KEY=VALUE"]),
     (
         "missing-folder",
         lambda t: ["train", "baselines/ddpm.yaml", "--set", "dataset=folder", "--set", f"root={t / 'missing'}"],

@@ -23,13 +23,13 @@ def rescore(
     if run_dir.is_file():  # a checkpoint path was given
         run_dir = run_dir.parent
     if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"RUN_DIR: '{run_dir}' has no config.yaml; give a trial's directory from the store")
+        raise UserError(f"'{run_dir}' has no config.yaml; give a trial's directory from the store", key="run_dir")
     overrides = [f"eval.samples={samples}"] if samples else []
     overrides += [f"eval.inception_weights={inception_weights}"] if inception_weights else []
     overrides += [f"eval.extractor={extractor}"] if extractor else []
     cfg = load_config(run_dir / "config.yaml", overrides)
     if cfg.eval.samples == 0:
-        raise UserError("--samples: give a sample count (the trial's config has eval.samples = 0)")
+        raise UserError("give a sample count (the trial's config has eval.samples = 0)", key="samples")
     weights = load_weights(run_dir)
     device = resolve_device(cfg.device)
     scorer = make_scorer(cfg)

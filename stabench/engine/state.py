@@ -127,14 +127,17 @@ def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
     """The checkpoint of an interrupted trial of this config and seed (`train --resume`)."""
     path = run_dir / CHECKPOINT
     if (run_dir / "record.json").exists():
-        raise UserError(f"--resume: '{run_dir}' already finished (it has a record.json); records are never rewritten")
+        raise UserError(
+            f"'{run_dir}' already finished (it has a record.json); records are never rewritten", key="resume"
+        )
     if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at '{path}' (trials write one every `checkpoint_every` steps)")
+        raise UserError(f"no checkpoint at '{path}' (trials write one every `checkpoint_every` steps)", key="resume")
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["record_head"]["config_hash"] != config_hash(cfg) or state["record_head"]["seed"] != cfg.seed:
         raise UserError(
-            f"--resume: '{path}' belongs to config {state['record_head']['config_hash']} seed "
-            f"{state['record_head']['seed']}, not to this config ({config_hash(cfg)} seed {cfg.seed})"
+            f"'{path}' belongs to config {state['record_head']['config_hash']} seed "
+            f"{state['record_head']['seed']}, not to this config ({config_hash(cfg)} seed {cfg.seed})",
+            key="resume",
         )
     return state
 
@@ -143,6 +146,8 @@ def load_weights(run_dir: Path) -> dict:
     """The model and EMA weights of a trial's checkpoint and their step (`score`); nothing else of the loop."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
-        raise UserError(f"RUN_DIR: no {CHECKPOINT} in '{run_dir}'; train with --checkpoint (or --checkpoint-every)")
+        raise UserError(
+            f"no {CHECKPOINT} in '{run_dir}'; train with --checkpoint (or --checkpoint-every)", key="run_dir"
+        )
     loop = torch.load(path, map_location="cpu", weights_only=False)["loop"]
     return {k: loop[k] for k in ("model", "ema", "step")}

@@ -1,0 +1,51 @@
+"""The CLI's shared machinery: one error boundary that names the flag, and old option spellings kept working."""
+
+import click
+import yaml
+from click.testing import CliRunner
+
+from stabench.cli import main
+from stabench.cli.options import Command, deprecated_alias
+from stabench.errors import UserError
+
+
+@click.command(cls=Command)
+@click.option("--ray-dir", default=None)
+@deprecated_alias("--storage-path", "ray_dir")
+@click.option("--store", default=None)
+def probe_command(ray_dir, store):
+    if store == "bad":
+        raise UserError("is bad", key="store", allowed=["good"])
+    click.echo(f"ray_dir={ray_dir}")
+
+
+def test_old_spelling_sets_the_new_option_and_warns():
+    result = CliRunner().invoke(probe_command, ["--storage-path", "x"])
+    assert result.exit_code == 0
+    assert "ray_dir=x" in result.output
+    assert "deprecated" in result.output
+
+
+def test_new_spelling_needs_no_warning():
+    result = CliRunner().invoke(probe_command, ["--ray-dir", "y"])
+    assert "ray_dir=y" in result.output
+    assert "deprecated" not in result.output
+
+
+def test_a_user_error_names_the_flag_and_exits_2():
+    result = CliRunner().invoke(probe_command, ["--store", "bad"])
+    assert result.exit_code == 2
+    assert "Error: --store: is bad; allowed: good" in result.output
+
+
+def test_an_error_about_an_old_spelling_names_the_flag_the_user_typed(tmp_path):
+    space = tmp_path / "space.yaml"
+    body = {"base": {}, "fixed": {"workload.preset": "tiny", "optim.steps": 5, "eval.samples": 0},
+            "objectives": [{"metric": "best_probe_loss"}],
+            "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}  # fmt: skip
+    space.write_text(yaml.safe_dump(body))
+    args = ["sweep", str(space), "--store", str(tmp_path / "s"), "--storage", str(tmp_path), "--wandb", "disabled"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "--storage: " in result.output
+    assert "is a directory" in result.output
