@@ -22,11 +22,13 @@ class MultiEMA:
         self.shadows = {b: [p.detach().clone() for p in self.params] for b in self.betas}
 
     def effective_beta(self, beta: float) -> float:
+        """The beta used at this update (smaller during the warm-up)."""
         t = self.num_updates
         return min(beta, (1 + t) / (10 + t)) if self.warmup else beta
 
     @torch.no_grad()
     def update(self) -> None:
+        """Move every EMA copy towards the current weights."""
         current = [p.detach() for p in self.params]
         for beta, shadow in self.shadows.items():
             torch._foreach_lerp_(shadow, current, 1.0 - self.effective_beta(beta))
@@ -40,9 +42,11 @@ class MultiEMA:
         return ema_model
 
     def state_dict(self) -> dict:
+        """The EMA weights and update count, for checkpoints."""
         return {"num_updates": self.num_updates, "shadows": {str(b): s for b, s in self.shadows.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the EMA weights and update count."""
         self.num_updates = state["num_updates"]
         for b, s in state["shadows"].items():
             torch._foreach_copy_(self.shadows[float(b)], s)

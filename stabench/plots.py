@@ -50,6 +50,7 @@ def _smooth(y: list, k: int = 25) -> list:
 
 
 def write_plots(records: list[dict], lb, out: Path) -> list[str]:
+    """The leaderboard's PNG figures (curves, decoder feature norms, quality vs instability); returns their names."""
     plt = _setup()
     by_hash: dict[str, list[dict]] = {}
     for r in records:

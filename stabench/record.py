@@ -58,10 +58,12 @@ class Tags:
     params: dict | None = None  # the sampled values of the space's keys
 
     def to_dict(self) -> dict:
+        """The tags as stored in a record (the store's historical names, None fields left out)."""
         return {_STORED.get(k, k): v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_record(cls, record: dict) -> Tags:
+        """The tags of a stored record."""
         read = {v: k for k, v in _STORED.items()}
         return cls(**{read.get(k, k): v for k, v in tags_of(record).items() if read.get(k, k) in _FIELDS})
 
@@ -97,6 +99,7 @@ MAX_CURVE_POINTS = 2000
 
 
 def git_sha() -> str | None:
+    """The checked-out commit of the stabench source, if it is a git checkout."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
@@ -107,6 +110,7 @@ def git_sha() -> str | None:
 
 
 def versions() -> dict:
+    """Versions of what produced a record."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -116,6 +120,7 @@ def versions() -> dict:
 
 
 def device_info(device: torch.device) -> dict:
+    """The device a trial ran on (name, type, threads)."""
     info = {"type": device.type, "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
@@ -125,10 +130,12 @@ def device_info(device: torch.device) -> dict:
 
 
 def new_run_id(cfg: TrialConfig) -> str:
+    """A unique, sortable run id that carries the config hash prefix and the seed."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg)[:8]}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
 
 
 def new_record(cfg: TrialConfig, device: torch.device) -> dict:
+    """The head of a record before training: what runs, where, and status `running`."""
     return {
         "schema": SCHEMA_VERSION,
         "run_id": new_run_id(cfg),
@@ -188,14 +195,17 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` atomically (see `atomic_write`)."""
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save` atomically (see `atomic_write`)."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def write_record(record: dict, run_dir: Path) -> Path:
+    """Write `run_dir/record.json` atomically as strict JSON (non-finite floats become null)."""
     path = Path(run_dir) / "record.json"
     atomic_write_text(path, json.dumps(_json_safe(record), indent=1, allow_nan=False) + "\n")
     return path
@@ -212,6 +222,7 @@ def eval_value(entry: dict, metric: str) -> float | None:
 
 
 def worst(direction: str) -> float:
+    """The worst value of an objective: +inf when minimised, -inf when maximised."""
     return math.inf if direction == "minimize" else -math.inf
 
 

@@ -36,6 +36,7 @@ class Store:
         return f"Store({str(self.root)!r})"
 
     def record_paths(self) -> list[Path]:
+        """Every complete record file, sorted by run id."""
         return sorted(self.root.glob("*/record.json"))
 
     def records(self, **tags) -> Iterator[dict]:
@@ -96,6 +97,7 @@ def _read_matching(paths: list[Path], tags: dict) -> Iterator[dict]:
 
 
 def scalar_row(rec: dict) -> dict[str, Any]:
+    """One table row of a record: ids, status, tags, scalar metrics and flattened config."""
     tags = tags_of(rec)
     row = {
         "run_id": rec["run_id"],
@@ -115,6 +117,7 @@ def scalar_row(rec: dict) -> dict[str, Any]:
 
 
 def curve_rows(rec: dict) -> dict[str, list]:
+    """Table rows of a record's per-step curves."""
     curves = rec.get("curves") or {"step": []}
     n = len(curves["step"])
     return {

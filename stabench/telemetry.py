@@ -25,6 +25,7 @@ class StepLog:
         self._clip_norm: float | None = None
 
     def append(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        """Keep one step's values as tensors (no host synchronisation)."""
         self._pending.append((loss.detach(), grad_norm.detach(), lr))
 
     def flush(self, clip_norm: float | None) -> int:
@@ -60,9 +61,11 @@ class DivergenceDetector:
         return None
 
     def state_dict(self) -> dict:
+        """The detector's state, for checkpoints."""
         return {"smoothed": self.smoothed, "running_min": self.running_min, "checked": self.checked}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the detector's state from a checkpoint."""
         self.smoothed, self.running_min, self.checked = state["smoothed"], state["running_min"], state["checked"]
 
     def check(self, step: int, loss: float, grad_norm: float) -> str | None:

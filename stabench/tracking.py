@@ -23,6 +23,8 @@ MODES = ("online", "offline", "disabled")
 
 @dataclass(frozen=True)
 class TrackingSettings:
+    """How trials are logged to W&B: mode, project, entity and where offline runs go."""
+
     mode: str | None = None  # None: decide from $WANDB_MODE and the presence of an API key
     project: str = "stabench"
     entity: str | None = None
@@ -30,6 +32,7 @@ class TrackingSettings:
     init_timeout_s: float = 30.0
 
     def resolved_mode(self) -> str:
+        """The mode to use: the setting, else $WANDB_MODE, else online with an API key and offline without."""
         mode = self.mode or os.environ.get("WANDB_MODE")
         if mode in ("dryrun",):
             mode = "offline"
@@ -39,6 +42,7 @@ class TrackingSettings:
 
 
 def has_api_key() -> bool:
+    """Is a W&B API key available ($WANDB_API_KEY or ~/.netrc)?"""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
@@ -171,6 +175,7 @@ class WandbTracker(Tracker):
 
 
 def make_tracker(settings: TrackingSettings | None, record: dict) -> Tracker:
+    """A W&B tracker for the record, or a no-op one when tracking is off."""
     if settings is None or settings.resolved_mode() == "disabled":
         return Tracker()
     return WandbTracker(settings, record)

@@ -34,6 +34,8 @@ class Command(click.Command):
 
 
 class Group(click.Group):
+    """The stabench group: its commands share the error boundary."""
+
     command_class = Command
 
 
@@ -61,6 +63,7 @@ def deprecated_alias(old: str, new: str, **option_kwargs):
 
 
 def fold_deprecated(ctx: click.Context) -> None:
+    """Move the values of old spellings onto their new options, remembering which flag the user typed."""
     for name in [n for n in ctx.params if n.startswith(DEPRECATED)]:
         value, new = ctx.params.pop(name), name.removeprefix(DEPRECATED)
         if value is not None:
@@ -70,10 +73,12 @@ def fold_deprecated(ctx: click.Context) -> None:
 
 
 def store_option(help: str = "Results store for the trial records (default: runs/, or $STABENCH_STORE)."):
+    """The --store option (the record store)."""
     return click.option("--store", type=click.Path(path_type=Path), default=None, metavar="DIR", help=help)
 
 
 def open_store(path: Path | None):
+    """The record store at `path` (default: runs/, or $STABENCH_STORE)."""
     from ..store import DEFAULT_STORE, Store
 
     return Store(path or DEFAULT_STORE)
@@ -86,6 +91,7 @@ def _set_inception_env(ctx, param, value):
 
 
 def inception_option(fn):
+    """The --inception-weights option; its value is passed on through $STABENCH_INCEPTION_WEIGHTS."""
     return click.option(
         "--inception-weights",
         default=None,

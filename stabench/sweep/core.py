@@ -58,6 +58,7 @@ class ConfigRun:
     stopped: bool = False
 
     def events(self, params: dict[str, Any]) -> Iterator[Event]:
+        """Train every seed of `params`; yields events, returns the objective values."""
         for i, seed in enumerate(self.space.seeds):
             if self.stopped:
                 raise TrialPruned(f"pruned before seed {seed}")
@@ -97,6 +98,7 @@ class ConfigRun:
             self.current.stop()
 
     def values(self) -> list[float]:
+        """The objective values of the seeds run so far."""
         return objective_values(self.space, self.records)
 
 

@@ -49,6 +49,7 @@ def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.Ba
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    """The space's Optuna pruner with its options."""
     p = space.pruner
     cls = {
         "median": optuna.pruners.MedianPruner,
@@ -103,6 +104,7 @@ def make_storage(url: str | None, study_name: str, heartbeats: bool = True) -> t
 
 
 def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> optuna.Study:
+    """Create the sweep's study, or load it to continue."""
     storage, _ = make_storage(storage_url, study_name)
     kw = {"directions": space.directions} if len(space.objectives) > 1 else {"direction": space.directions[0]}
     return optuna.create_study(
@@ -116,6 +118,7 @@ def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> 
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
+    """How many trials the study holds in each state."""
     c = {s.name.lower(): 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         c[t.state.name.lower()] += 1
@@ -229,6 +232,7 @@ def run_one_optuna_trial(
 
 
 def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str:
+    """One line of progress: done, running, pruned, failed, best so far."""
     c = counts(study)
     done = c["complete"] + c["pruned"]
     line = (
@@ -381,6 +385,7 @@ def requeue_dead_worker(study: optuna.Study, log: Callable[[str], None]) -> Call
 
 
 def summarize_study(study: optuna.Study, space: SearchSpace) -> dict:
+    """Trial counts and the best trial (or the Pareto front)."""
     c = counts(study)
     out: dict[str, Any] = {"study": study.study_name, "counts": c}
     if not c["complete"]:

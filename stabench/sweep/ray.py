@@ -36,10 +36,12 @@ def _define_by_run(trial, space: SearchSpace) -> dict:
 
 
 def metric_names(space: SearchSpace) -> list[str]:
+    """The names of the space's objectives, in order."""
     return [o.metric for o in space.objectives]
 
 
 def evals_per_seed(cfg) -> int:
+    """Evaluation points of one seed (the last step always evaluates)."""
     return -(-cfg.optim.steps // cfg.eval.every)
 
 
@@ -83,6 +85,7 @@ class StabenchTrainable(tune.Trainable):
         self.events = self.run.events(self.params)
 
     def step(self) -> dict:
+        """Train to the next evaluation point and report it; the last step reports the objective values."""
         while True:
             try:
                 event = next(self.events)
@@ -120,12 +123,15 @@ class StabenchTrainable(tune.Trainable):
         return out
 
     def cleanup(self) -> None:
+        """Stopped by the scheduler: the running seed is recorded as pruned."""
         self.run.stop()  # stopped by the scheduler: the running seed is recorded as pruned
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict:
+        """Nothing to save: the store is the state, finished seeds are found there again."""
         return {}  # the store is the state: finished seeds are found there again
 
     def load_checkpoint(self, checkpoint: dict) -> None:
+        """A restarted or restored trial starts again from its first seed (the store has the finished ones)."""
         # Restarted (failed actor) or restored (killed driver) trial: the interrupted seed trains again.
         self._start()
 
@@ -190,6 +196,7 @@ def ray_session(address: str | None, num_cpus: int | None):
 
 
 def make_searcher(space: SearchSpace, name: str, named_points: dict | None, study_storage, max_concurrent: int | None):
+    """OptunaSearch over the space (named points first), limited to `max_concurrent` trials at once."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -297,6 +304,7 @@ def make_tuner(
 
 
 def summarize_results(results, space: SearchSpace) -> dict:
+    """Trial counts and the best result of a finished Tune run."""
     statuses = [r.metrics.get("statuses") for r in results]
     out: dict[str, Any] = {
         "trials": len(results),
