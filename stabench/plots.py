@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .record import FINISHED
+from .telemetry import probe_series
 
 MAX_CONFIGS = 8  # top-ranked configs drawn in the curve plots (legibility)
 PNG_META = {"Software": None}  # no version string in the file, so regenerated PNGs are byte-identical
@@ -42,13 +43,6 @@ def _band(ax, curves: list[tuple[list, list]], label: str, log: bool = False) ->
         ax.set_yscale("log")
 
 
-def _smooth(y: list, k: int = 25) -> list:
-    y = np.asarray([v if v is not None else np.nan for v in y], dtype=float)
-    if len(y) < k:
-        return list(y)
-    return list(np.convolve(y, np.ones(k) / k, mode="valid")) + [np.nan] * (k - 1)
-
-
 def write_plots(records: list[dict], lb, out: Path) -> list[str]:
     """The leaderboard's PNG figures (curves, decoder feature norms, quality vs instability); returns their names."""
     plt = _setup()
@@ -58,27 +52,26 @@ def write_plots(records: list[dict], lb, out: Path) -> list[str]:
     top = [row for row in lb.rows[:MAX_CONFIGS]]
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for row in top:
-        recs = [r for r in by_hash[row["config_hash"]] if r["status"] in FINISHED]
-        _band(axes[0], [(r["curves"]["step"], _smooth(r["curves"]["loss"])) for r in recs], row["config"], log=True)
-        _band(
-            axes[1], [(r["curves"]["step"], _smooth(r["curves"]["grad_norm"])) for r in recs], row["config"], log=True
-        )
-    axes[0].set(title="training loss (smoothed; band = seeds min-max)", xlabel="step")
-    axes[1].set(title="pre-clip gradient norm (smoothed)", xlabel="step")
-    axes[1].legend(fontsize=6)
-    paths.append(_save(fig, out / "curves.png", plt))
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for row in top:
-        recs = [r for r in by_hash[row["config_hash"]] if r["status"] in FINISHED]
-        _band(axes[0], [(r["probes"]["step"], r["probes"]["feature_norm"]) for r in recs], row["config"])
-        _band(axes[1], [(r["probes"]["step"], r["probes"]["probe_loss"]) for r in recs], row["config"], log=True)
-    axes[0].set(title="norm of long-skip features entering the decoder (ScaleLong)", xlabel="step")
-    axes[1].set(title="probe loss (fixed batch)", xlabel="step")
-    axes[1].legend(fontsize=6)
-    paths.append(_save(fig, out / "feature_norms.png", plt))
+    # Curves that compare configs use the fixed probe batch and the unweighted loss: a weighted training loss
+    # (and its gradient) is not comparable across timestep weighting kinds.
+    finished = {row["config_hash"]: [r for r in by_hash[row["config_hash"]] if r["status"] in FINISHED] for row in top}
+    panels = [
+        ("curves.png", ("probe_loss", "unweighted probe loss (fixed batch; band = seeds min-max)", True),
+         ("probe_grad_norm", "gradient norm of the unweighted probe loss", True)),
+        ("feature_norms.png", ("decoder_norm", "decoder hidden-feature norm (ScaleLong's norm of feature)", False),
+         ("skip_norm", "norm of the long skips entering the decoder (after scaling)", False)),
+    ]  # fmt: skip
+    for name, *series in panels:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for ax, (key, title, log) in zip(axes, series):
+            for row in top:
+                bands = [(r["probes"]["step"], probe_series(r["probes"], key)) for r in finished[row["config_hash"]]]
+                _band(ax, [(x, y) for x, y in bands if y], row["config"], log=log)
+            ax.set(title=title, xlabel="step")
+            if not ax.lines:
+                ax.text(0.5, 0.5, "not in these records (older readout)", ha="center", transform=ax.transAxes)
+        axes[0].legend(fontsize=6)
+        paths.append(_save(fig, out / name, plt))
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for row in lb.rows:

@@ -143,3 +143,12 @@ def test_regeneration_is_byte_identical_including_plots(tmp_path):
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert "Floor (two halves of the real data): fid_digits = 0.5" in (tmp_path / "a" / "leaderboard.md").read_text()
+
+
+def test_plots_read_records_of_the_current_engine(tmp_path, tiny):
+    from stabench.engine import run_trial
+
+    records = [run_trial(tiny(f"seed={s}", "lsc.mode=constant" if s else "lsc.mode=none")) for s in range(2)]
+    write_leaderboard(records, tmp_path, "best_probe_loss")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert (tmp_path / "feature_norms.png").stat().st_size > 0
