@@ -1,13 +1,13 @@
 """Leaderboards: records grouped by config_hash across seeds, with the uncertainty that comes with them.
 
-Per config: n seeds, diverged seeds, mean/std and a 95% bootstrap CI of the quality metric and of
-`instability`, the paired delta vs the baseline on shared seeds, steps-to-target and speedup vs the
-baseline (AlgoPerf: a run that never reaches the target counts as infinity), the knobs that differ from
-the baseline, rank, and the Pareto front of quality vs instability. Diverged seeds are never dropped:
-their quality is +inf, and any config with a diverged seed ranks below every config without one.
+Per config: n seeds (flagged below 5), diverged seeds, the mean and 95% Student-t interval of the quality metric
+and of `instability` (and the mean of each of its parts), the paired delta vs the baseline on shared seeds with
+its t-interval and a Holm-corrected significance mark, steps-to-target and speedup vs the baseline (a target
+every baseline seed reaches, interpolated between evaluation points; a miss counts as infinity, AlgoPerf), the
+knobs that differ from the baseline, rank, and the Pareto front of quality vs instability. Diverged seeds are
+never dropped: their quality is +inf, and any config with a diverged seed ranks below every config without one.
 
-Everything here is deterministic (fixed bootstrap seed, sorted rows, no timestamps), so the same store
-regenerates byte-identical files.
+Everything here is deterministic (sorted rows, no timestamps), so the same store regenerates byte-identical files.
 """
 
 from __future__ import annotations
@@ -19,59 +19,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from . import stats
 from .config import flatten
 from .errors import UserError
 from .record import FINISHED, Status, eval_value, label, metrics_of, record_value, tags_of
 from .store import Store
+from .telemetry import INSTABILITY_PARTS
 
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------
-
-
-def bootstrap_ci(values: list[float], stat=np.mean, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of `stat` over `values` (None with fewer than 2 values or any non-finite)."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2 or not np.all(np.isfinite(x)):
-        return None
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    idx = rng.integers(0, len(x), size=(BOOTSTRAP_RESAMPLES, len(x)))
-    stats = stat(x[idx], axis=1)
-    lo, hi = np.percentile(stats, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    x = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(x)):
-        return math.inf, None
-    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else None
-
-
-def steps_to_target(evals: list[tuple[int, float]], target: float) -> float:
-    """First evaluation step whose value is <= target; infinity if never (AlgoPerf's convention)."""
-    for step, value in evals:
-        if value is not None and value <= target:
-            return float(step)
-    return math.inf
-
-
-def lower_median(values: list[float]) -> float:
-    """The median, taking the lower middle value for even counts (so [s, inf] gives s, not inf)."""
-    return float(np.quantile(np.asarray(values, dtype=np.float64), 0.5, method="lower"))
-
-
-def speedup(baseline_steps: list[float], steps: list[float]) -> float | None:
-    """Median baseline steps-to-target / median steps-to-target of this config: 0 if the config never
-    reaches the target, inf if only the baseline never does, None (undefined) if neither does."""
-    b, s = lower_median(baseline_steps), lower_median(steps)
-    if math.isinf(s):
-        return None if math.isinf(b) else 0.0
-    return math.inf if math.isinf(b) else b / s
+ALPHA = 0.05  # family-wise level of the significance marks (Holm over every config's delta vs the baseline)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -84,39 +39,28 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
     return flags
 
 
-def paired_delta(q: float, base: float) -> float | None:
-    """q - base on one seed; a diverged seed (inf) on one side gives -inf/+inf, on both sides None."""
-    if math.isinf(q) and math.isinf(base):
-        return None
-    return q - base
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float | None:
-    from scipy.stats import kendalltau
-
-    if len(a) < 2:
-        return None
-    tau = kendalltau(a, b).statistic
-    return None if tau is None or math.isnan(tau) else float(tau)
-
-
 # ---------------------------------------------------------------------------------------------
 # From records to rows
 # ---------------------------------------------------------------------------------------------
 
 
-def record_eval_curve(rec: dict, metric: str) -> list[tuple[int, float]]:
-    return [(e["step"], v) for e in rec.get("evals") or [] if (v := eval_value(e, metric)) is not None]
+def record_steps_to_target(rec: dict, metric: str, target: float) -> float:
+    """The step at which a record's eval curve of `metric` first reaches `target` (interpolated; inf if never)."""
+    curve = [(e["step"], v) for e in rec.get("evals") or [] if (v := eval_value(e, metric)) is not None]
+    return stats.steps_to_target([s for s, _ in curve], [v for _, v in curve], target)
 
 
 @dataclass
 class ConfigGroup:
+    """The finished records of one config, one per seed."""
+
     config_hash: str
     label: str
     config: dict
     records: list[dict] = field(default_factory=list)
 
     def by_seed(self, fn) -> dict[int, float]:
+        """`fn(record)` for each seed, in seed order."""
         return {r["seed"]: fn(r) for r in sorted(self.records, key=lambda r: r["seed"])}
 
 
@@ -133,6 +77,7 @@ def group_records(records: list[dict]) -> list[ConfigGroup]:
 
 
 def knob_diff(config: dict, baseline: dict | None) -> str:
+    """The config keys whose values differ from the baseline's, as key=value."""
     if baseline is None:
         return ""
     a, b = flatten(config), flatten(baseline)
@@ -143,6 +88,8 @@ def knob_diff(config: dict, baseline: dict | None) -> str:
 
 @dataclass
 class Leaderboard:
+    """The rows (one per config, ranked) and what the header says about them."""
+
     metric: str
     baseline: str | None
     rows: list[dict]
@@ -151,95 +98,107 @@ class Leaderboard:
     n_records: int
     floor: float | None
     samples: list[int] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    old_readout: int = 0  # records written before the decoder-side readout (schema 1)
+    old_floor: bool = False  # the floor comes from the old readout (two halves of the reference)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The baseline config's per-seed values that every row is compared with."""
+
+    group: ConfigGroup | None
+    quality: dict[int, float]
+    target: float | None
+    steps: dict[int, float]
+
+
+def reference(groups: list[ConfigGroup], baseline: str | None, metric: str) -> Reference:
+    """The baseline's per-seed quality, the target every baseline seed reaches, and its steps to that target."""
+    base = next((g for g in groups if g.label == baseline), None) if baseline else None
+    if base is None:
+        return Reference(None, {}, None, {})
+    quality = base.by_seed(lambda r: record_value(r, metric))
+    target = stats.target_from_baseline(list(quality.values()))
+    target = None if math.isnan(target) else target
+    steps = base.by_seed(lambda r: record_steps_to_target(r, metric, target)) if target is not None else {}
+    return Reference(base, quality, target, steps)
+
+
+def config_row(g: ConfigGroup, metric: str, ref: Reference) -> dict:
+    """One config's statistics over its seeds, and against the baseline on shared seeds."""
+    q = g.by_seed(lambda r: record_value(r, metric))
+    u = g.by_seed(lambda r: record_value(r, "instability"))
+    finite_q = [v for v in q.values() if math.isfinite(v)]
+    q_mean, q_lo, q_hi = stats.t_interval(list(q.values()))
+    u_mean, u_lo, u_hi = stats.t_interval(list(u.values()))
+    row = {
+        "config": g.label,
+        "config_hash": g.config_hash,
+        "n": len(q),
+        "small_n": stats.small_n(len(q)),
+        "diverged": sum(r["status"] == Status.DIVERGED for r in g.records),
+        "seeds": ",".join(str(s) for s in q),
+        "q_mean": q_mean,
+        "q_std": float(np.std(finite_q, ddof=1)) if len(finite_q) == len(q) > 1 else None,
+        "q_ci": (q_lo, q_hi),
+        "q_finite_mean": float(np.mean(finite_q)) if finite_q else None,
+        "u_mean": u_mean,
+        "u_ci": (u_lo, u_hi),
+        "parts": {k: _mean_of(g, k) for k in INSTABILITY_PARTS},
+        "knobs": knob_diff(g.config, ref.group.config if ref.group else None),
+    }
+    shared = sorted(set(q) & set(ref.quality))
+    compared = ref.group is not None and ref.group is not g  # the baseline's own row has no delta
+    row["delta"] = stats.paired_delta([q[s] for s in shared], [ref.quality[s] for s in shared]) if compared else None
+    if ref.target is not None:
+        steps = g.by_seed(lambda r: record_steps_to_target(r, metric, ref.target))
+        row["steps_to_target"] = stats.median_with_inf(list(steps.values()))
+        ratios = [stats.speedup(ref.steps[s], steps[s]) for s in sorted(set(steps) & set(ref.steps))]
+        row["speedup"] = stats.median_with_inf(ratios)
+    return row
+
+
+def _mean_of(g: ConfigGroup, metric: str) -> float | None:
+    """The mean of a metric over the seeds that recorded it (None when none did)."""
+    values = [metrics_of(r)[metric] for r in g.records if metrics_of(r).get(metric) is not None]
+    return float(np.mean(values)) if values else None
 
 
 def build_leaderboard(records: list[dict], metric: str, baseline: str | None = None) -> Leaderboard:
+    """Group records by config, compute every row's statistics, mark significance (Holm), rank, find the front."""
     groups = group_records(records)
-    base = next((g for g in groups if g.label == baseline), None) if baseline else None
-    base_q = base.by_seed(lambda r: record_value(r, metric)) if base else {}
-    finite_base = [v for v in base_q.values() if math.isfinite(v)]
-    target = lower_median(finite_base) if finite_base else None
-    base_steps = (
-        base.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target))
-        if base and target is not None
-        else {}
-    )
-
-    rows = []
-    for g in groups:
-        q = g.by_seed(lambda r: record_value(r, metric))
-        u = g.by_seed(lambda r: record_value(r, "instability"))
-        finite_q = [v for v in q.values() if math.isfinite(v)]
-        n_div = sum(r["status"] == Status.DIVERGED for r in g.records)
-        q_mean, q_std = mean_std(list(q.values()))
-        u_mean, u_std = mean_std(list(u.values()))
-        row = {
-            "config": g.label,
-            "config_hash": g.config_hash,
-            "n": len(q),
-            "diverged": n_div,
-            "seeds": ",".join(str(s) for s in q),
-            "q_mean": q_mean,
-            "q_std": q_std,
-            "q_ci": bootstrap_ci(list(q.values())),
-            "q_finite_mean": float(np.mean(finite_q)) if finite_q else None,
-            "u_mean": u_mean,
-            "u_std": u_std,
-            "u_ci": bootstrap_ci(list(u.values())),
-        }
-        shared = sorted(set(q) & set(base_q)) if base else []
-        deltas = [paired_delta(q[s], base_q[s]) for s in shared]
-        finite_deltas = [d for d in deltas if d is not None and math.isfinite(d)]
-        row["delta"] = (
-            float(np.mean(deltas))
-            if deltas and len(finite_deltas) == len(deltas)
-            else (float(np.mean([d for d in deltas if d is not None])) if any(d is not None for d in deltas) else None)
-        )
-        row["delta_ci"] = bootstrap_ci(deltas) if len(finite_deltas) == len(deltas) else None
-        row["delta_n"] = len(shared)
-        if target is not None:
-            steps = g.by_seed(lambda r: steps_to_target(record_eval_curve(r, metric), target))
-            row["steps_to_target"] = lower_median(list(steps.values()))
-            row["speedup"] = speedup(list(base_steps.values()), list(steps.values()))
-            ratios = [speedup([base_steps[s]], [steps[s]]) for s in sorted(set(steps) & set(base_steps))]
-            row["speedup_ci"] = bootstrap_ci(ratios, stat=np.median) if ratios and None not in ratios else None
-        row["knobs"] = knob_diff(g.config, base.config if base else None)
-        rows.append(row)
-
+    ref = reference(groups, baseline, metric)
+    rows = [config_row(g, metric, ref) for g in groups]
+    deltas = [r["delta"] for r in rows if r["delta"] is not None and r["config"] != baseline]
+    for d, significant in zip(deltas, stats.holm([d.p for d in deltas], ALPHA)):
+        next(r for r in rows if r["delta"] is d)["significant"] = significant
     # Rank: configs without divergences first, then by mean quality, then by instability, then by label.
     rows.sort(key=lambda r: (r["diverged"] > 0, r["q_mean"], r["q_finite_mean"] or math.inf, r["u_mean"], r["config"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
     for r, on_front in zip(rows, pareto_front([(r["q_mean"], r["u_mean"]) for r in rows])):
         r["pareto"] = on_front
-    floors = [r["metrics"].get(f"{metric}_floor") for r in records if metrics_of(r).get(f"{metric}_floor")]
-    samples = sorted({r["metrics"]["fid_samples"] for r in records if metrics_of(r).get("fid_samples")})
+    finished = [r for g in groups for r in g.records]
+    # the floor at the trial's own sample count (schema 2) is preferred to the old readout's two halves
+    floors = [
+        (r.get("schema", 1) < 2, metrics_of(r)[f"{metric}_floor"])
+        for r in finished
+        if metrics_of(r).get(f"{metric}_floor")
+    ]
     return Leaderboard(
         metric,
         baseline,
         rows,
-        target,
-        seed_half_tau(groups, metric),
+        ref.target,
+        stats.kendall_tau_halves({g.config_hash: g.by_seed(lambda r: record_value(r, metric)) for g in groups}),
         len(records),
-        floors[0] if floors else None,
-        samples,
+        min(floors)[1] if floors else None,
+        sorted({metrics_of(r)["fid_samples"] for r in finished if metrics_of(r).get("fid_samples")}),
+        sorted({e["step"] for r in finished for e in r.get("evals") or []}),
+        sum(r.get("schema", 1) < 2 for r in finished),
+        bool(floors) and min(floors)[0],
     )
-
-
-def seed_half_tau(groups: list[ConfigGroup], metric: str) -> float | None:
-    """Kendall tau between the config rankings from two disjoint halves of the seeds (>= 4 seeds)."""
-    seeds = sorted({r["seed"] for g in groups for r in g.records})
-    if len(seeds) < 4:
-        return None
-    half_a, half_b = set(seeds[0::2]), set(seeds[1::2])
-    a, b = [], []
-    for g in groups:
-        qa = [record_value(r, metric) for r in g.records if r["seed"] in half_a]
-        qb = [record_value(r, metric) for r in g.records if r["seed"] in half_b]
-        if qa and qb:
-            a.append(float(np.mean(qa)))
-            b.append(float(np.mean(qb)))
-    return kendall_tau(a, b) if len(a) >= 2 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +207,8 @@ def seed_half_tau(groups: list[ConfigGroup], metric: str) -> float | None:
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
-    if x is None:
+    """A number for a table: 4 significant digits, ∞ for infinity, – for none."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     if isinstance(x, float) and math.isinf(x):
         return "∞" if x > 0 else "-∞"
@@ -256,46 +216,40 @@ def fmt(x: float | None, digits: int = 4) -> str:
 
 
 def fmt_ci(ci: tuple[float, float] | None) -> str:
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "n/a"
+    """[lo, hi], or n/a when there is no interval."""
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci and not any(map(math.isnan, ci)) else "n/a"
+
+
+def _delta_cells(r: dict) -> list[str]:
+    d = r.get("delta")
+    if d is None or d.n == 0:
+        return ["–", "–", "–"]
+    mark = " *" if r.get("significant") else ""
+    return [fmt(d.mean) + mark, fmt_ci((d.lo, d.hi)), fmt(d.p, 2)]
 
 
 def table(lb: Leaderboard) -> pl.DataFrame:
     """The leaderboard as a flat table of strings (what the .md/.csv/.html files show)."""
     m = lb.metric
-    names = [
-        "rank",
-        "config",
-        "n",
-        "diverged",
-        f"{m} mean ± std",
-        f"{m} 95% CI",
-        "Δ vs baseline",
-        "Δ 95% CI",
-        "instability",
-        "instability 95% CI",
-        "steps to target",
-        "speedup",
-        "speedup 95% CI",
-        "Pareto",
-        "knobs vs baseline",
-        "config_hash",
-    ]
+    names = ["rank", "config", "n", "diverged", f"{m} mean ± std", f"{m} 95% t-CI", "Δ vs baseline",
+             "Δ 95% t-CI", "Δ p (paired t)", "instability", "instability 95% t-CI",
+             *(f"{k}" for k in INSTABILITY_PARTS), "steps to target", "speedup", "Pareto", "knobs vs baseline",
+             "config_hash"]  # fmt: skip
     cols: dict[str, list] = {k: [] for k in names}
     for r in lb.rows:
         vals = [
             r["rank"],
             r["config"],
-            r["n"],
+            f"{r['n']}{' (small n)' if r['small_n'] else ''}",
             r["diverged"],
             fmt(r["q_mean"]) + (f" ± {fmt(r['q_std'], 2)}" if r["q_std"] is not None else ""),
             fmt_ci(r["q_ci"]),
-            fmt(r["delta"]) if r["delta_n"] else "–",
-            fmt_ci(r["delta_ci"]) if r["delta_n"] else "–",
+            *_delta_cells(r),
             fmt(r["u_mean"]),
             fmt_ci(r["u_ci"]),
+            *(fmt(r["parts"][k], 3) for k in INSTABILITY_PARTS),
             fmt(r.get("steps_to_target")),
             fmt(r.get("speedup"), 3),
-            fmt_ci(r.get("speedup_ci")),
             "★" if r["pareto"] else "",
             r["knobs"] or "–",
             r["config_hash"],
@@ -306,27 +260,34 @@ def table(lb: Leaderboard) -> pl.DataFrame:
 
 
 def header_lines(lb: Leaderboard) -> list[str]:
+    """The notes above the table: what was measured, against what, and how to read it."""
     n_seeds = sorted({r["n"] for r in lb.rows})
     lines = [
         f"Metric: `{lb.metric}` (lower is better), from {lb.n_records} records in {len(lb.rows)} configs; "
         f"seeds per config: {', '.join(map(str, n_seeds)) or '–'}"
         + (f"; {', '.join(map(str, lb.samples))} samples per FID/KID" if lb.samples else "")
+        + (f"; evaluated at steps {', '.join(map(str, lb.eval_steps))}" if lb.eval_steps else "")
         + "."
     ]
-    if lb.baseline and lb.target is None and not any(r["config"] == lb.baseline for r in lb.rows):
+    if lb.baseline and not any(r["config"] == lb.baseline for r in lb.rows):
         lines.append(
             f"Baseline `{lb.baseline}` has no records here: no deltas or speedups (run it into this store "
             "with `stabench baselines`, or pass --baseline with a label from the table)."
         )
     elif lb.baseline:
+        target = fmt(lb.target) if lb.target is not None else "none (a baseline seed diverged)"
         lines.append(
-            f"Baseline: `{lb.baseline}`; Δ is paired on shared seeds; target for steps-to-target = the "
-            f"baseline's median final {lb.metric} ({fmt(lb.target)}); ∞ = never reached (AlgoPerf)."
+            f"Baseline: `{lb.baseline}`. Δ is paired on shared seeds, with a Student-t interval and the paired "
+            f"t-test's p; * = significant at {ALPHA:g} after Holm's correction over every config. Target for "
+            f"steps-to-target = the baseline's worst seed's final {lb.metric}, so every baseline seed reaches it "
+            f"({target}); steps are interpolated between evaluation points, ∞ = never reached (AlgoPerf); "
+            "speedup = median over shared seeds of baseline / config steps (∞ counted as the largest value)."
         )
     if lb.floor is not None:
-        lines.append(f"Floor (two halves of the real data): {lb.metric} = {fmt(lb.floor)}.")
-    if any(r["n"] < 2 for r in lb.rows):
-        lines.append("Configs with one seed have no confidence interval (n/a).")
+        how = "two halves of the reference, old readout" if lb.old_floor else "training images scored like samples"
+        lines.append(f"Floor ({how}): {lb.metric} = {fmt(lb.floor)}.")
+    if any(r["small_n"] for r in lb.rows):
+        lines.append(f"(small n) = fewer than {stats.SMALL_N} seeds: wide intervals, fragile ranks.")
     lines.append(
         f"Ranking stability (Kendall tau, two disjoint seed halves): {fmt(lb.kendall_tau, 3)}"
         + ("" if lb.kendall_tau is not None else " (needs >= 4 seeds)")
@@ -334,9 +295,15 @@ def header_lines(lb: Leaderboard) -> list[str]:
     )
     lines.append(
         "Diverged seeds count as ∞ and rank their config below every config without divergence. "
-        "★ = Pareto front of quality vs instability. CIs: 95% percentile bootstrap over seeds "
-        f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})."
+        "★ = Pareto front of quality vs instability. Intervals: 95% Student-t over seeds. instability = "
+        + " + ".join(INSTABILITY_PARTS)
+        + " (weighting-free, docs/metrics.md); its parts are means over seeds."
     )
+    if lb.old_readout:
+        lines.append(
+            f"{lb.old_readout} records come from the old readout (schema 1): their instability is the old, "
+            "weighting-dependent formula and they lack its new parts (–); compare such rows only with each other."
+        )
     return lines
 
 

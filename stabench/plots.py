@@ -70,7 +70,8 @@ def write_plots(records: list[dict], lb, out: Path) -> list[str]:
             ax.set(title=title, xlabel="step")
             if not ax.lines:
                 ax.text(0.5, 0.5, "not in these records (older readout)", ha="center", transform=ax.transAxes)
-        axes[0].legend(fontsize=6)
+        if axes[0].lines:
+            axes[0].legend(fontsize=6)
         paths.append(_save(fig, out / name, plt))
 
     fig, ax = plt.subplots(figsize=(5.5, 4))

@@ -3,15 +3,8 @@ import math
 
 import pytest
 
-from stabench.leaderboard import (
-    bootstrap_ci,
-    build_leaderboard,
-    mean_std,
-    pareto_front,
-    speedup,
-    steps_to_target,
-    write_leaderboard,
-)
+from stabench.leaderboard import build_leaderboard, pareto_front, write_leaderboard
+from stabench.telemetry import INSTABILITY_PARTS
 
 BASE_CONFIG = {"lsc": {"mode": "none", "kappa": 0.5}, "optim": {"lr": 0.001}}
 
@@ -23,6 +16,7 @@ def rec(config_hash, seed, fid, status="ok", evals=None, instability=0.1, baseli
     cfg = copy.deepcopy(BASE_CONFIG)
     cfg["lsc"]["mode"] = mode
     return {
+        "schema": 2,
         "run_id": f"{config_hash}-{seed}",
         "config_hash": config_hash,
         "seed": seed,
@@ -34,26 +28,6 @@ def rec(config_hash, seed, fid, status="ok", evals=None, instability=0.1, baseli
         "curves": {"step": [1, 2], "loss": [1.0, 0.5], "grad_norm": [1.0, 1.0]},
         "probes": {"step": [0, 2], "feature_norm": [1.0, 1.1], "probe_loss": [1.0, 0.5]},
     }
-
-
-def test_bootstrap_ci_matches_hand_computation():
-    # resampling [0, 1]: means 0 (p=1/4), 0.5 (1/2), 1 (1/4) -> 2.5th and 97.5th percentiles are 0 and 1
-    assert bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
-    # constant values: the CI collapses to the value
-    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    # [1, 2, 3]: P(mean = 1) = 1/27 = 3.7% > 2.5%, so the lower percentile is exactly 1 (and 3 above)
-    assert bootstrap_ci([1.0, 2.0, 3.0]) == (1.0, 3.0)
-    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
-    assert lo < 4.5 < hi and 2.5 < lo and hi < 6.5
-    assert bootstrap_ci([1.0]) is None and bootstrap_ci([1.0, math.inf]) is None
-    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
-
-
-def test_steps_to_target_and_speedup_as_defined():
-    assert steps_to_target([(100, 5.0), (200, 3.0), (300, 2.0)], target=3.0) == 200
-    assert steps_to_target([(100, 5.0), (200, 4.0)], target=3.0) == math.inf
-    assert speedup([300.0, 300.0], [200.0, 200.0]) == 1.5
-    assert speedup([300.0], [math.inf]) == 0.0 and speedup([math.inf], [100.0]) == math.inf
 
 
 def test_pareto_front_marks_non_dominated_points():
@@ -81,7 +55,8 @@ def test_diverged_seeds_rank_last_and_are_counted():
     assert by_hash["lucky"]["n"] == 3 and by_hash["lucky"]["diverged"] == 1
     assert by_hash["lucky"]["q_mean"] == math.inf and by_hash["lucky"]["u_mean"] == math.inf
     # paired delta on shared seeds: (5-10 + 6-11 + 7-12) / 3 = -5
-    assert by_hash["good"]["delta"] == pytest.approx(-5.0) and by_hash["good"]["delta_n"] == 3
+    assert by_hash["good"]["delta"].mean == pytest.approx(-5.0)
+    assert by_hash["good"]["delta"].n == 3
     assert by_hash["good"]["knobs"] == "lsc.mode=constant"
 
 
@@ -107,10 +82,28 @@ def test_speedup_vs_baseline_from_eval_curves():
     ]
     lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
     rows = {r["config_hash"]: r for r in lb.rows}
-    assert lb.target == 11.0  # the baseline's median final FID
-    assert rows["base"]["steps_to_target"] == 300 and rows["fast"]["steps_to_target"] == 200
-    assert rows["fast"]["speedup"] == pytest.approx(1.5)
+    assert lb.target == 11.0  # the baseline's worst seed's final FID: every baseline seed reaches it
+    assert rows["base"]["steps_to_target"] == 300
+    assert rows["fast"]["steps_to_target"] == pytest.approx(180.0)  # 15 at 100, 10 at 200: 11 at 180
+    assert rows["fast"]["speedup"] == pytest.approx(300 / 180)
     assert rows["never"]["steps_to_target"] == math.inf and rows["never"]["speedup"] == 0.0
+
+
+def test_holm_marks_only_deltas_that_survive_the_correction(tmp_path):
+    base = [10.0, 11.0, 10.5, 10.2, 10.8]
+    records = [rec("base", s, v, baseline="ddpm") for s, v in enumerate(base)]
+    records += [rec("clear", s, v - 3.0 + 0.1 * (s % 2), mode="constant") for s, v in enumerate(base)]
+    records += [rec("noise", s, v + (0.5 if s % 2 else -0.4), mode="linear") for s, v in enumerate(base)]
+    lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
+    rows = {r["config_hash"]: r for r in lb.rows}
+    assert rows["clear"]["significant"]
+    assert not rows["noise"]["significant"]
+    assert rows["clear"]["delta"].hi < 0
+    assert not rows["clear"]["small_n"]
+    write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm", plots=False)
+    header = (tmp_path / "leaderboard.md").read_text().split("\n| rank")[1].split("\n")[0]
+    assert "95% t-CI" in header
+    assert all(part in header for part in INSTABILITY_PARTS)
 
 
 def test_kendall_tau_between_seed_halves_needs_four_seeds():
@@ -122,7 +115,8 @@ def test_kendall_tau_between_seed_halves_needs_four_seeds():
 def test_one_config_one_seed_renders_without_ci(tmp_path):
     write_leaderboard([rec("only", 0, 3.0)], tmp_path, "fid_digits", baseline=None, plots=False)
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "n/a" in md and "no confidence interval" in md
+    assert "n/a" in md
+    assert "(small n)" in md
     assert (tmp_path / "leaderboard.csv").read_text().count("\n") == 2
 
 
@@ -142,7 +136,10 @@ def test_regeneration_is_byte_identical_including_plots(tmp_path):
     ]
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    assert "Floor (two halves of the real data): fid_digits = 0.5" in (tmp_path / "a" / "leaderboard.md").read_text()
+    assert (
+        "Floor (training images scored like samples): fid_digits = 0.5"
+        in (tmp_path / "a" / "leaderboard.md").read_text()
+    )
 
 
 def test_plots_read_records_of_the_current_engine(tmp_path, tiny):
