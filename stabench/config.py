@@ -48,6 +48,9 @@ class ModelConfig(_Section):
 class LSCConfig(_Section):
     mode: Literal["none", "inv_sqrt2", "constant", "linear", "learnable", "learnable_per_skip"] = "none"
     kappa: float = Field(0.5, gt=0.0, le=1.0, description="ScaleLong CS factor (constant, linear modes)")
+    # concat: scale the skip before the decoder block concatenates it (ScaleLong). In the UNet the block's first
+    # GroupNorm undoes a constant scale on the residual path; post_norm scales after that norm (docs/lsc.md).
+    placement: Literal["concat", "post_norm"] = "concat"
 
 
 class DiffusionConfig(_Section):
@@ -167,6 +170,11 @@ class TrialConfig(_Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrialConfig:
+        if self.workload.backbone == "uvit" and self.lsc.placement == "post_norm":
+            raise ValueError(
+                "lsc.placement: 'post_norm' is for the unet (the U-ViT's skip_linear sees the raw concat, so "
+                "'concat' already acts); allowed for uvit: 'concat'"
+            )
         if self.workload.backbone == "uvit" and self.model.norm == "group":
             raise ValueError("model.norm: 'group' is not defined for uvit; allowed: 'layer', 'none'")
         if self.workload.dataset in ("cifar10", "folder") and not self.workload.root:
@@ -183,6 +191,9 @@ class TrialConfig(_Section):
 # Keys that do not change what a trial computes: excluded from config_hash.
 NON_RESULT_KEYS = ("seed", "device", "checkpoint_every")
 NON_RESULT_LEAVES = (("eval", "inception_weights"),)  # where a file lives does not change the result
+# Keys added after records exist: hashed only when they differ from the value that reproduces the behaviour from
+# before they existed, so a stored record keeps its hash (and stays comparable) while a new setting is its own row.
+HASHED_WHEN_CHANGED = {("lsc", "placement"): "concat"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,6 +360,9 @@ def config_hash(cfg: TrialConfig) -> str:
     data = {k: v for k, v in config_to_dict(cfg).items() if k not in NON_RESULT_KEYS}
     for section, leaf in NON_RESULT_LEAVES:
         data[section].pop(leaf, None)
+    for (section, leaf), legacy in HASHED_WHEN_CHANGED.items():
+        if data[section].get(leaf) == legacy:
+            data[section].pop(leaf)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

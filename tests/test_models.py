@@ -113,3 +113,59 @@ def test_deep_preset_has_many_skips_at_16px():
     assert model.num_skips == 12
     out = model(*batch(res=16))
     assert out.shape == (4, 1, 16, 16)
+
+
+def shortcut_reparametrised(model, kappa):
+    """A `none` UNet whose decoder shortcuts scale the skip channels the way `constant` LSC would."""
+    scales = constant_skip_scales("constant", kappa, model.num_skips)
+    with torch.no_grad():
+        for j, stage in enumerate(model.up):
+            i = model.num_skips - j  # the decoder consumes skips innermost first
+            block, skip_channels = stage[0], model.skip_channels[i - 1]
+            block.shortcut.weight[:, -skip_channels:] *= scales[i - 1]
+    return model
+
+
+def test_concat_placement_on_the_unet_is_a_shortcut_reparametrisation():
+    # The decoder block's GroupNorm sees [h | kappa^(i-1) skip] and no group straddles the boundary, so the scale
+    # only reaches the 1x1 shortcut: moving it into the shortcut's skip-channel weights reproduces `constant`.
+    x, t = batch()
+    scaled = make("unet", "lsc.mode=constant", "lsc.kappa=0.8").eval()
+    none = make("unet", "lsc.mode=none").eval()
+    none.load_state_dict(scaled.state_dict())
+    moved = shortcut_reparametrised(none, 0.8)
+    assert torch.allclose(moved(x, t), scaled(x, t), atol=1e-4)
+    assert not torch.allclose(make("unet", "lsc.mode=none").eval()(x, t), scaled(x, t), atol=1e-4)
+
+
+def test_post_norm_placement_is_not_a_reparametrisation():
+    x, t = batch()
+    post = make("unet", "lsc.mode=constant", "lsc.kappa=0.8", "lsc.placement=post_norm").eval()
+    none = make("unet", "lsc.mode=none").eval()
+    none.load_state_dict(post.state_dict())
+    moved = shortcut_reparametrised(none, 0.8)
+    assert not torch.allclose(moved(x, t), post(x, t), atol=1e-2)
+
+
+def test_the_two_placements_differ_in_function():
+    x, t = batch()
+    concat = make("unet", "lsc.mode=constant", "lsc.kappa=0.5").eval()
+    post = make("unet", "lsc.mode=constant", "lsc.kappa=0.5", "lsc.placement=post_norm").eval()
+    assert torch.equal(
+        torch.cat([p.flatten() for p in concat.parameters()]), torch.cat([p.flatten() for p in post.parameters()])
+    )
+    assert not torch.allclose(concat(x, t), post(x, t), atol=1e-3)
+
+
+def test_post_norm_is_rejected_for_the_uvit():
+    from stabench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lsc.placement"):
+        load_config(None, ["backbone=uvit", "lsc.placement=post_norm"])
+
+
+def test_placement_at_its_old_behaviour_keeps_the_config_hash():
+    from stabench.config import config_hash
+
+    assert config_hash(load_config(None, [])) == config_hash(load_config(None, ["lsc.placement=concat"]))
+    assert config_hash(load_config(None, [])) != config_hash(load_config(None, ["lsc.placement=post_norm"]))

@@ -34,6 +34,7 @@ def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
         kappa=cfg.lsc.kappa,
     )
     if w.backbone == "unet":
+        knobs["lsc_placement"] = cfg.lsc.placement
         preset = UNET_PRESETS[w.preset]
         levels = len(preset["mult"])
         if w.resolution % 2 ** (levels - 1):
@@ -49,4 +50,5 @@ def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
 
 
 def count_params(model: nn.Module) -> int:
+    """Number of parameters."""
     return sum(p.numel() for p in model.parameters())

@@ -24,8 +24,12 @@ class ResBlock(nn.Module):
         self.act, self.dropout, self.drop_path = ACTIVATIONS[act](), nn.Dropout(dropout), drop_path
         self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(self.act(self.norm1(x)))
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, skip: SkipGain | None = None) -> torch.Tensor:
+        """`skip`: scale the last channels of `x` (a long skip) on both paths, after `norm1` on the residual one."""
+        h = self.norm1(x)
+        if skip is not None:  # LSC placement post_norm: the norm can no longer undo the scale
+            x, h = skip.apply(x), skip.apply(h)
+        h = self.conv1(self.act(h))
         h = h + self.emb(emb)[:, :, None, None]
         h = self.conv2(self.dropout(self.act(self.norm2(h))))
         return self.shortcut(x) + drop_path(h, self.drop_path, self.training)
@@ -67,12 +71,23 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
-class Stage(nn.Sequential):
-    """A sequence of blocks that all take (x, emb)."""
+class SkipGain:
+    """The LSC gain of long skip i applied to the last `channels` channels of a feature."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        for block in self:
-            x = block(x, emb)
+    def __init__(self, scaler: SkipScaler, i: int, channels: int):
+        self.scaler, self.i, self.channels = scaler, i, channels
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1] - self.channels
+        return torch.cat([x[:, :c], self.scaler(x[:, c:], self.i)], dim=1)
+
+
+class Stage(nn.Sequential):
+    """A sequence of blocks that all take (x, emb); a decoder stage's first block may take the skip's gain."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, skip: SkipGain | None = None) -> torch.Tensor:
+        for k, block in enumerate(self):
+            x = block(x, emb, skip) if k == 0 and skip is not None else block(x, emb)
         return x
 
 
@@ -94,8 +109,10 @@ class UNet(nn.Module):
         norm: str,
         lsc_mode: str,
         kappa: float,
+        lsc_placement: str = "concat",
     ):
         super().__init__()
+        self.post_norm = lsc_placement == "post_norm" and lsc_mode != "none"
         emb_dim = 4 * channels
         self.time_embed = TimestepEmbedder(channels, emb_dim, activation)
         block = dict(emb_dim=emb_dim, dropout=dropout, drop_path=stochastic_depth, act=activation, norm=norm)
@@ -133,7 +150,7 @@ class UNet(nn.Module):
 
         self.out_norm, self.out_act = conv_norm(norm, ch), ACTIVATIONS[activation]()
         self.out = nn.Conv2d(ch, in_channels, 3, padding=1)
-        self.num_skips = len(skip_channels)
+        self.num_skips, self.skip_channels = len(skip_channels), skip_channels  # skip i = 1 is the stem output
         self.skip_scaler = SkipScaler(lsc_mode, kappa, skip_channels, lambda c: ChannelGate(c))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
@@ -151,7 +168,10 @@ class UNet(nn.Module):
             encoder.append(skip)
             s = self.skip_scaler(skip, i)
             entering.append(s)
-            h = stage(torch.cat([h, s], dim=1), emb)
+            if self.post_norm:  # scaled on both paths inside the block, after the residual path's norm
+                h = stage(torch.cat([h, skip], dim=1), emb, SkipGain(self.skip_scaler, i, skip.shape[1]))
+            else:  # concat: the block's GroupNorm undoes a constant scale on the residual path
+                h = stage(torch.cat([h, s], dim=1), emb)
         out = self.out(self.out_act(self.out_norm(h)))
         if return_features:
             return out, {"skips": entering[::-1], "encoder": encoder[::-1], "out": h}
