@@ -67,6 +67,9 @@ class WeightingConfig(_Section):
     # None resolves per kind (KNOBS.md): 5 for min_snr/max_snr (Min-SNR-5), 1 for p2 (Choi et al.)
     gamma: float | None = Field(None, gt=0.0, description="min_snr/max_snr clamp; p2 exponent")
     k: float = Field(1.0, gt=0.0, description="p2 offset")
+    # snr and max_snr span orders of magnitude over t: uncapped, snr puts ~80% of the weight on t <= 10 and max_snr
+    # 84% on t >= 900 (linear schedule). Their weights are clamped at `cap` x the median weight (docs/knobs.md).
+    cap: float | None = Field(20.0, gt=1.0, description="snr/max_snr: largest weight over the median weight")
 
     @model_validator(mode="before")
     @classmethod
@@ -194,6 +197,8 @@ NON_RESULT_LEAVES = (("eval", "inception_weights"),)  # where a file lives does 
 # Keys added after records exist: hashed only when they differ from the value that reproduces the behaviour from
 # before they existed, so a stored record keeps its hash (and stays comparable) while a new setting is its own row.
 HASHED_WHEN_CHANGED = {("lsc", "placement"): "concat"}
+# Keys that change nothing for some settings: timestep_weighting.cap acts on snr and max_snr only.
+INERT_UNLESS = {("timestep_weighting", "cap"): ("timestep_weighting", "kind", ("snr", "max_snr"))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +368,9 @@ def config_hash(cfg: TrialConfig) -> str:
     for (section, leaf), legacy in HASHED_WHEN_CHANGED.items():
         if data[section].get(leaf) == legacy:
             data[section].pop(leaf)
+    for (section, leaf), (on_section, on_leaf, values) in INERT_UNLESS.items():
+        if data[on_section].get(on_leaf) not in values:
+            data[section].pop(leaf, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

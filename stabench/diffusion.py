@@ -29,12 +29,23 @@ def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
     return (1 - f[1:] / f[:-1]).clamp(max=0.999)
 
 
-def raw_weights(kind: str, snr: torch.Tensor, gamma: float, k: float) -> torch.Tensor:
-    """Unnormalised w(t) for eps-prediction, one formula per `timestep_weighting.kind`."""
+CAPPED_KINDS = ("snr", "max_snr")  # the kinds whose raw weights span orders of magnitude over t
+
+
+def raw_weights(kind: str, snr: torch.Tensor, gamma: float, k: float, cap: float | None = None) -> torch.Tensor:
+    """Unnormalised w(t) for eps-prediction, one formula per `timestep_weighting.kind`; `snr` and `max_snr` are
+    clamped to at most `cap` times their median weight, so that no 1% of the timesteps carries most of the loss."""
+    w = _kind_weights(kind, snr, gamma, k)
+    if cap is not None and kind in CAPPED_KINDS:
+        w = w.clamp(max=cap * w.median())
+    return w
+
+
+def _kind_weights(kind: str, snr: torch.Tensor, gamma: float, k: float) -> torch.Tensor:
     T = len(snr)
     if kind == "uniform":  # DDPM's simple loss
         return torch.ones_like(snr)
-    if kind == "snr":  # equivalent to an x0-prediction MSE
+    if kind == "snr":  # w = SNR on the eps MSE, i.e. an x0 MSE weighted by SNR^2 (an x0 MSE itself is w = 1/SNR)
         return snr.clone()
     if kind == "min_snr":  # Min-SNR-gamma (Hang et al. 2023)
         return snr.clamp(max=gamma) / snr
@@ -56,7 +67,7 @@ class Diffusion(nn.Module):
         betas = make_betas(cfg)
         abar = torch.cumprod(1 - betas, dim=0)
         snr = abar / (1 - abar)
-        w = raw_weights(weighting.kind, snr, weighting.gamma, weighting.k)
+        w = raw_weights(weighting.kind, snr, weighting.gamma, weighting.k, weighting.cap)
         self.register_buffer("abar", abar.float())
         self.register_buffer("snr", snr.float())
         self.register_buffer("weights", (w / w.mean()).float())  # mean 1 over uniform t

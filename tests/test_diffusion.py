@@ -38,6 +38,8 @@ def test_weighting_matches_formula_and_has_mean_one(kind, params, schedule):
     d = diffusion(kind, schedule, **params)
     wc = WeightingConfig(kind=kind, **params)
     expected = expected_raw(kind, d.snr.double(), d.T, wc.gamma, wc.k)
+    if kind in ("snr", "max_snr"):  # the documented cap: at most `cap` times the median weight
+        expected = expected.clamp(max=wc.cap * expected.median())
     expected = expected / expected.mean()
     torch.testing.assert_close(d.weights.double(), expected, rtol=1e-4, atol=1e-9)
     assert d.weights.double().mean().item() == pytest.approx(1.0, rel=1e-5)
@@ -97,3 +99,24 @@ def test_sampling_is_deterministic_per_generator_seed():
     net = torch.nn.Conv2d(1, 1, 1)
     f = lambda s: d.sample(lambda x, t: net(x), (2, 1, 8, 8), 5, torch.Generator().manual_seed(s))  # noqa
     assert torch.equal(f(0), f(0)) and not torch.equal(f(0), f(1))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("kind", ["uniform", "snr", "min_snr", "max_snr", "p2", "cosine"])
+def test_no_one_percent_of_timesteps_carries_most_of_the_loss(kind, schedule):
+    from stabench.config import DiffusionConfig, WeightingConfig
+    from stabench.diffusion import Diffusion
+
+    w = Diffusion(DiffusionConfig(schedule=schedule), WeightingConfig(kind=kind)).weights.double()
+    top = w.sort(descending=True).values[: len(w) // 100]
+    assert top.sum() / w.sum() < 0.5
+
+
+@pytest.mark.parametrize("kind", ["snr", "max_snr"])
+def test_without_the_cap_one_percent_of_timesteps_would_carry_most_of_the_loss(kind):
+    from stabench.config import DiffusionConfig, WeightingConfig
+    from stabench.diffusion import Diffusion
+
+    w = Diffusion(DiffusionConfig(schedule="cosine"), WeightingConfig(kind=kind, cap=None)).weights.double()
+    top = w.sort(descending=True).values[: len(w) // 100]
+    assert top.sum() / w.sum() > 0.5
