@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -100,7 +102,8 @@ class OptimConfig(_Section):
 
 class EMAConfig(_Section):
     betas: tuple[float, ...] = (0.9999,)
-    warmup: bool = Field(False, description="beta_t = min(beta, (1 + t) / (10 + t))")
+    # on by default: a long-run beta (0.9999) over a CPU-length run would be mostly the initial weights
+    warmup: bool = Field(True, description="beta_t = min(beta, (1 + t) / (10 + t))")
 
     @field_validator("betas")
     @classmethod
@@ -188,7 +191,28 @@ class TrialConfig(_Section):
             raise ValueError("eval.extractor: 'digits' scores only the digits workload; allowed here: auto, inception")
         if self.diffusion.schedule == "linear" and self.diffusion.beta_start >= self.diffusion.beta_end:
             raise ValueError("diffusion.beta_start must be below diffusion.beta_end")
+        warn_long_ema(self.ema, self.optim.steps)
         return self
+
+
+def ema_half_life(beta: float, warmup: bool, step: int) -> float:
+    """Half-life in steps of an EMA at `step`: ln 0.5 / ln beta_t, with the warm-up's beta_t when it is on."""
+    beta_t = min(beta, (1 + step) / (10 + step)) if warmup else beta
+    return math.log(0.5) / math.log(beta_t)
+
+
+def warn_long_ema(ema: EMAConfig, steps: int) -> None:
+    """Warn when an EMA still averages over more than half the run at its end: it would be mostly the initial
+    weights (EMA 0.9999 over 600 steps without warm-up keeps ~94% of them)."""
+    for beta in ema.betas:
+        half_life = ema_half_life(beta, ema.warmup, steps)
+        if half_life > steps / 2:
+            warnings.warn(
+                f"ema.betas: {beta} has a half-life of {half_life:.0f} steps at the end of a {steps}-step run (more "
+                "than half of it); turn on ema.warmup or use a shorter beta",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 # Keys that do not change what a trial computes: excluded from config_hash.

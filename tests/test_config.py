@@ -5,6 +5,7 @@ import sys
 import pytest
 import yaml
 
+from stabench.baselines import baseline_names, load_baseline
 from stabench.config import ConfigError, TrialConfig, config_hash, config_to_dict, leaf_keys, load_config, resolve_key
 
 
@@ -131,3 +132,22 @@ def test_every_leaf_key_is_settable():
             )
             is not None
         )
+
+
+def test_an_ema_longer_than_half_the_run_warns():
+    with pytest.warns(UserWarning, match="ema.betas: 0.9999 has a half-life of 6931 steps"):
+        load_config(None, ["steps=600", "ema.warmup=false", "ema.betas=[0.9999]"])
+
+
+@pytest.mark.parametrize("name", baseline_names())
+def test_the_shipped_baselines_size_their_ema_to_the_run(name, recwarn):
+    for steps in (600, 2000):  # the committed CPU regime and the files' own length
+        load_baseline(name, [f"steps={steps}"])
+    assert not [w for w in recwarn if "half-life" in str(w.message)]
+
+
+def test_ema_half_life_with_warm_up_follows_the_run():
+    from stabench.config import ema_half_life
+
+    assert ema_half_life(0.9999, False, 600) == pytest.approx(6931, rel=1e-3)
+    assert ema_half_life(0.9999, True, 600) < 60
