@@ -7,8 +7,7 @@ from stabench.space import load_space
 from stabench.store import Store
 from stabench.sweep.optuna import run_optuna_sweep
 from stabench.tracking import TrackingSettings
-from tests.conftest import tiny_config
-from tests.test_search import space_file
+from tests.helpers import space_file, tiny_config
 from tests.wandb_reader import read_offline_run
 
 

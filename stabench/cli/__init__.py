@@ -49,14 +49,14 @@ def main(debug: bool) -> None:
 @click.option("--checkpoint", is_flag=True, help="Also save the final weights, EMA and optimizer state.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, metavar="K",
               help="Save a resumable checkpoint (atomically) every K steps.")  # fmt: skip
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--resume", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               metavar="RUN_DIR", help="Continue an interrupted trial from RUN_DIR/checkpoint.pt (CONFIG defaults "
               "to RUN_DIR/config.yaml); the result equals an uninterrupted run.")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved config, then exit.")
 @inception_option
 @wandb_options
-def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, resume_dir, quiet, dry_run, **wandb):
+def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, resume, quiet, dry_run, **wandb):
     """Train one trial from CONFIG (a YAML file) and write its record.
 
     \b
@@ -66,10 +66,10 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
     from ..config import config_hash, dump_yaml, load_config
     from ..preflight import check_inputs
 
-    if config is None and resume_dir is None:
+    if config is None and resume is None:
         raise UserError("give a config file (or --resume RUN_DIR)", key="config")
     extra = [f"{k}={v}" for k, v in (("seed", seed), ("device", device), ("checkpoint_every", checkpoint_every)) if v]
-    cfg = load_config(config or resume_dir / "config.yaml", [*overrides, *extra])
+    cfg = load_config(config or resume / "config.yaml", [*overrides, *extra])
     if not dry_run:
         check_inputs([cfg])
     if out.exists() and not out.is_dir():
@@ -80,7 +80,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
     from ..engine import run_trial
     from ..record import Status
 
-    record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint, resume_dir=resume_dir,
+    record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint, resume_dir=resume,
                        tracking=tracking(**wandb, root=out))  # fmt: skip
     output.trial_summary(record)
     if record["status"] == Status.FAILED:

@@ -5,8 +5,9 @@ import yaml
 from click.testing import CliRunner
 
 from stabench.cli import main
+from tests.helpers import TINY as HELPER_TINY
 
-TINY = {"workload.preset": "tiny", "optim.steps": 5, "eval.samples": 0}
+TINY = {**HELPER_TINY, "optim.steps": 5}
 
 
 def space(tmp_path, **overrides):

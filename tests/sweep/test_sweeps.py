@@ -8,45 +8,12 @@ import tempfile
 
 import optuna
 import pytest
-import yaml
 
 from stabench.space import load_space
 from stabench.store import Store
 from stabench.sweep import confirm
 from stabench.sweep.optuna import run_optuna_sweep
-
-TINY_FIXED = {
-    "workload.preset": "tiny",
-    "optim.batch_size": 32,
-    "eval.every": 10,
-    "eval.probe_every": 5,
-    "eval.probe_size": 16,
-    "eval.samples": 0,
-    "stability.burn_in": 5,
-    "optim.steps": 20,
-}
-
-
-def space_file(tmp_path, space=None, objectives=None, seeds=(0,), trials=4, pruner="none", fixed=None, **extra):
-    body = {
-        "name": "t",
-        "base": {},
-        "fixed": {**TINY_FIXED, **(fixed or {})},
-        "space": space
-        or {
-            "lsc.mode": {"type": "categorical", "choices": ["none", "constant"]},
-            "lsc.kappa": {"type": "float", "low": 0.5, "high": 0.95, "when": {"lsc.mode": ["constant"]}},
-            "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        },
-        "objectives": objectives or [{"metric": "best_probe_loss"}],
-        "seeds": list(seeds),
-        "budget": {"trials": trials},
-        "pruner": {"name": pruner},
-        **extra,
-    }
-    p = tmp_path / "space.yaml"
-    p.write_text(yaml.safe_dump(body, sort_keys=False))
-    return p
+from tests.helpers import space_file
 
 
 def by_trial(store, sweep="t"):

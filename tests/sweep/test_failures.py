@@ -11,11 +11,11 @@ import pytest
 from stabench.space import load_space
 from stabench.store import Store
 from stabench.sweep.optuna import run_optuna_sweep
-from tests.faults import OOM_LR, simulate_oom
-from tests.test_search import space_file
+from tests.helpers import space_file
+from tests.sweep.faults import OOM_LR, simulate_oom
 
 LR_CHOICES = {"optim.lr": {"type": "categorical", "choices": [3e-3, 2e-3, OOM_LR, 50.0]}}
-REPO = str(Path(__file__).resolve().parents[1])  # Ray workers import tests.faults from here
+REPO = str(Path(__file__).resolve().parents[2])  # Ray workers import tests.sweep.faults from here
 NO_CLIP = {"optim.clip_norm": None, "optim.steps": 60}  # lr 50 without clipping diverges
 
 
@@ -85,7 +85,7 @@ def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_pa
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={
-            "worker_process_setup_hook": "tests.faults.simulate_oom",
+            "worker_process_setup_hook": "tests.sweep.faults.simulate_oom",
             "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONPATH": REPO},
         },
     )

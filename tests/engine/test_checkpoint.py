@@ -12,7 +12,7 @@ import torch
 
 from stabench.engine import CHECKPOINT, Trial, run_trial
 from stabench.errors import UserError
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 KNOBS = ["checkpoint_every=10", "dropout=0.2", "stochastic_depth=0.1", "ema.betas=[0.9,0.99]", "hflip=0.3"]
 
@@ -78,7 +78,7 @@ def test_killed_cli_trial_resumes_to_the_same_result(tmp_path):
         "--wandb",
         "disabled",
     ]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen(
         args + ["--out", str(tmp_path / "cut")],
         cwd=root,

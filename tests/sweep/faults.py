@@ -1,7 +1,7 @@
 """Audit of a sweep after a fault: what was asked for, what the backend finished, what the store holds.
 
 Each kill test calls `audit`, asserts on the row and adds it to ROWS; conftest prints ROWS as the fault table
-at the end of the session (`pytest tests/test_faults.py -m "slow or not slow"` prints every scenario).
+at the end of the session (`pytest tests/sweep/test_faults.py -m "slow or not slow"` prints every scenario).
 """
 
 import collections

@@ -11,7 +11,7 @@ from stabench.engine import run_trial
 from stabench.engine.state import param_groups
 from stabench.engine.trial import optimization_step
 from stabench.models import build_model
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 STABILITY_KEYS = [
     "clip_frac",

@@ -6,7 +6,7 @@ from stabench.diffusion import Diffusion
 from stabench.engine import Trial, run_trial
 from stabench.engine.evaluate import generate
 from stabench.models import build_model
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 SCORED = [
     "lr=2e-3",

@@ -15,10 +15,10 @@ import pytest
 
 from stabench.space import load_space
 from stabench.store import Store
-from tests import faults
-from tests.faults import audit, cmdline, kill_group, stabench, wait_for_records, wait_for_training
-from tests.postgres import postgres_url  # noqa: F401  (fixture)
-from tests.test_search import space_file
+from tests.helpers import space_file
+from tests.sweep import faults
+from tests.sweep.faults import audit, cmdline, kill_group, stabench, wait_for_records, wait_for_training
+from tests.sweep.postgres import postgres_url  # noqa: F401  (fixture)
 
 RUNNING = optuna.trial.TrialState.RUNNING
 FAST = {"trials": 3, "seeds": (0,)}

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from stabench.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def stabench(*args, cwd=ROOT):
