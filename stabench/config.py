@@ -131,6 +131,16 @@ class EvalConfig(_Section):
     )
     inception_weights: str | None = Field(None, description="local torch-fidelity Inception weights file")
     grid: int = Field(64, ge=0, description="samples in the PNG grid saved at the end")
+    chunk: int = Field(500, ge=1, description="samples generated per batch (DDPM noise depends on it)")
+
+
+class EngineConfig(_Section):
+    """How a trial computes (docs/knobs.md "Engine"): precision is hashed, compilation is only recorded."""
+
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32; tf32 (CUDA); bf16 autocast; fp16 autocast with loss scaling"
+    )
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager if it fails)")
 
 
 class StabilityConfig(_Section):
@@ -154,6 +164,7 @@ class TrialConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     eval: EvalConfig = EvalConfig()
     stability: StabilityConfig = StabilityConfig()
+    engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -217,10 +228,15 @@ def warn_long_ema(ema: EMAConfig, steps: int) -> None:
 
 # Keys that do not change what a trial computes: excluded from config_hash.
 NON_RESULT_KEYS = ("seed", "device", "checkpoint_every")
-NON_RESULT_LEAVES = (("eval", "inception_weights"),)  # where a file lives does not change the result
+# Where a file lives, or whether the same arithmetic is compiled, does not change the result.
+NON_RESULT_LEAVES = (("eval", "inception_weights"), ("engine", "compile"))
 # Keys added after records exist: hashed only when they differ from the value that reproduces the behaviour from
 # before they existed, so a stored record keeps its hash (and stays comparable) while a new setting is its own row.
-HASHED_WHEN_CHANGED = {("lsc", "placement"): "concat"}
+HASHED_WHEN_CHANGED = {
+    ("lsc", "placement"): "concat",
+    ("eval", "chunk"): 500,
+    ("engine", "precision"): "fp32",
+}
 # Keys that change nothing for some settings: timestep_weighting.cap acts on snr and max_snr only.
 INERT_UNLESS = {("timestep_weighting", "cap"): ("timestep_weighting", "kind", ("snr", "max_snr"))}
 
@@ -395,6 +411,7 @@ def config_hash(cfg: TrialConfig) -> str:
     for (section, leaf), (on_section, on_leaf, values) in INERT_UNLESS.items():
         if data[on_section].get(on_leaf) not in values:
             data[section].pop(leaf, None)
+    data = {k: v for k, v in data.items() if v != {}}  # a new section left empty hashes as if absent
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

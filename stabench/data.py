@@ -117,18 +117,21 @@ def load_images(workload: WorkloadConfig, split: str = "train") -> torch.Tensor:
 
 
 class BatchStream:
-    """Endless minibatches in a seeded order: a fresh permutation per epoch, optional seeded h-flips."""
+    """Endless minibatches in a seeded order: a fresh permutation per epoch, optional seeded h-flips.
+
+    Indices and flips are drawn on the images' device, so a step never copies from the host (no CUDA sync)."""
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int, hflip: float = 0.0):
         self.images, self.batch_size, self.hflip = images, batch_size, hflip
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+        self.generator = torch.Generator(device=images.device).manual_seed(seed)
+        self.order, self.pos = torch.empty(0, dtype=torch.long, device=images.device), 0
 
     def _indices(self) -> torch.Tensor:
         chunks, need = [], self.batch_size
         while need:
             if self.pos == len(self.order):
-                self.order, self.pos = torch.randperm(len(self.images), generator=self.generator), 0
+                n = len(self.images)
+                self.order, self.pos = torch.randperm(n, generator=self.generator, device=self.images.device), 0
             take = self.order[self.pos : self.pos + need]
             self.pos += len(take)
             need -= len(take)
@@ -137,9 +140,9 @@ class BatchStream:
 
     def __next__(self) -> torch.Tensor:
         idx = self._indices()
-        batch = self.images[idx.to(self.images.device)]
+        batch = self.images[idx]
         if self.hflip > 0:
-            flip = (torch.rand(len(idx), generator=self.generator) < self.hflip).to(batch.device)
+            flip = torch.rand(len(idx), generator=self.generator, device=batch.device) < self.hflip
             batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
         return batch
 
@@ -151,4 +154,4 @@ class BatchStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.order, self.pos = state["order"], state["pos"]
+        self.order, self.pos = state["order"].to(self.images.device), state["pos"]

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 import time
@@ -114,19 +115,34 @@ def versions() -> dict:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,  # the CUDA torch was built with (None on CPU builds)
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "stabench": __version__,
         "git_sha": git_sha(),
     }
 
 
 def device_info(device: torch.device) -> dict:
-    """The device a trial ran on (name, type, threads)."""
-    info = {"type": device.type, "torch_threads": torch.get_num_threads()}
+    """The device a trial ran on: host, name, type, threads; on CUDA also capability, driver and visible devices."""
+    info = {"type": device.type, "host": socket.gethostname(), "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
+        info["index"] = device.index if device.index is not None else torch.cuda.current_device()
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        info["driver"] = cuda_driver_version()
+        info["visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     else:
         info["name"] = platform.processor() or platform.machine()
     return info
+
+
+def cuda_driver_version() -> str | None:
+    """The CUDA driver version as 'major.minor' (None where torch cannot tell)."""
+    try:
+        v = torch._C._cuda_getDriverVersion()  # e.g. 12040
+    except (AttributeError, RuntimeError):
+        return None
+    return f"{v // 1000}.{v % 1000 // 10}"
 
 
 def new_run_id(cfg: TrialConfig) -> str:

@@ -45,8 +45,9 @@ class StepLog:
 class DivergenceDetector:
     """Non-finite loss/grad, or smoothed loss above `factor` x its running minimum after warm-up."""
 
-    def __init__(self, factor: float, warmup_steps: int, smoothing: float = 0.05):
+    def __init__(self, factor: float, warmup_steps: int, smoothing: float = 0.05, skips_nonfinite_grads: bool = False):
         self.factor, self.warmup, self.smoothing = factor, warmup_steps, smoothing
+        self.skips_nonfinite_grads = skips_nonfinite_grads  # fp16 loss scaling skips such steps itself
         self.smoothed: float | None = None
         self.running_min = math.inf
         self.checked = 0  # steps fed so far
@@ -70,6 +71,8 @@ class DivergenceDetector:
 
     def check(self, step: int, loss: float, grad_norm: float) -> str | None:
         """Feed one step (1-based); returns the reason when this step diverged."""
+        if not math.isfinite(grad_norm) and self.skips_nonfinite_grads and math.isfinite(loss):
+            return None  # a skipped step (the loss scaler lowers its scale); counted in `skipped_frac`
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step}"
         s = self.smoothed = (
@@ -205,6 +208,8 @@ def summarize(log: StepLog, probes: dict, warmup: int, spike_factor: float, spik
     parts = {
         # Training-loss statistics: they depend on the weighting kind (diagnostics, not in `instability`).
         "clip_frac": float(np.mean(log.clipped)) if log.clipped else None,
+        # fp16 loss scaling skips the steps whose gradients overflowed: an instability of the precision itself.
+        "skipped_frac": float(np.mean(~np.isfinite(gn))) if len(gn) else None,
         "grad_norm_mean": _finite(float(np.mean(finite_gn))) if len(finite_gn) else None,
         "grad_norm_max": _finite(float(np.max(finite_gn))) if len(finite_gn) else None,
         "grad_norm_cv": cv(gn[warmup:]),

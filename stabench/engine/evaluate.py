@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from ..data import load_images
 from ..diffusion import Diffusion
 from ..ema import MultiEMA
 from ..telemetry import feature_norms
+from .precision import Compiled, Precision
 from .state import stream_seed
 
 
@@ -66,39 +68,67 @@ def ema_name(beta: float) -> str:
     return f"ema_{beta!r}"  # repr round-trips exactly: distinct betas never share a name
 
 
-def weight_sets(model: nn.Module, ema: MultiEMA) -> Iterator[tuple[str, nn.Module]]:
-    """(name, model) for the raw weights and each EMA beta."""
-    yield "raw", model
-    for beta in ema.betas:
-        yield ema_name(beta), ema.copy_to(model, beta)
+class EvalNet:
+    """One eval-mode copy of the model that each weight set (raw, each EMA beta) is loaded into in place, run under
+    the trial's precision and compile setting: sampling at engine speed, and a compiled copy compiles once."""
+
+    def __init__(self, model: nn.Module, cfg: TrialConfig, device: torch.device):
+        self.net = copy.deepcopy(model).eval().requires_grad_(False)
+        self.forward = Compiled(self.net, cfg.engine.compile)
+        self.precision = Precision(cfg.engine.precision, device)
+
+    def load(self, params: list[torch.Tensor]) -> EvalNet:
+        """Carry `params` (in `parameters()` order); returns itself."""
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.net.parameters()), [p.detach() for p in params])
+        return self
+
+    def weight_sets(self, model: nn.Module, ema: MultiEMA) -> Iterator[tuple[str, EvalNet]]:
+        """(name, this net carrying that weight set) for the raw weights and each EMA beta."""
+        with torch.no_grad():
+            for dst, src in zip(self.net.buffers(), model.buffers()):
+                dst.copy_(src)
+        yield "raw", self.load(list(model.parameters()))
+        for beta in ema.betas:
+            yield ema_name(beta), self.load(ema.shadows[beta])
+
+    def weight_set(self, model: nn.Module, ema: MultiEMA, name: str) -> EvalNet:
+        """This net carrying the weight set called `name`."""
+        for set_name, net in self.weight_sets(model, ema):
+            if set_name == name:
+                return net
+        raise KeyError(name)
 
 
 def generate(
-    net: nn.Module,
+    net: EvalNet,
     diffusion: Diffusion,
     n: int,
     *,
     cfg: TrialConfig,
     device: torch.device,
     channels: int,
-    chunk: int = 500,
 ) -> torch.Tensor:
-    """`n` samples from `net` with the configured sampler and a fixed seed (the same noise at every eval)."""
+    """`n` samples with the configured sampler and a fixed seed (the same noise at every eval), `eval.chunk` at a
+    time, under the trial's precision; float32 on the CPU."""
     g = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "samples"))
     shape = (channels, cfg.workload.resolution, cfg.workload.resolution)
-    was_training = net.training
-    net.eval()
-    out = [
-        diffusion.sample(net, (min(chunk, n - i), *shape), cfg.eval.sampler_steps, g, cfg.eval.sampler, device).cpu()
-        for i in range(0, n, chunk)
-    ]
-    net.train(was_training)
+    chunk, out = cfg.eval.chunk, []
+
+    def sample(size: tuple[int, ...]) -> torch.Tensor:
+        return diffusion.sample(net.forward, size, cfg.eval.sampler_steps, g, cfg.eval.sampler, device)
+
+    with net.precision.autocast():
+        for i in range(0, n, chunk):
+            size = (min(chunk, n - i), *shape)
+            out.append(net.forward.guard(lambda size=size: sample(size)).float().cpu())
     return torch.cat(out)
 
 
 def evaluate(
     model: nn.Module,
     ema: MultiEMA,
+    eval_net: EvalNet,
     probe: Probe,
     diffusion: Diffusion,
     step: int,
@@ -113,8 +143,9 @@ def evaluate(
     evaluation each weight set is also scored against the training images (`<fid>_train`), which chooses
     the best weight set without looking at the reported reference."""
     entry: dict = {"step": step, "probe_loss": {}}
-    for name, net in weight_sets(model, ema):
-        entry["probe_loss"][name] = probe.measure(net, diffusion, features=False)["probe_loss"]
+    for name, net in eval_net.weight_sets(model, ema):
+        # the probe is an instrument: read in fp32 and eagerly at every precision
+        entry["probe_loss"][name] = probe.measure(net.net, diffusion, features=False)["probe_loss"]
         if scorer is not None:
             samples = generate(net, diffusion, cfg.eval.samples, cfg=cfg, device=device, channels=channels)
             scores = scorer.score(samples)
@@ -169,6 +200,7 @@ def best_weights(evals: list[dict], scorer=None) -> dict:
 def save_grid(
     model: nn.Module,
     ema: MultiEMA,
+    eval_net: EvalNet,
     diffusion: Diffusion,
     metrics: dict,
     run_dir: Path,
@@ -181,7 +213,7 @@ def save_grid(
     from torchvision.utils import save_image
 
     name = metrics.get("best_weights", "raw")
-    net = model if name == "raw" else ema.copy_to(model, {ema_name(b): b for b in ema.betas}[name])
+    net = eval_net.weight_set(model, ema, name)
     x = generate(net, diffusion, cfg.eval.grid, cfg=cfg, device=device, channels=channels)
     path = run_dir / "samples.png"
     save_image((x + 1) / 2, path, nrow=int(math.ceil(math.sqrt(len(x)))), padding=1)

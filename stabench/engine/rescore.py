@@ -10,7 +10,7 @@ from ..config import load_config
 from ..diffusion import Diffusion
 from ..errors import UserError
 from ..record import atomic_write_text
-from .evaluate import generate, make_scorer, weight_sets
+from .evaluate import EvalNet, generate, make_scorer
 from .state import build_weights, load_weights, resolve_device
 
 
@@ -44,7 +44,7 @@ def rescore(
         "n_samples": cfg.eval.samples,
         "extractor": cfg.extractor,
     }
-    for name, net in weight_sets(model, ema):
+    for name, net in EvalNet(model, cfg, device).weight_sets(model, ema):
         scores = scorer.score(generate(net, diffusion, cfg.eval.samples, cfg=cfg, device=device, channels=channels))
         for key in (scorer.fid_key, scorer.kid_key):
             result.setdefault(key, {})[name] = scores[key]

@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..models import build_model
 from ..record import atomic_torch_save
 from ..telemetry import PROBE_SERIES, DivergenceDetector, StepLog
+from .precision import Compiled, Precision
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -61,14 +62,25 @@ class TrainState:
 
     def __init__(self, cfg: TrialConfig, images: torch.Tensor, device: torch.device):
         o = cfg.optim
+        self.device = device
         self.model, self.ema = build_weights(cfg, images.shape[1], device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # built once, not every step
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, o.weight_decay, o.decay_all), lr=o.lr, betas=o.betas, eps=o.eps
+            param_groups(self.model, o.weight_decay, o.decay_all),
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            fused=device.type in ("cpu", "cuda"),  # one kernel per step, no host sync (CPU step counters)
         )
+        self.precision = Precision(cfg.engine.precision, device)
+        self.forward = Compiled(self.model, cfg.engine.compile)
         self.batches = BatchStream(images.to(device), o.batch_size, stream_seed(cfg.seed, "data"), cfg.augment.hflip)
         self.noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))
         self.log = StepLog()
-        self.detector = DivergenceDetector(cfg.stability.divergence_factor, burn_in(cfg))
+        # Under loss scaling an overflowing gradient is a skipped step, not a divergence.
+        self.detector = DivergenceDetector(
+            cfg.stability.divergence_factor, burn_in(cfg), skips_nonfinite_grads=self.precision.scaler is not None
+        )
         self.probes: dict[str, list] = {"step": [], **{k: [] for k in PROBE_SERIES}}
         self.evals: list[dict] = []
         self.step = 0
@@ -82,7 +94,8 @@ class TrainState:
             "batches": self.batches.state_dict(),
             "noise_gen": self.noise_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "log": {k: getattr(self.log, k) for k in ("loss", "grad_norm", "clipped", "lr")},
             "detector": self.detector.state_dict(),
             "probes": self.probes,
@@ -98,8 +111,13 @@ class TrainState:
         self.batches.load_state_dict(state["batches"])
         self.noise_gen.set_state(state["noise_gen"])
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        cuda_rng = state["cuda_rng"]
+        if cuda_rng is not None and self.device.type == "cuda":  # only the trial's own device
+            if isinstance(cuda_rng, list):  # older checkpoints held every visible GPU's state
+                cuda_rng = cuda_rng[self.device.index or 0]
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+        if self.precision.scaler is not None and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
         for k, v in state["log"].items():
             setattr(self.log, k, list(v))
         self.detector.load_state_dict(state["detector"])

@@ -25,30 +25,42 @@ from ..models import count_params
 from ..record import Status, atomic_write_text, downsample, new_record, write_record
 from ..telemetry import PROBE_SERIES, summarize
 from ..tracking import TrackingSettings, make_tracker
-from .evaluate import Probe, best_weights, evaluate, make_scorer, save_grid
+from .evaluate import EvalNet, Probe, best_weights, evaluate, make_scorer, save_grid
+from .precision import Precision, check_precision
 from .state import CHECKPOINT, TrainState, burn_in, load_checkpoint, resolve_device, save_checkpoint
 
 
 def optimization_step(
-    model: nn.Module,
+    forward: nn.Module,
+    params: list[torch.Tensor],
     diffusion: Diffusion,
     optimizer: torch.optim.Optimizer,
-    x0: torch.Tensor,
-    t: torch.Tensor,
-    noise: torch.Tensor,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     clip_norm: float | None,
+    precision: Precision,
 ):
-    """Forward, backward, global-norm clipping between backward and step, step.
-    Returns (loss, pre-clip global grad norm) as tensors; the clipped grads stay in `.grad`."""
-    loss = diffusion.loss(model, x0, t, noise)
+    """Forward under the trial's precision, backward (loss-scaled for fp16), global-norm clipping between backward
+    and step, step. Returns (loss, pre-clip global grad norm) as tensors, without a host synchronisation; the
+    clipped grads stay in `.grad`. Under fp16 a step whose gradients overflowed is skipped (norm non-finite)."""
+    x0, t, noise = batch
+    with precision.autocast():
+        loss = diffusion.loss(forward, x0, t, noise)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    if clip_norm is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)  # returns the pre-clip norm
+    scaler = precision.scaler
+    if scaler is None:
+        loss.backward()
     else:
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip and measure the true gradient
+    if clip_norm is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)  # the pre-clip norm
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     return loss, grad_norm
 
 
@@ -72,6 +84,7 @@ class Trial:
         self.final_checkpoint = save_checkpoint  # besides the periodic ones (`checkpoint_every`)
         self.writer = writer  # search backends pass Store.write_unique: a (config, seed) counted once
         self.device = resolve_device(cfg.device)
+        check_precision(cfg.engine.precision, self.device)
         self.images = load_images(cfg.workload, "train")  # user errors (missing data) surface here
         self.channels = self.images.shape[1]
         self.record = new_record(cfg, self.device)
@@ -161,7 +174,10 @@ class Trial:
         self.diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(device)
         self.state = TrainState(cfg, self.images, device)
         self.probe = Probe(self.images, cfg.eval.probe_size, self.diffusion.T, cfg.seed, device)
+        self.eval_net = EvalNet(self.state.model, cfg, device)
         self.diverged, self.pruned_at = None, None
+        self.state.precision.set_flags()
+        self.record["engine"] = self.state.precision.flags()
         if self.resume_state is not None:
             self.state.load_state_dict(self.resume_state["loop"])
         else:
@@ -193,7 +209,11 @@ class Trial:
         noise = torch.randn(x0.shape, generator=s.noise_gen, device=device)
         if step == self.start_step + 1:
             self.record["first_step_unix"] = time.time()  # backends' start-up overhead ends here
-        loss, grad_norm = optimization_step(s.model, self.diffusion, s.optimizer, x0, t, noise, o.clip_norm)
+        loss, grad_norm = s.forward.guard(
+            lambda: optimization_step(
+                s.forward, s.params, self.diffusion, s.optimizer, (x0, t, noise), o.clip_norm, s.precision
+            )
+        )
         s.ema.update()
         s.log.append(loss, grad_norm, lr)
         s.step = step
@@ -245,6 +265,7 @@ class Trial:
         entry = evaluate(
             s.model,
             s.ema,
+            self.eval_net,
             self.probe,
             self.diffusion,
             step,
@@ -288,6 +309,7 @@ class Trial:
             result["samples_png"] = save_grid(
                 s.model,
                 s.ema,
+                self.eval_net,
                 self.diffusion,
                 result["metrics"],
                 run_dir,
@@ -314,6 +336,7 @@ class Trial:
             "resumed_from_step": start or None,
             "steps_per_s": (s.step - start) / (loop_time - self.eval_time) if loop_time > self.eval_time else None,
             "eval_time_s": self.eval_time,
+            "engine": {**self.record["engine"], **s.forward.info()},
             "params": count_params(s.model),
             "metrics": {
                 "final_loss": log.loss[-1] if log.loss else None,

@@ -4,7 +4,7 @@ import torch
 
 from stabench.diffusion import Diffusion
 from stabench.engine import Trial, run_trial
-from stabench.engine.evaluate import generate
+from stabench.engine.evaluate import EvalNet, generate
 from stabench.models import build_model
 from tests.helpers import tiny_config
 
@@ -41,7 +41,7 @@ def test_trained_model_scores_better_than_its_step0_weights(tmp_path):
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg, 1)
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting)
-    samples = generate(untrained, diffusion, 200, cfg=cfg, device=trial.device, channels=1)
+    samples = generate(EvalNet(untrained, cfg, trial.device), diffusion, 200, cfg=cfg, device=trial.device, channels=1)
     fid0 = trial.scorer.score(samples)["fid_digits"]
     assert m["fid_digits_floor"] == trial.scorer.floor(200)  # train images vs the test split, at the trial's n
     assert trial.scorer.floor(200) > trial.scorer.floor(None)  # 200 < 359 images: a higher floor

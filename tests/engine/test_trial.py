@@ -8,6 +8,7 @@ from stabench.config import load_config
 from stabench.data import load_images
 from stabench.diffusion import Diffusion
 from stabench.engine import run_trial
+from stabench.engine.precision import Precision
 from stabench.engine.state import param_groups
 from stabench.engine.trial import optimization_step
 from stabench.models import build_model
@@ -62,10 +63,11 @@ def test_clipping_caps_global_norm_and_reports_pre_clip_value():
     x0 = load_images(cfg.workload)[:16]
     g = torch.Generator().manual_seed(0)
     t, noise = torch.randint(0, 1000, (16,), generator=g), torch.randn(x0.shape, generator=g)
-    _, pre = optimization_step(model, d, opt, x0, t, noise, clip_norm=0.01)
+    params, fp32 = list(model.parameters()), Precision("fp32", torch.device("cpu"))
+    _, pre = optimization_step(model, params, d, opt, (x0, t, noise), 0.01, fp32)
     post = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert pre.item() > 0.1 and post.item() == pytest.approx(0.01, rel=1e-4)
-    _, unclipped = optimization_step(model, d, opt, x0, t, noise, clip_norm=None)
+    _, unclipped = optimization_step(model, params, d, opt, (x0, t, noise), None, fp32)
     post = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert post.item() == pytest.approx(unclipped.item(), rel=1e-5)
 
