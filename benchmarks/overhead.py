@@ -7,6 +7,7 @@ nothing else. Rounds alternate between the two so machine drift hits both; the r
 per-step times is printed.
 
     python benchmarks/overhead.py [--steps 300] [--rounds 3] [--set KEY=VALUE ...]
+    python benchmarks/overhead.py --set engine.precision=bf16     # the overhead in another engine mode
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from stabench.config import load_config
 from stabench.data import load_images
 from stabench.diffusion import Diffusion
 from stabench.engine import resolve_device, run_trial
+from stabench.engine.precision import Precision
 from stabench.models import build_model
 
 EMA_BETAS = "ema.betas=[0.99,0.999,0.9995,0.9999]"
@@ -31,7 +33,9 @@ def plain_loop_step_time(cfg, images: torch.Tensor, device: torch.device) -> flo
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, images.shape[1]).to(device)
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    # the same engine mode as the trial: fused AdamW, the trial's autocast (compare fp32 with fp32, bf16 with bf16)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
+    precision = Precision(cfg.engine.precision, device)
     data = images.to(device)
     bs, steps = cfg.optim.batch_size, cfg.optim.steps
     model.train()
@@ -40,7 +44,8 @@ def plain_loop_step_time(cfg, images: torch.Tensor, device: torch.device) -> flo
         x0 = data[torch.randint(0, len(data), (bs,), device=device)]
         t = torch.randint(0, diffusion.T, (bs,), device=device)
         noise = torch.randn_like(x0)
-        loss = diffusion.loss(model, x0, t, noise)
+        with precision.autocast():
+            loss = diffusion.loss(model, x0, t, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.clip_norm is not None:

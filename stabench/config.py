@@ -37,6 +37,9 @@ class WorkloadConfig(_Section):
     resolution: int = Field(8, ge=4, le=512, description="training resolution in pixels")
     backbone: Literal["unet", "uvit"] = "unet"
     preset: Literal["tiny", "small", "deep"] = "small"
+    # Depth and the number of long skips (ScaleLong's variables) come from the preset; the width can be narrowed
+    # so that a deep preset fits a CPU budget (docs/knobs.md "Backbones and presets").
+    width: int | None = Field(None, ge=4, le=4096, description="base width (unet channels, uvit dim); null: preset's")
 
 
 class ModelConfig(_Section):
@@ -235,6 +238,7 @@ NON_RESULT_LEAVES = (("eval", "inception_weights"), ("engine", "compile"))
 HASHED_WHEN_CHANGED = {
     ("lsc", "placement"): "concat",
     ("eval", "chunk"): 500,
+    ("workload", "width"): None,
     ("engine", "precision"): "fp32",
 }
 # Keys that change nothing for some settings: timestep_weighting.cap acts on snr and max_snr only.

@@ -187,6 +187,27 @@ def confirm(sweep_name, top, n_seeds, metric, store, **wandb):
                f"(run `stabench leaderboard --sweep {sweep_name}`)")  # fmt: skip
 
 
+@main.command(context_settings=CONTEXT)
+@click.option("--n-seeds", type=click.IntRange(min=1), default=5, show_default=True, metavar="N",
+              help="Seeds per arm (the negative control also runs seeds N..2N-1).")  # fmt: skip
+@click.option("--store", type=click.Path(path_type=Path), default=Path("results/validation/store"),
+              show_default=True, metavar="DIR", help="Record store of the validation trials (reused).")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/validation"),
+              show_default=True, metavar="DIR", help="Where README.md and validation.json are written.")  # fmt: skip
+@click.option("--fast", is_flag=True, help="Tiny sizes (seconds per trial): checks the pipeline, not the verdicts.")
+def validate(n_seeds, store, out, fast):
+    """Known-effect validation: positive and negative controls, ScaleLong's direction and published directions.
+
+    Every check is a paired comparison over N seeds with a Student-t 95% interval and a verdict (agrees /
+    disagrees / inconclusive; the negative control passes when its interval covers 0). Trials are stored
+    records, so an interrupted validation resumes. The full suite takes about an hour on 2 CPU cores.
+    """
+    from ..validate import validate as run_validation
+
+    run_validation(store, out, n_seeds=n_seeds, fast=fast, say=click.echo)
+    click.echo(f"written: {out / 'README.md'}, {out / 'validation.json'}")
+
+
 def _local_backend(ctx, param, value):
     if value == "optuna":  # the old name: baselines never ran Optuna
         click.echo("DeprecationWarning: --backend optuna is now called --backend local.", err=True)

@@ -35,7 +35,7 @@ def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
     )
     if w.backbone == "unet":
         knobs["lsc_placement"] = cfg.lsc.placement
-        preset = UNET_PRESETS[w.preset]
+        preset = {**UNET_PRESETS[w.preset], **({"channels": w.width} if w.width else {})}
         levels = len(preset["mult"])
         if w.resolution % 2 ** (levels - 1):
             raise ValueError(
@@ -43,7 +43,7 @@ def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
                 f"for unet preset '{w.preset}' ({levels} levels)"
             )
         return UNet(in_channels, w.resolution, **preset, **knobs)
-    preset = UVIT_PRESETS[w.preset]
+    preset = {**UVIT_PRESETS[w.preset], **({"dim": w.width} if w.width else {})}
     if w.resolution % preset["patch"]:
         raise ValueError(f"workload.resolution {w.resolution} must be divisible by patch {preset['patch']}")
     return UViT(in_channels, w.resolution, **preset, **knobs)
