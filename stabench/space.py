@@ -141,26 +141,33 @@ def _parents_first(space: dict[str, Any], src: str) -> dict[str, Any]:
     return ordered
 
 
-def validate_space(raw: dict, path: Path) -> SearchSpace:
-    src = str(path)
+def _parse_space(raw: dict, src: str) -> SearchSpace:
+    """Pydantic-validate the raw mapping, turning the first error into a ConfigError naming the key."""
     try:
-        sp = SearchSpace.model_validate({**raw, "source": src})
+        return SearchSpace.model_validate({**raw, "source": src})
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"] if str(p) not in ("float", "int", "categorical"))
         raise ConfigError(
             f"{src}: key '{key}': {e['msg']}" + ("; allowed: float, int, categorical" if "tag" in e["type"] else "")
         ) from None
-    base = _base_data(raw, path)
-    resolved_fixed = {}
-    for k, v in sp.fixed.items():
+
+
+def _resolve_fixed(fixed: dict[str, Any], src: str) -> dict[str, Any]:
+    """The 'fixed' overrides keyed by their full config keys."""
+    resolved = {}
+    for k, v in fixed.items():
         try:
-            resolved_fixed[resolve_key(k)] = v
+            resolved[resolve_key(k)] = v
         except ConfigError as e:
             raise ConfigError(f"{src}: key 'fixed.{k}': {e.message}", allowed=e.allowed) from None
-    base = apply_values(base, resolved_fixed)
-    build_config(base, f"{src} (base + fixed)")
+    return resolved
 
+
+def _resolve_space_keys(
+    sp: SearchSpace, src: str, resolved_fixed: dict[str, Any], base: dict
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Checked distributions keyed by full config key, and each full key's name as written."""
     space: dict[str, Any] = {}
     names: dict[str, str] = {}  # full key -> key as written
     for k, d in sp.space.items():
@@ -177,6 +184,11 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
         _check_dist(src, k, d)
         _check_values_fit_config(src, k, full, d, base)
         space[full], names[full] = d, k
+    return space, names
+
+
+def _resolve_conditions(space: dict[str, Any], names: dict[str, str], src: str) -> None:
+    """Rewrite every 'when' in place to full parent keys, checking each parent is a categorical with those choices."""
     for full, d in list(space.items()):
         if not d.when:
             continue
@@ -198,7 +210,10 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
                 )
             when[pfull] = values
         space[full] = d.model_copy(update={"when": when})
-    space = _parents_first(space, src)
+
+
+def _check_objectives_and_sampler(sp: SearchSpace, space: dict[str, Any], src: str) -> None:
+    """Known objective metrics, a sampler that handles their number, and steps on floats for a grid."""
     for o in sp.objectives:
         if o.metric not in METRICS:
             raise ConfigError(
@@ -213,6 +228,20 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
         for k, d in space.items():
             if isinstance(d, FloatDist) and d.step is None:
                 raise ConfigError(f"{src}: key 'space.{k}': the grid sampler needs 'step' on float ranges")
+
+
+def validate_space(raw: dict, path: Path) -> SearchSpace:
+    """Check a raw space mapping read from `path`; errors name the file and the key."""
+    src = str(path)
+    sp = _parse_space(raw, src)
+    base = _base_data(raw, path)
+    resolved_fixed = _resolve_fixed(sp.fixed, src)
+    base = apply_values(base, resolved_fixed)
+    build_config(base, f"{src} (base + fixed)")
+    space, names = _resolve_space_keys(sp, src, resolved_fixed, base)
+    _resolve_conditions(space, names, src)
+    space = _parents_first(space, src)
+    _check_objectives_and_sampler(sp, space, src)
     return sp.model_copy(update={"space": space, "fixed": resolved_fixed, "base": base, "name": sp.name or path.stem})
 
 
