@@ -25,7 +25,7 @@ from ..space import SearchSpace, decode_params, suggest, trial_config
 from ..store import Store
 from ..tracking import TrackingSettings
 from .core import ConfigRun, Event, TrialFailed
-from .optuna import fail_orphaned, make_sampler, make_storage
+from .study import fail_orphaned, make_sampler, make_storage
 
 DEFAULT_RAY_DIR = Path("results") / "ray"
 

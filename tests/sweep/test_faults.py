@@ -331,7 +331,7 @@ def test_worker_is_gone_tells_live_dead_zombie_and_reused_pids():
 
 
 def test_retry_keeps_the_baseline_name_and_skips_finished_trials():
-    from stabench.sweep.optuna import fail_running
+    from stabench.sweep.study import fail_running
 
     study = optuna.create_study()
     dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
