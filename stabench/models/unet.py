@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, ChannelGate, SkipScaler, TimestepEmbedder, conv_norm, drop_path
+from .layers import ACTIVATIONS, ChannelGate, LongSkips, SkipScaler, TimestepEmbedder, conv_norm, drop_path
 
 
 class ResBlock(nn.Module):
@@ -161,18 +161,14 @@ class UNet(nn.Module):
             h = stage(h, emb)
             skips.append(h)
         h = self.mid(h, emb)
-        entering, encoder = [], []
+        popped = LongSkips(self.skip_scaler, skips)
         for stage in self.up:
-            i = len(skips)  # skips are popped innermost first; skip i = 1 is the stem output
-            skip = skips.pop()
-            encoder.append(skip)
-            s = self.skip_scaler(skip, i)
-            entering.append(s)
+            i, skip, s = popped.pop()  # skips are popped innermost first; skip i = 1 is the stem output
             if self.post_norm:  # scaled on both paths inside the block, after the residual path's norm
                 h = stage(torch.cat([h, skip], dim=1), emb, SkipGain(self.skip_scaler, i, skip.shape[1]))
             else:  # concat: the block's GroupNorm undoes a constant scale on the residual path
                 h = stage(torch.cat([h, s], dim=1), emb)
         out = self.out(self.out_act(self.out_norm(h)))
         if return_features:
-            return out, {"skips": entering[::-1], "encoder": encoder[::-1], "out": h}
+            return out, popped.features(h)
         return out

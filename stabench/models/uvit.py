@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, SkipScaler, TimestepEmbedder, TokenGate, drop_path, token_norm
+from .layers import ACTIVATIONS, LongSkips, SkipScaler, TimestepEmbedder, TokenGate, drop_path, token_norm
 
 
 class Attention(nn.Module):
@@ -118,15 +118,11 @@ class UViT(nn.Module):
             h = blk(h)
             skips.append(h)
         h = self.mid_block(h)
-        entering, encoder = [], []
+        popped = LongSkips(self.skip_scaler, skips)
         for blk in self.out_blocks:
-            i = len(skips)  # innermost skip first; skip i = 1 comes from the first in block
-            skip = skips.pop()
-            encoder.append(skip)
-            s = self.skip_scaler(skip, i)
-            entering.append(s)
+            _, _, s = popped.pop()  # innermost skip first; skip i = 1 comes from the first in block
             h = blk(h, s)
         out = self.unpatchify(self.head(self.norm(h))[:, 1:])
         if return_features:
-            return out, {"skips": entering[::-1], "encoder": encoder[::-1], "out": h}
+            return out, popped.features(h)
         return out
