@@ -26,6 +26,8 @@ class _Strict(BaseModel):
 
 
 class FloatDist(_Strict):
+    """A float range [low, high], optionally log-scaled or stepped, optionally conditional (`when`)."""
+
     type: Literal["float"]
     low: float
     high: float
@@ -35,6 +37,8 @@ class FloatDist(_Strict):
 
 
 class IntDist(_Strict):
+    """An int range [low, high] with a step, optionally log-scaled, optionally conditional (`when`)."""
+
     type: Literal["int"]
     low: int
     high: int
@@ -44,6 +48,8 @@ class IntDist(_Strict):
 
 
 class CategoricalDist(_Strict):
+    """A choice among `choices` (any YAML values), optionally conditional (`when`)."""
+
     type: Literal["categorical"]
     choices: list[Any]
     when: dict[str, list[Any]] | None = None
@@ -53,27 +59,37 @@ Distribution = Annotated[FloatDist | IntDist | CategoricalDist, Field(discrimina
 
 
 class Objective(_Strict):
+    """A metric to minimize or maximize."""
+
     metric: str
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
 class Budget(_Strict):
+    """How many trials a sweep runs, within an optional time limit."""
+
     trials: int = Field(10, ge=1)
     timeout_s: float | None = Field(None, gt=0)
 
 
 class SamplerSpec(_Strict):
+    """The Optuna sampler that proposes configs, its seed and its options."""
+
     name: Literal["tpe", "random", "cmaes", "gp", "nsga2", "qmc", "grid"] = "tpe"
     seed: int | None = 0
     options: dict[str, Any] = {}
 
 
 class PrunerSpec(_Strict):
+    """The Optuna pruner that stops trials early, and its options."""
+
     name: Literal["median", "successive_halving", "hyperband", "wilcoxon", "none"] = "median"
     options: dict[str, Any] = {}
 
 
 class SearchSpace(_Strict):
+    """A validated space file: base, fixed overrides, distributions, objectives, seeds, budget, sampler, pruner."""
+
     name: str | None = None
     base: str | dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, Any] = {}
@@ -87,6 +103,7 @@ class SearchSpace(_Strict):
 
     @property
     def directions(self) -> list[str]:
+        """Each objective's direction, in order."""
         return [o.direction for o in self.objectives]
 
 
@@ -246,6 +263,7 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
 
 
 def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate the space file at `path`."""
     path = Path(path)
     return validate_space(read_yaml(path), path)
 
@@ -256,6 +274,7 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 def is_active(d: Any, params: dict) -> bool:
+    """Whether a conditional key's `when` holds for the params sampled so far (always true without one)."""
     return not d.when or all(params.get(p) in values for p, values in d.when.items())
 
 

@@ -42,6 +42,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), ACTIVATIONS[act](), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) integer timesteps -> (B, out_dim) embeddings."""
         return self.mlp(timestep_embedding(t, self.freq_dim))
 
 
@@ -93,6 +94,7 @@ class ChannelGate(_SqueezeGate):
     Hidden size C/16, at least MIN_GATE_HIDDEN so a single dead ReLU cannot freeze the gate."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> the same shape, each channel scaled by its gate."""
         return h * self.gate(h.mean(dim=(2, 3)))[:, :, None, None]
 
 
@@ -101,6 +103,7 @@ class TokenGate(_SqueezeGate):
     MIN_GATE_HIDDEN: small images have few tokens)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) tokens -> the same shape, each token scaled by its gate."""
         return h * self.gate(h.mean(dim=2))[:, :, None]
 
 

@@ -22,6 +22,7 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) tokens -> (B, L, D) tokens."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
@@ -53,6 +54,7 @@ class Block(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, D) tokens, and in the decoder half the (B, L, D) scaled skip -> (B, L, D) tokens."""
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
@@ -107,10 +109,12 @@ class UViT(nn.Module):
         self.skip_scaler = SkipScaler(lsc_mode, kappa, [num_tokens] * self.num_skips, lambda n: TokenGate(n))
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, grid*grid, patch*patch*C) patch tokens -> (B, C, grid*patch, grid*patch) images."""
         B, p, g, c = x.shape[0], self.patch, self.grid, self.in_channels
         return x.reshape(B, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(B, c, g * p, g * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
+        """(B, C, H, W) noisy images, (B,) timesteps -> (B, C, H, W) prediction (and features if return_features)."""
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         h = torch.cat([self.time_embed(t)[:, None], tokens], dim=1) + self.pos_embed
         skips = []

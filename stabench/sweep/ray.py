@@ -62,6 +62,7 @@ class StabenchTrainable(tune.Trainable):
         tracking: TrackingSettings | None = None,
         named_points: dict | None = None,
     ):
+        """Tune's start of a trial: `config` is its sampled params, the rest comes from `with_parameters`."""
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -269,6 +270,7 @@ class ProgressCallback(tune.Callback):
         self.started_unix: dict[str, float] = {}  # driver-side start of each trial (overhead benchmark)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        """Note when the driver saw the trial start."""
         self.started_unix[trial.trial_id] = time.time()
 
     def _line(self, trials, finishing=None) -> str:
@@ -283,6 +285,7 @@ class ProgressCallback(tune.Callback):
         return line
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        """Log a finished trial (or one the scheduler stopped) and keep the best value."""
         o = self.space.objectives[0]
         result = trial.last_result or {}
         value = result.get(o.metric)
@@ -295,6 +298,7 @@ class ProgressCallback(tune.Callback):
         self.log(f"ray trial {trial.trial_id} finished {o.metric}={value}  {self._line(trials, trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        """Log an errored trial."""
         self.log(f"ray trial {trial.trial_id} errored  {self._line(trials)}")
 
 
