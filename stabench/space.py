@@ -26,6 +26,8 @@ class _Strict(BaseModel):
 
 
 class FloatDist(_Strict):
+    """A float range [low, high], optionally log-scaled or stepped, optionally conditional (`when`)."""
+
     type: Literal["float"]
     low: float
     high: float
@@ -35,6 +37,8 @@ class FloatDist(_Strict):
 
 
 class IntDist(_Strict):
+    """An int range [low, high] with a step, optionally log-scaled, optionally conditional (`when`)."""
+
     type: Literal["int"]
     low: int
     high: int
@@ -44,6 +48,8 @@ class IntDist(_Strict):
 
 
 class CategoricalDist(_Strict):
+    """A choice among `choices` (any YAML values), optionally conditional (`when`)."""
+
     type: Literal["categorical"]
     choices: list[Any]
     when: dict[str, list[Any]] | None = None
@@ -53,27 +59,37 @@ Distribution = Annotated[FloatDist | IntDist | CategoricalDist, Field(discrimina
 
 
 class Objective(_Strict):
+    """A metric to minimize or maximize."""
+
     metric: str
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
 class Budget(_Strict):
+    """How many trials a sweep runs, within an optional time limit."""
+
     trials: int = Field(10, ge=1)
     timeout_s: float | None = Field(None, gt=0)
 
 
 class SamplerSpec(_Strict):
+    """The Optuna sampler that proposes configs, its seed and its options."""
+
     name: Literal["tpe", "random", "cmaes", "gp", "nsga2", "qmc", "grid"] = "tpe"
     seed: int | None = 0
     options: dict[str, Any] = {}
 
 
 class PrunerSpec(_Strict):
+    """The Optuna pruner that stops trials early, and its options."""
+
     name: Literal["median", "successive_halving", "hyperband", "wilcoxon", "none"] = "median"
     options: dict[str, Any] = {}
 
 
 class SearchSpace(_Strict):
+    """A validated space file: base, fixed overrides, distributions, objectives, seeds, budget, sampler, pruner."""
+
     name: str | None = None
     base: str | dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, Any] = {}
@@ -87,6 +103,7 @@ class SearchSpace(_Strict):
 
     @property
     def directions(self) -> list[str]:
+        """Each objective's direction, in order."""
         return [o.direction for o in self.objectives]
 
 
@@ -141,26 +158,33 @@ def _parents_first(space: dict[str, Any], src: str) -> dict[str, Any]:
     return ordered
 
 
-def validate_space(raw: dict, path: Path) -> SearchSpace:
-    src = str(path)
+def _parse_space(raw: dict, src: str) -> SearchSpace:
+    """Pydantic-validate the raw mapping, turning the first error into a ConfigError naming the key."""
     try:
-        sp = SearchSpace.model_validate({**raw, "source": src})
+        return SearchSpace.model_validate({**raw, "source": src})
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"] if str(p) not in ("float", "int", "categorical"))
         raise ConfigError(
             f"{src}: key '{key}': {e['msg']}" + ("; allowed: float, int, categorical" if "tag" in e["type"] else "")
         ) from None
-    base = _base_data(raw, path)
-    resolved_fixed = {}
-    for k, v in sp.fixed.items():
+
+
+def _resolve_fixed(fixed: dict[str, Any], src: str) -> dict[str, Any]:
+    """The 'fixed' overrides keyed by their full config keys."""
+    resolved = {}
+    for k, v in fixed.items():
         try:
-            resolved_fixed[resolve_key(k)] = v
+            resolved[resolve_key(k)] = v
         except ConfigError as e:
             raise ConfigError(f"{src}: key 'fixed.{k}': {e.message}", allowed=e.allowed) from None
-    base = apply_values(base, resolved_fixed)
-    build_config(base, f"{src} (base + fixed)")
+    return resolved
 
+
+def _resolve_space_keys(
+    sp: SearchSpace, src: str, resolved_fixed: dict[str, Any], base: dict
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Checked distributions keyed by full config key, and each full key's name as written."""
     space: dict[str, Any] = {}
     names: dict[str, str] = {}  # full key -> key as written
     for k, d in sp.space.items():
@@ -177,6 +201,11 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
         _check_dist(src, k, d)
         _check_values_fit_config(src, k, full, d, base)
         space[full], names[full] = d, k
+    return space, names
+
+
+def _resolve_conditions(space: dict[str, Any], names: dict[str, str], src: str) -> None:
+    """Rewrite every 'when' in place to full parent keys, checking each parent is a categorical with those choices."""
     for full, d in list(space.items()):
         if not d.when:
             continue
@@ -198,7 +227,10 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
                 )
             when[pfull] = values
         space[full] = d.model_copy(update={"when": when})
-    space = _parents_first(space, src)
+
+
+def _check_objectives_and_sampler(sp: SearchSpace, space: dict[str, Any], src: str) -> None:
+    """Known objective metrics, a sampler that handles their number, and steps on floats for a grid."""
     for o in sp.objectives:
         if o.metric not in METRICS:
             raise ConfigError(
@@ -213,10 +245,25 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
         for k, d in space.items():
             if isinstance(d, FloatDist) and d.step is None:
                 raise ConfigError(f"{src}: key 'space.{k}': the grid sampler needs 'step' on float ranges")
+
+
+def validate_space(raw: dict, path: Path) -> SearchSpace:
+    """Check a raw space mapping read from `path`; errors name the file and the key."""
+    src = str(path)
+    sp = _parse_space(raw, src)
+    base = _base_data(raw, path)
+    resolved_fixed = _resolve_fixed(sp.fixed, src)
+    base = apply_values(base, resolved_fixed)
+    build_config(base, f"{src} (base + fixed)")
+    space, names = _resolve_space_keys(sp, src, resolved_fixed, base)
+    _resolve_conditions(space, names, src)
+    space = _parents_first(space, src)
+    _check_objectives_and_sampler(sp, space, src)
     return sp.model_copy(update={"space": space, "fixed": resolved_fixed, "base": base, "name": sp.name or path.stem})
 
 
 def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate the space file at `path`."""
     path = Path(path)
     return validate_space(read_yaml(path), path)
 
@@ -227,6 +274,7 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 def is_active(d: Any, params: dict) -> bool:
+    """Whether a conditional key's `when` holds for the params sampled so far (always true without one)."""
     return not d.when or all(params.get(p) in values for p, values in d.when.items())
 
 

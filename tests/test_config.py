@@ -24,8 +24,11 @@ def test_defaults_are_valid_and_explicit():
 def test_yaml_and_overrides(tmp_path):
     p = write(tmp_path, "optim:\n  lr: 1.0e-3\nlsc:\n  mode: constant\n")
     cfg = load_config(p, ["steps=7", "lsc.kappa=0.7", "ema.betas=[0.99, 0.999]", "clip_norm=null"])
-    assert cfg.optim.lr == 1e-3 and cfg.optim.steps == 7 and cfg.lsc.kappa == 0.7
-    assert cfg.ema.betas == (0.99, 0.999) and cfg.optim.clip_norm is None
+    assert cfg.optim.lr == 1e-3
+    assert cfg.optim.steps == 7
+    assert cfg.lsc.kappa == 0.7
+    assert cfg.ema.betas == (0.99, 0.999)
+    assert cfg.optim.clip_norm is None
 
 
 @pytest.mark.parametrize(
@@ -58,7 +61,10 @@ def test_unknown_yaml_key_names_file_and_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     msg = str(e.value)
-    assert str(p) in msg and "lsc.kapa" in msg and "kappa" in msg and "mode" in msg
+    assert str(p) in msg
+    assert "lsc.kapa" in msg
+    assert "kappa" in msg
+    assert "mode" in msg
 
 
 @pytest.mark.parametrize(
@@ -77,7 +83,9 @@ def test_out_of_range_values_name_file_key_and_allowed(tmp_path, text, key, allo
     with pytest.raises(ConfigError) as e:
         load_config(p)
     msg = str(e.value)
-    assert str(p) in msg and key in msg and allowed in msg
+    assert str(p) in msg
+    assert key in msg
+    assert allowed in msg
 
 
 def test_yaml_syntax_error_names_file(tmp_path):

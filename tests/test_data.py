@@ -11,8 +11,10 @@ from stabench.errors import DataError
 def test_digits_train_test_split_is_fixed_and_disjoint():
     train = load_images(WorkloadConfig(), "train")
     test = load_images(WorkloadConfig(), "test")
-    assert train.shape == (1438, 1, 8, 8) and test.shape == (359, 1, 8, 8)
-    assert train.min() >= -1 and train.max() <= 1
+    assert train.shape == (1438, 1, 8, 8)
+    assert test.shape == (359, 1, 8, 8)
+    assert train.min() >= -1
+    assert train.max() <= 1
     assert torch.equal(train, load_images(WorkloadConfig(), "train"))
     rows = {tuple(r) for r in train.flatten(1).tolist()}
     assert sum(tuple(r) in rows for r in test.flatten(1).tolist()) < 10  # only exact duplicate digits
@@ -20,7 +22,9 @@ def test_digits_train_test_split_is_fixed_and_disjoint():
 
 def test_digits_upsampled_to_16():
     x = load_images(WorkloadConfig(resolution=16), "train")
-    assert x.shape[1:] == (1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert x.shape[1:] == (1, 16, 16)
+    assert x.min() >= -1
+    assert x.max() <= 1
 
 
 def test_batch_order_is_deterministic_per_seed_and_covers_each_epoch():
@@ -49,7 +53,8 @@ def test_folder_workload_reads_nested_images(tmp_path):
         Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(sub / f"{i}.png")
     cfg = WorkloadConfig(dataset="folder", root=str(tmp_path), resolution=8)
     train, test = load_images(cfg, "train"), load_images(cfg, "test")
-    assert train.shape[1:] == (3, 8, 8) and len(train) + len(test) == 6
+    assert train.shape[1:] == (3, 8, 8)
+    assert len(train) + len(test) == 6
 
 
 def test_folder_errors_name_the_problem(tmp_path):

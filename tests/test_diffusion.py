@@ -55,7 +55,8 @@ def test_min_snr_is_uniform_at_high_noise():
 
 def test_linear_schedule_endpoints_and_cosine_abar():
     betas = make_betas(DiffusionConfig())
-    assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
+    assert betas[0].item() == pytest.approx(1e-4)
+    assert betas[-1].item() == pytest.approx(0.02)
     cfg = DiffusionConfig(schedule="cosine")
     abar = torch.cumprod(1 - make_betas(cfg), 0)
     f = lambda t: math.cos((t / cfg.T + cfg.cosine_s) / (1 + cfg.cosine_s) * math.pi / 2) ** 2  # noqa: E731
@@ -98,7 +99,8 @@ def test_sampling_is_deterministic_per_generator_seed():
     d = diffusion()
     net = torch.nn.Conv2d(1, 1, 1)
     f = lambda s: d.sample(lambda x, t: net(x), (2, 1, 8, 8), 5, torch.Generator().manual_seed(s))  # noqa
-    assert torch.equal(f(0), f(0)) and not torch.equal(f(0), f(1))
+    assert torch.equal(f(0), f(0))
+    assert not torch.equal(f(0), f(1))
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

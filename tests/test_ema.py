@@ -40,4 +40,5 @@ def test_copy_to_carries_ema_weights_and_leaves_model_alone():
     ema.update()
     copy = ema.copy_to(model, 0.9)
     torch.testing.assert_close(copy.weight, ema.shadows[0.9][0])
-    assert not torch.equal(copy.weight, model.weight) and not copy.training
+    assert not torch.equal(copy.weight, model.weight)
+    assert not copy.training

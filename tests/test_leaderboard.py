@@ -52,8 +52,10 @@ def test_diverged_seeds_rank_last_and_are_counted():
     lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
     by_hash = {r["config_hash"]: r for r in lb.rows}
     assert [r["config_hash"] for r in lb.rows] == ["good", "base", "lucky"]
-    assert by_hash["lucky"]["n"] == 3 and by_hash["lucky"]["diverged"] == 1
-    assert by_hash["lucky"]["q_mean"] == math.inf and by_hash["lucky"]["u_mean"] == math.inf
+    assert by_hash["lucky"]["n"] == 3
+    assert by_hash["lucky"]["diverged"] == 1
+    assert by_hash["lucky"]["q_mean"] == math.inf
+    assert by_hash["lucky"]["u_mean"] == math.inf
     # paired delta on shared seeds: (5-10 + 6-11 + 7-12) / 3 = -5
     assert by_hash["good"]["delta"].mean == pytest.approx(-5.0)
     assert by_hash["good"]["delta"].n == 3
@@ -86,7 +88,8 @@ def test_speedup_vs_baseline_from_eval_curves():
     assert rows["base"]["steps_to_target"] == 300
     assert rows["fast"]["steps_to_target"] == pytest.approx(180.0)  # 15 at 100, 10 at 200: 11 at 180
     assert rows["fast"]["speedup"] == pytest.approx(300 / 180)
-    assert rows["never"]["steps_to_target"] == math.inf and rows["never"]["speedup"] == 0.0
+    assert rows["never"]["steps_to_target"] == math.inf
+    assert rows["never"]["speedup"] == 0.0
 
 
 def test_holm_marks_only_deltas_that_survive_the_correction(tmp_path):

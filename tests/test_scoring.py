@@ -98,7 +98,9 @@ def test_fit_extractor_is_deterministic(tmp_path):
     b = digits_cnn.fit_extractor(tmp_path / "b.pt", seed=3, epochs=1)
     wa, wb = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert a["test_accuracy"] == b["test_accuracy"] and a["n_test"] == N and a["n_train"] == 1438
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert a["n_test"] == N
+    assert a["n_train"] == 1438
 
 
 def test_register_is_idempotent():
@@ -109,7 +111,8 @@ def test_register_is_idempotent():
 def test_extractor_features_are_penultimate_activations(test_digits):
     fe = digits_cnn.DigitsFeatureExtractor("digits-cnn", ["penultimate", "logits"])
     feats, logits = fe(scoring.images_to_uint8(test_digits[:10]))
-    assert feats.shape == (10, digits_cnn.N_FEATURES) and logits.shape == (10, 10)
+    assert feats.shape == (10, digits_cnn.N_FEATURES)
+    assert logits.shape == (10, 10)
     assert feats.dtype == torch.float32
 
 
@@ -121,7 +124,8 @@ def test_extractor_features_are_penultimate_activations(test_digits):
 def test_images_to_uint8():
     x = torch.tensor([-1.0, 0.0, 1.0, float("nan"), 5.0]).view(5, 1, 1, 1)
     u8 = scoring.images_to_uint8(x)
-    assert u8.dtype == torch.uint8 and u8.shape == (5, 3, 1, 1)
+    assert u8.dtype == torch.uint8
+    assert u8.shape == (5, 3, 1, 1)
     assert u8[:, 0].flatten().tolist() == [0, 128, 255, 128, 255]
     assert scoring.images_to_uint8(torch.zeros(2, 3, 4, 4)).shape == (2, 3, 4, 4)
 
@@ -133,9 +137,12 @@ def test_fid_orders_real_blurred_noise(train_digits, test_digits, ref_name, cach
         for x in (train_digits, blurred(train_digits), noise)
     )
     assert real["fid_digits"] < 1.0 < blur["fid_digits"] < rand["fid_digits"]
-    assert 3 * real["fid_digits"] < blur["fid_digits"] and blur["fid_digits"] * 2 < rand["fid_digits"]
+    assert 3 * real["fid_digits"] < blur["fid_digits"]
+    assert blur["fid_digits"] * 2 < rand["fid_digits"]
     assert real["kid_digits"] < blur["kid_digits"] < rand["kid_digits"]
-    assert real["extractor"] == "digits-cnn" and real["n_samples"] == N and real["kid_subset_size"] == N
+    assert real["extractor"] == "digits-cnn"
+    assert real["n_samples"] == N
+    assert real["kid_subset_size"] == N
     assert {"fid", "kid"}.isdisjoint(real)  # never the plain Inception keys
 
 
@@ -167,7 +174,8 @@ def test_reference_features_are_cached(train_digits, test_digits, ref_name, tmp_
     assert sum(images_seen) == N  # only the samples
     assert second == first
     cached = sorted(p.name for p in tmp_path.iterdir())
-    assert len(cached) == 2 and all(name.startswith(ref_name + f"-n{N}-") for name in cached)
+    assert len(cached) == 2
+    assert all(name.startswith(ref_name + f"-n{N}-") for name in cached)
 
 
 def test_another_reference_under_the_same_name_is_not_read_from_cache(
@@ -183,7 +191,8 @@ def test_another_reference_under_the_same_name_is_not_read_from_cache(
 
 def test_kid_subset_size_adapts_to_few_samples(train_digits, test_digits, ref_name, cache_dir):
     r = scoring.score(train_digits[:50], test_digits, ref_name, cache_dir=cache_dir)
-    assert r["kid_subset_size"] == 50 and r["n_samples"] == 50
+    assert r["kid_subset_size"] == 50
+    assert r["n_samples"] == 50
     assert all(torch.isfinite(torch.tensor(r[k])) for k in ("fid_digits", "kid_digits", "kid_digits_std"))
     assert scoring.kid_subset_size(5000, 10000) == 1000
 
@@ -203,7 +212,8 @@ def test_floor_is_small_positive_and_cached(test_digits, ref_name, tmp_path, ima
     assert len(floor["fid_digits_splits"]) == floor["splits"] == 3
     assert sum(images_seen) == 3 * 2 * (N // 2)
     (stored,) = tmp_path.glob("*floor*.json")
-    assert stored.name.startswith(ref_name) and json.loads(stored.read_text()) == floor
+    assert stored.name.startswith(ref_name)
+    assert json.loads(stored.read_text()) == floor
     images_seen.clear()
     assert scoring.fid_floor(test_digits, ref_name, cache_dir=tmp_path, splits=3, kid_subsets=FEW) == floor
     assert images_seen == []
@@ -292,5 +302,6 @@ def test_inception_scores_from_a_local_file_and_reports_plain_keys(monkeypatch, 
         cache_dir=tmp_path / "cache",
         kid_subsets=FEW,
     )
-    assert {"fid", "kid", "kid_std"} <= set(r) and r["extractor"] == "inception-v3-compat"
+    assert {"fid", "kid", "kid_std"} <= set(r)
+    assert r["extractor"] == "inception-v3-compat"
     assert not any(k.endswith("_digits") for k in r)

@@ -46,7 +46,9 @@ def test_every_distribution_type_maps_to_optuna(tmp_path):
         assert d["optim.warmup_steps"] == optuna.distributions.IntDistribution(0, 10, step=5)
         assert d["optim.batch_size"] == optuna.distributions.IntDistribution(8, 64, log=True)
         cfg = trial_config(space, params, seed=3)
-        assert cfg.seed == 3 and cfg.optim.lr == params["optim.lr"] and cfg.optim.steps == 20
+        assert cfg.seed == 3
+        assert cfg.optim.lr == params["optim.lr"]
+        assert cfg.optim.steps == 20
         study.tell(trial, 1.0)
     assert seen_modes == {"none", "constant"}
 
@@ -88,7 +90,8 @@ def test_malformed_spaces_are_rejected_naming_the_key(tmp_path, body, key):
     p = write_space(tmp_path, body)
     with pytest.raises(ConfigError) as e:
         load_space(p)
-    assert str(p) in str(e.value) and key in str(e.value), str(e.value)
+    assert str(p) in str(e.value), str(e.value)
+    assert key in str(e.value), str(e.value)
 
 
 def test_shipped_spaces_validate():

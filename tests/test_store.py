@@ -39,7 +39,8 @@ def test_concurrent_writers_leave_every_record_readable(tmp_path):
         p.join()
         assert p.exitcode == 0
     records = list(Store(tmp_path).records())
-    assert len(records) == 200 and len({r["run_id"] for r in records}) == 200
+    assert len(records) == 200
+    assert len({r["run_id"] for r in records}) == 200
 
 
 def _endless_big_writer(root):
@@ -72,8 +73,11 @@ def test_scalar_and_curve_tables(tmp_path):
         write_record(fake_record(f"r{i}xxx", size=5), tmp_path / f"r{i}xxx")
     records = list(Store(tmp_path).records())
     scalars, curves = scalars_table(records), curves_table(records)
-    assert scalars.height == 3 and "metrics.instability" in scalars.columns and "config.optim.lr" in scalars.columns
-    assert curves.height == 15 and set(curves.columns) == {"run_id", "step", "loss", "grad_norm"}
+    assert scalars.height == 3
+    assert "metrics.instability" in scalars.columns
+    assert "config.optim.lr" in scalars.columns
+    assert curves.height == 15
+    assert set(curves.columns) == {"run_id", "step", "loss", "grad_norm"}
 
 
 def test_store_path_that_is_a_file_is_a_user_error(tmp_path):
@@ -90,9 +94,11 @@ def test_write_unique_marks_a_second_finished_copy_as_duplicate(tmp_path, tiny):
     first, second = (
         run_trial(tiny(steps=5), tmp_path, tags={"sweep": "s"}, writer=store.write_unique) for _ in range(2)
     )
-    assert first["status"] == "ok" and second["status"] == "duplicate"
+    assert first["status"] == "ok"
+    assert second["status"] == "duplicate"
     assert second["duplicate_of"] == first["run_id"]
     assert store.find(first["config_hash"], first["seed"], sweep="s")["run_id"] == first["run_id"]
     # another sweep's copy is not a duplicate; the leaderboard counts only ok/diverged records
     third = run_trial(tiny(steps=5), tmp_path, tags={"sweep": "t"}, writer=store.write_unique)
-    assert third["status"] == "ok" and len(list(store.records())) == 3
+    assert third["status"] == "ok"
+    assert len(list(store.records())) == 3

@@ -273,7 +273,7 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
 def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     """Regenerate the leaderboard from the results store (same store in -> byte-identical files out)."""
     from ..leaderboard import select_records, write_leaderboard
-    from ..sweep.optuna import load_journal_study
+    from ..sweep.study import load_journal_study
 
     store = open_store(store)
     records = select_records(store, sweeps, baseline or None, metric)

@@ -42,6 +42,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), ACTIVATIONS[act](), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) integer timesteps -> (B, out_dim) embeddings."""
         return self.mlp(timestep_embedding(t, self.freq_dim))
 
 
@@ -75,32 +76,35 @@ def constant_skip_scales(mode: str, kappa: float, num_skips: int) -> list[float]
 MIN_GATE_HIDDEN = 4
 
 
-class ChannelGate(nn.Module):
+class _SqueezeGate(nn.Module):
+    """sigmoid(W2 relu(W1 pooled)) over `size` features; hidden size size/reduction, at least MIN_GATE_HIDDEN."""
+
+    def __init__(self, size: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(size // reduction, MIN_GATE_HIDDEN)
+        self.fc1, self.fc2 = nn.Linear(size, hidden), nn.Linear(hidden, size)
+
+    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, size) pooled features -> (B, size) gates in (0, 1)."""
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(pooled))))
+
+
+class ChannelGate(_SqueezeGate):
     """Squeeze-excitation gate over channels, sigmoid(W2 relu(W1 mean_hw(h))): our UNet version of ScaleLong LS.
     Hidden size C/16, at least MIN_GATE_HIDDEN so a single dead ReLU cannot freeze the gate."""
 
-    def __init__(self, channels: int, reduction: int = 16):
-        super().__init__()
-        hidden = max(channels // reduction, MIN_GATE_HIDDEN)
-        self.fc1, self.fc2 = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
-
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(h.mean(dim=(2, 3))))))
-        return h * gate[:, :, None, None]
+        """(B, C, H, W) features -> the same shape, each channel scaled by its gate."""
+        return h * self.gate(h.mean(dim=(2, 3)))[:, :, None, None]
 
 
-class TokenGate(nn.Module):
+class TokenGate(_SqueezeGate):
     """ScaleLong LS gate over tokens, sigmoid(W2 relu(W1 mean_channels(h))), hidden size L/16 (at least
     MIN_GATE_HIDDEN: small images have few tokens)."""
 
-    def __init__(self, num_tokens: int, reduction: int = 16):
-        super().__init__()
-        hidden = max(num_tokens // reduction, MIN_GATE_HIDDEN)
-        self.fc1, self.fc2 = nn.Linear(num_tokens, hidden), nn.Linear(hidden, num_tokens)
-
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(h.mean(dim=2)))))
-        return h * gate[:, :, None]
+        """(B, L, D) tokens -> the same shape, each token scaled by its gate."""
+        return h * self.gate(h.mean(dim=2))[:, :, None]
 
 
 class SkipScaler(nn.Module):
@@ -131,3 +135,26 @@ class SkipScaler(nn.Module):
         if self.mode in ("learnable", "learnable_per_skip"):
             return self.gates[self.gate_of_skip[i - 1]](h)
         return h * self.scales[i - 1]
+
+
+class LongSkips:
+    """The encoder's long skips as the decoder pops them, innermost first: each as the encoder left it and as it
+    enters the decoder (scaled), for `forward(..., return_features=True)`."""
+
+    def __init__(self, scaler: SkipScaler, skips: list[torch.Tensor]):
+        self.scaler, self.skips = scaler, skips
+        self.entering: list[torch.Tensor] = []
+        self.encoder: list[torch.Tensor] = []
+
+    def pop(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The innermost skip left: its index i (1 = outermost), its feature and its scaled feature."""
+        i = len(self.skips)
+        skip = self.skips.pop()
+        self.encoder.append(skip)
+        s = self.scaler(skip, i)
+        self.entering.append(s)
+        return i, skip, s
+
+    def features(self, out: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The scaled and the encoder's skips, outermost first, and the decoder's output feature `out`."""
+        return {"skips": self.entering[::-1], "encoder": self.encoder[::-1], "out": out}

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, ChannelGate, SkipScaler, TimestepEmbedder, conv_norm, drop_path
+from .layers import ACTIVATIONS, ChannelGate, LongSkips, SkipScaler, TimestepEmbedder, conv_norm, drop_path
 
 
 class ResBlock(nn.Module):
@@ -47,6 +47,7 @@ class AttnBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) features -> the same shape; `emb` is unused (every block of a Stage takes it)."""
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)
         h = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(B, C, H, W)
@@ -54,20 +55,26 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
+    """Strided 3x3 convolution: halves the height and width."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, C, H/2, W/2); `emb` is unused."""
         return self.conv(x)
 
 
 class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, C, 2H, 2W); `emb` is unused."""
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -78,6 +85,7 @@ class SkipGain:
         self.scaler, self.i, self.channels = scaler, i, channels
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> the same shape, the last `channels` channels scaled by skip i's gain."""
         c = x.shape[1] - self.channels
         return torch.cat([x[:, :c], self.scaler(x[:, c:], self.i)], dim=1)
 
@@ -86,6 +94,7 @@ class Stage(nn.Sequential):
     """A sequence of blocks that all take (x, emb); a decoder stage's first block may take the skip's gain."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, skip: SkipGain | None = None) -> torch.Tensor:
+        """(B, C_in, H, W) features and (B, emb_dim) embeddings -> the last block's (B, C_out, H', W')."""
         for k, block in enumerate(self):
             x = block(x, emb, skip) if k == 0 and skip is not None else block(x, emb)
         return x
@@ -154,6 +163,7 @@ class UNet(nn.Module):
         self.skip_scaler = SkipScaler(lsc_mode, kappa, skip_channels, lambda c: ChannelGate(c))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
+        """(B, C, H, W) noisy images, (B,) timesteps -> (B, C, H, W) prediction (and features if return_features)."""
         emb = self.time_embed(t)
         h = self.stem(x)
         skips = [h]
@@ -161,18 +171,14 @@ class UNet(nn.Module):
             h = stage(h, emb)
             skips.append(h)
         h = self.mid(h, emb)
-        entering, encoder = [], []
+        popped = LongSkips(self.skip_scaler, skips)
         for stage in self.up:
-            i = len(skips)  # skips are popped innermost first; skip i = 1 is the stem output
-            skip = skips.pop()
-            encoder.append(skip)
-            s = self.skip_scaler(skip, i)
-            entering.append(s)
+            i, skip, s = popped.pop()  # skips are popped innermost first; skip i = 1 is the stem output
             if self.post_norm:  # scaled on both paths inside the block, after the residual path's norm
                 h = stage(torch.cat([h, skip], dim=1), emb, SkipGain(self.skip_scaler, i, skip.shape[1]))
             else:  # concat: the block's GroupNorm undoes a constant scale on the residual path
                 h = stage(torch.cat([h, s], dim=1), emb)
         out = self.out(self.out_act(self.out_norm(h)))
         if return_features:
-            return out, {"skips": entering[::-1], "encoder": encoder[::-1], "out": h}
+            return out, popped.features(h)
         return out

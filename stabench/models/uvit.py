@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, SkipScaler, TimestepEmbedder, TokenGate, drop_path, token_norm
+from .layers import ACTIVATIONS, LongSkips, SkipScaler, TimestepEmbedder, TokenGate, drop_path, token_norm
 
 
 class Attention(nn.Module):
@@ -22,6 +22,7 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) tokens -> (B, L, D) tokens."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
@@ -53,6 +54,7 @@ class Block(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, D) tokens, and in the decoder half the (B, L, D) scaled skip -> (B, L, D) tokens."""
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
@@ -107,10 +109,12 @@ class UViT(nn.Module):
         self.skip_scaler = SkipScaler(lsc_mode, kappa, [num_tokens] * self.num_skips, lambda n: TokenGate(n))
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, grid*grid, patch*patch*C) patch tokens -> (B, C, grid*patch, grid*patch) images."""
         B, p, g, c = x.shape[0], self.patch, self.grid, self.in_channels
         return x.reshape(B, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(B, c, g * p, g * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
+        """(B, C, H, W) noisy images, (B,) timesteps -> (B, C, H, W) prediction (and features if return_features)."""
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         h = torch.cat([self.time_embed(t)[:, None], tokens], dim=1) + self.pos_embed
         skips = []
@@ -118,15 +122,11 @@ class UViT(nn.Module):
             h = blk(h)
             skips.append(h)
         h = self.mid_block(h)
-        entering, encoder = [], []
+        popped = LongSkips(self.skip_scaler, skips)
         for blk in self.out_blocks:
-            i = len(skips)  # innermost skip first; skip i = 1 comes from the first in block
-            skip = skips.pop()
-            encoder.append(skip)
-            s = self.skip_scaler(skip, i)
-            entering.append(s)
+            _, _, s = popped.pop()  # innermost skip first; skip i = 1 comes from the first in block
             h = blk(h, s)
         out = self.unpatchify(self.head(self.norm(h))[:, 1:])
         if return_features:
-            return out, {"skips": entering[::-1], "encoder": encoder[::-1], "out": h}
+            return out, popped.features(h)
         return out

@@ -35,38 +35,29 @@ class Backend(Protocol):
     def __call__(self, space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict: ...
 
 
-def _optuna(space: SearchSpace, store: Store, settings: SweepSettings, *, workers: int = 1, **_) -> dict:
-    from .optuna import run_optuna_sweep
-
-    return run_optuna_sweep(
-        space,
-        store,
+def _settings_kwargs(settings: SweepSettings) -> dict[str, Any]:
+    """The settings as the keyword arguments every backend's run function takes."""
+    return dict(
         study_name=settings.study,
         storage_url=settings.study_storage,
         n_trials=settings.n_trials,
-        workers=workers,
         resume=settings.resume,
         max_failures=settings.max_failures,
         named_points=settings.named_points,
         tracking=settings.tracking,
     )
+
+
+def _optuna(space: SearchSpace, store: Store, settings: SweepSettings, *, workers: int = 1, **_) -> dict:
+    from .optuna import run_optuna_sweep
+
+    return run_optuna_sweep(space, store, workers=workers, **_settings_kwargs(settings))
 
 
 def _ray(space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict:
     from .ray import run_ray_sweep
 
-    return run_ray_sweep(
-        space,
-        store,
-        study_name=settings.study,
-        n_trials=settings.n_trials,
-        resume=settings.resume,
-        max_failures=settings.max_failures,
-        named_points=settings.named_points,
-        storage_url=settings.study_storage,
-        tracking=settings.tracking,
-        **options,
-    )
+    return run_ray_sweep(space, store, **_settings_kwargs(settings), **options)
 
 
 BACKENDS: dict[str, Backend] = {"optuna": _optuna, "ray": _ray}  # imported on use: Ray is slow to import

@@ -1,158 +1,28 @@
 """The Optuna backend: a study (journal file or RDB) asks for configs, `ConfigRun` trains them, the study is told.
 
-The only module that touches Optuna's internals (heartbeats, a trial's storage id): `study.optimize` hides
-what a supervised, resumable ask/tell loop needs.
+With `study` (storage, sampler, pruner, trial bookkeeping), the only modules that touch Optuna's internals
+(heartbeats, a trial's storage id): `study.optimize` hides what a supervised, resumable ask/tell loop needs.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # as study.optimize; we ask/tell
 from optuna.trial import TrialState
 
-from ..errors import UserError
 from ..record import Tags, eval_value, record_value
-from ..space import SearchSpace, grid_values, suggest
+from ..space import SearchSpace, suggest
 from ..store import Store
 from ..tracking import TrackingSettings
 from .core import ConfigRun, Event, TrialFailed, TrialPruned
+from .study import counts, fail_running, make_sampler, open_study, summarize_study, trial_failures
 from .workers import same_machine, supervise, this_worker, worker_is_gone
-
-DEFAULT_STORAGE_DIR = Path("results") / "optuna"
-
-
-def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The space's sampler. `seed_offset` differs per worker and per restart so that a seeded sampler in a
-    second process does not propose the same sequence of configs again."""
-    s = space.sampler
-    opts = dict(s.options)
-    seed = None if s.seed is None else s.seed + seed_offset
-    if s.name == "grid":
-        return optuna.samplers.GridSampler(grid_values(space), seed=seed)
-    cls = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-        "gp": optuna.samplers.GPSampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-        "qmc": optuna.samplers.QMCSampler,
-    }[s.name]
-    return cls(seed=seed, **opts)
-
-
-def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
-    """The space's Optuna pruner with its options."""
-    p = space.pruner
-    cls = {
-        "median": optuna.pruners.MedianPruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "wilcoxon": optuna.pruners.WilcoxonPruner,
-        "none": optuna.pruners.NopPruner,
-    }[p.name]
-    return cls(**p.options)
-
-
-HEARTBEAT_INTERVAL_S = int(os.environ.get("STABENCH_HEARTBEAT_S", "60"))
-HEARTBEAT_GRACE_S = int(os.environ.get("STABENCH_HEARTBEAT_GRACE_S", "180"))
-MAX_RETRY = 2  # a trial whose worker died is retried this many times (RDB storages, via heartbeats)
-
-
-def make_storage(url: str | None, study_name: str, heartbeats: bool = True) -> tuple[optuna.storages.BaseStorage, str]:
-    """Journal file by default (safe for several local processes); any RDB URL otherwise, with heartbeats:
-    a trial whose worker stops beating for HEARTBEAT_GRACE_S is marked FAIL and retried (up to MAX_RETRY).
-    Ray's OptunaSearch asks and tells from the driver only, so it opens RDB storages without heartbeats."""
-    if url is None:
-        DEFAULT_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
-        url = str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
-    if "://" not in url:  # a plain path: an Optuna journal file
-        path = Path(url)
-        if path.exists() and path.is_dir():
-            raise UserError(f"'{url}' is a directory; give a journal file path or a database URL", key="study_storage")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(path))), str(path)
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beats = dict(
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=HEARTBEAT_GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
-            )
-            storage = optuna.storages.RDBStorage(
-                url,
-                **(beats if heartbeats else {}),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-            )
-        return storage, url
-    except Exception as e:  # bad dialect, unreachable server, ...
-        raise UserError(
-            f"cannot open '{url}': {type(e).__name__}: {e}",
-            key="study_storage",
-            allowed="a journal file path, or an RDB URL such as postgresql://user:pw@host/db",
-        ) from None
-
-
-def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> optuna.Study:
-    """Create the sweep's study, or load it to continue."""
-    storage, _ = make_storage(storage_url, study_name)
-    kw = {"directions": space.directions} if len(space.objectives) > 1 else {"direction": space.directions[0]}
-    return optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        sampler=make_sampler(space),
-        pruner=make_pruner(space),
-        load_if_exists=True,
-        **kw,
-    )
-
-
-def counts(study: optuna.Study) -> dict[str, int]:
-    """How many trials the study holds in each state."""
-    c = {s.name.lower(): 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        c[t.state.name.lower()] += 1
-    return c
-
-
-def fail_running(study: optuna.Study, dead: Callable[[dict | None], bool], requeue: bool = True) -> int:
-    """Mark RUNNING trials whose worker (the `worker` user attr) is `dead` as FAIL and, with `requeue`, enqueue
-    their params again (same config, same baseline name; the seeds it already finished are found in the store,
-    so nothing is recorded twice). Returns how many it failed."""
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not dead(t.user_attrs.get("worker")):
-            continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # it finished meanwhile, or a heartbeat check failed it first
-        if requeue:
-            keep = {k: v for k, v in t.user_attrs.items() if k == "baseline_point"}
-            study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number}, skip_if_exists=False)
-        n += 1
-    return n
-
-
-def fail_orphaned(name: str, storage: optuna.storages.BaseStorage) -> int:
-    """Mark every RUNNING trial of a finished sweep's study failed (asked by a driver that was killed)."""
-    return fail_running(optuna.load_study(study_name=name, storage=storage), dead=lambda w: True, requeue=False)
-
-
-def trial_failures(study: optuna.Study) -> int:
-    """Trials that failed by themselves (an exception in training); not those of a dead worker or a stale
-    heartbeat, which are retried."""
-    return sum("error" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
 
 def sweep_lock(store: Store, name: str):
@@ -382,27 +252,3 @@ def requeue_dead_worker(study: optuna.Study, log: Callable[[str], None]) -> Call
         )
 
     return on_death
-
-
-def summarize_study(study: optuna.Study, space: SearchSpace) -> dict:
-    """Trial counts and the best trial (or the Pareto front)."""
-    c = counts(study)
-    out: dict[str, Any] = {"study": study.study_name, "counts": c}
-    if not c["complete"]:
-        return out
-    if len(space.objectives) == 1:
-        b = study.best_trial
-        out["best"] = {"trial": b.number, "value": b.value, "params": b.params}
-    else:
-        out["pareto_front"] = [{"trial": t.number, "values": t.values, "params": t.params} for t in study.best_trials]
-    return out
-
-
-def load_journal_study(name: str) -> optuna.Study | None:
-    """The study of sweep `name` in its default journal file, if there is one (for knob importance)."""
-    path = DEFAULT_STORAGE_DIR / f"{name}.journal"
-    if not path.is_file():
-        return None
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))

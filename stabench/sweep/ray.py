@@ -7,11 +7,9 @@ in `cleanup()`: Ray calls it between two `step()`s, never in the middle of train
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -19,13 +17,13 @@ from typing import Any
 from ray import tune
 
 from ..engine import run_trial
-from ..errors import UserError
 from ..record import Status, Tags, eval_value, worst
 from ..space import SearchSpace, decode_params, suggest, trial_config
 from ..store import Store
 from ..tracking import TrackingSettings
 from .core import ConfigRun, Event, TrialFailed
-from .optuna import fail_orphaned, make_sampler, make_storage
+from .ray_cluster import ray_session
+from .study import fail_orphaned, make_sampler, make_storage
 
 DEFAULT_RAY_DIR = Path("results") / "ray"
 
@@ -64,6 +62,7 @@ class StabenchTrainable(tune.Trainable):
         tracking: TrackingSettings | None = None,
         named_points: dict | None = None,
     ):
+        """Tune's start of a trial: `config` is its sampled params, the rest comes from `with_parameters`."""
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -134,65 +133,6 @@ class StabenchTrainable(tune.Trainable):
         """A restarted or restored trial starts again from its first seed (the store has the finished ones)."""
         # Restarted (failed actor) or restored (killed driver) trial: the interrupted seed trains again.
         self._start()
-
-
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
-    hostport = address.split("://", 1)[-1]
-    if address == "auto" or ":" not in hostport:
-        return
-    host, port = hostport.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"cannot reach Ray at '{address}' ({e})",
-            key="address",
-            allowed="omit it for a local Ray, 'auto' for the cluster this machine belongs to, host:port or "
-            "ray://host:port",
-        ) from None
-
-
-def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
-    """Connect to (or start) Ray; returns True when this call initialised it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        check_reachable(address)
-    env = {k: os.environ[k] for k in ("STABENCH_INCEPTION_WEIGHTS", "STABENCH_CACHE", "WANDB_MODE") if k in os.environ}
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "runtime_env": {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **env}},
-    }
-    try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
-    except Exception as e:  # unreachable address, version mismatch, ...
-        raise UserError(
-            f"cannot connect to Ray at '{address}': {type(e).__name__}: {e}",
-            key="address",
-            allowed="omit it for a local Ray, 'auto' for a running cluster, or ray://host:port",
-        ) from None
-    return True
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int | None):
-    """Ray for the duration of a sweep: joined or started here (and then shut down here)."""
-    import ray
-
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    started = init_ray(address, num_cpus)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def make_searcher(space: SearchSpace, name: str, named_points: dict | None, study_storage, max_concurrent: int | None):
@@ -330,6 +270,7 @@ class ProgressCallback(tune.Callback):
         self.started_unix: dict[str, float] = {}  # driver-side start of each trial (overhead benchmark)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        """Note when the driver saw the trial start."""
         self.started_unix[trial.trial_id] = time.time()
 
     def _line(self, trials, finishing=None) -> str:
@@ -344,6 +285,7 @@ class ProgressCallback(tune.Callback):
         return line
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        """Log a finished trial (or one the scheduler stopped) and keep the best value."""
         o = self.space.objectives[0]
         result = trial.last_result or {}
         value = result.get(o.metric)
@@ -356,6 +298,7 @@ class ProgressCallback(tune.Callback):
         self.log(f"ray trial {trial.trial_id} finished {o.metric}={value}  {self._line(trials, trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        """Log an errored trial."""
         self.log(f"ray trial {trial.trial_id} errored  {self._line(trials)}")
 
 

@@ -24,7 +24,8 @@ def test_readme_train_command_200_steps(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (record_path,) = tmp_path.glob("*/record.json")
     rec = json.loads(record_path.read_text())
-    assert rec["status"] == "ok" and rec["steps_completed"] == 200
+    assert rec["status"] == "ok"
+    assert rec["steps_completed"] == 200
     probe = rec["probes"]["probe_loss"]
     assert probe[-1] < 0.5 * probe[0]
     assert sum(b < a for a, b in zip(probe, probe[1:])) >= 0.75 * (len(probe) - 1)  # mostly decreasing
@@ -45,7 +46,8 @@ def test_readme_train_command_200_steps(tmp_path):
         assert rec["metrics"][key] is not None, key
     assert len(rec["probes"]["skip_norms"][0]) == 9  # every long skip of the small UNet
     assert (record_path.parent / "samples.png").exists()
-    assert "instability" in proc.stdout and "ok" in proc.stdout
+    assert "instability" in proc.stdout
+    assert "ok" in proc.stdout
 
 
 def test_bad_yaml_key_exits_2_naming_the_key(tmp_path):
@@ -53,7 +55,9 @@ def test_bad_yaml_key_exits_2_naming_the_key(tmp_path):
     bad.write_text("optim:\n  lr: 1.0e-3\n  stepz: 10\n")
     proc = stabench("train", str(bad), "--out", str(tmp_path / "runs"))
     assert proc.returncode == 2
-    assert "optim.stepz" in proc.stderr and str(bad) in proc.stderr and "steps" in proc.stderr
+    assert "optim.stepz" in proc.stderr
+    assert str(bad) in proc.stderr
+    assert "steps" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()  # failed before any training
 
@@ -81,12 +85,15 @@ def test_user_errors_exit_2(args, needle):
 
 def test_missing_config_file_exits_2():
     result = CliRunner().invoke(main, ["train", "nope.yaml"])
-    assert result.exit_code == 2 and "nope.yaml" in result.output
+    assert result.exit_code == 2
+    assert "nope.yaml" in result.output
 
 
 def test_dry_run_prints_resolved_config():
     result = CliRunner().invoke(main, ["train", "baselines/ddpm.yaml", "--dry-run", "--set", "kappa=0.7"])
-    assert result.exit_code == 0 and "kappa: 0.7" in result.output and "config_hash" in result.output
+    assert result.exit_code == 0
+    assert "kappa: 0.7" in result.output
+    assert "config_hash" in result.output
 
 
 @pytest.mark.parametrize("name", ["main", *main.commands])
@@ -102,4 +109,5 @@ def test_help_explains_every_option(name):
 
 def test_keys_lists_every_leaf():
     result = CliRunner().invoke(main, ["keys"])
-    assert "lsc.kappa" in result.output and "timestep_weighting.kind" in result.output
+    assert "lsc.kappa" in result.output
+    assert "timestep_weighting.kind" in result.output

@@ -227,4 +227,6 @@ def test_bad_input_exits_2_with_a_message_naming_the_key(tmp_path, monkeypatch, 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(main, ["--debug", "train", str(tmp_path / "nope.yaml")])
-    assert result.exit_code != 0 and result.exception is not None and not isinstance(result.exception, SystemExit)
+    assert result.exit_code != 0
+    assert result.exception is not None
+    assert not isinstance(result.exception, SystemExit)

@@ -26,7 +26,9 @@ def assert_same(a, b):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for beta in a["ema"]["shadows"]:
         assert all(torch.equal(x, y) for x, y in zip(a["ema"]["shadows"][beta], b["ema"]["shadows"][beta]))
-    assert a["log"]["loss"] == b["log"]["loss"] and a["probes"] == b["probes"] and a["evals"] == b["evals"]
+    assert a["log"]["loss"] == b["log"]["loss"]
+    assert a["probes"] == b["probes"]
+    assert a["evals"] == b["evals"]
 
 
 def test_resumed_trial_equals_uninterrupted_bit_for_bit(tmp_path):
@@ -38,10 +40,12 @@ def test_resumed_trial_equals_uninterrupted_bit_for_bit(tmp_path):
         pass
     run_dir = trial.run_dir
     del trial
-    assert (run_dir / CHECKPOINT).exists() and not (run_dir / "record.json").exists()
+    assert (run_dir / CHECKPOINT).exists()
+    assert not (run_dir / "record.json").exists()
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
     resumed = run_trial(cfg, tmp_path / "cut", resume_dir=run_dir)
-    assert resumed["run_id"] == run_dir.name and resumed["resumed_from_step"] == 10
+    assert resumed["run_id"] == run_dir.name
+    assert resumed["resumed_from_step"] == 10
     assert resumed["curves"]["loss"] == full["curves"]["loss"]
     assert_same(final_state(run_dir), final_state(tmp_path / "full" / full["run_id"]))
 
@@ -108,5 +112,6 @@ def test_killed_cli_trial_resumes_to_the_same_result(tmp_path):
     assert full.returncode == 0, full.stderr
     (full_dir,) = (tmp_path / "full").iterdir()
     resumed, uninterrupted = (json.loads((d / "record.json").read_text()) for d in (run_dir, full_dir))
-    assert resumed["resumed_from_step"] and resumed["curves"]["loss"] == uninterrupted["curves"]["loss"]
+    assert resumed["resumed_from_step"]
+    assert resumed["curves"]["loss"] == uninterrupted["curves"]["loss"]
     assert_same(final_state(run_dir), final_state(full_dir))

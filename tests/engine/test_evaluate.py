@@ -25,7 +25,9 @@ def test_trained_model_scores_better_than_its_step0_weights(tmp_path):
     rec = run_trial(cfg, tmp_path)
     assert rec["status"] == "ok"
     m = rec["metrics"]
-    assert m["fid_digits"] > 0 and m["kid_digits"] is not None and m["fid_digits_floor"] > 0
+    assert m["fid_digits"] > 0
+    assert m["kid_digits"] is not None
+    assert m["fid_digits_floor"] > 0
     assert [e["step"] for e in rec["evals"]] == [100, 200, 300]
     for e in rec["evals"]:  # per eval point and per weight set
         assert set(e["fid_digits"]) == set(e["kid_digits"]) == {"raw", "ema_0.99", "ema_0.999"}
@@ -56,9 +58,11 @@ def test_score_command_rescores_a_finished_trial(tmp_path):
     rec = run_trial(tiny_config("samples=0", "grid=0", steps=30), tmp_path, save_checkpoint=True)
     result = CliRunner().invoke(main, ["score", str(tmp_path / rec["run_id"]), "--samples", "100"])
     assert result.exit_code == 0, result.output
-    assert "fid_digits: raw=" in result.output and "ema_0.9999=" in result.output
+    assert "fid_digits: raw=" in result.output
+    assert "ema_0.9999=" in result.output
     assert (tmp_path / rec["run_id"] / "score-digits-n100.json").exists()
     # without a checkpoint: a user error naming what to do
     rec = run_trial(tiny_config("samples=0", "grid=0", steps=5), tmp_path)
     result = CliRunner().invoke(main, ["score", str(tmp_path / rec["run_id"]), "--samples", "100"])
-    assert result.exit_code == 2 and "--checkpoint" in result.output
+    assert result.exit_code == 2
+    assert "--checkpoint" in result.output

@@ -34,7 +34,8 @@ def test_same_seed_bit_identical_other_seed_different():
     a, b = run_trial(tiny_config(seed_override := "seed=3")), run_trial(tiny_config(seed_override))
     c = run_trial(tiny_config("seed=4"))
     assert a["status"] == "ok"
-    assert a["curves"]["loss"] == b["curves"]["loss"] and a["curves"]["grad_norm"] == b["curves"]["grad_norm"]
+    assert a["curves"]["loss"] == b["curves"]["loss"]
+    assert a["curves"]["grad_norm"] == b["curves"]["grad_norm"]
     assert a["probes"] == b["probes"]
     assert a["curves"]["loss"] != c["curves"]["loss"]
 
@@ -42,12 +43,16 @@ def test_same_seed_bit_identical_other_seed_different():
 def test_record_has_curves_metrics_and_versions(tmp_path):
     rec = run_trial(tiny_config(steps=30), tmp_path)
     on_disk = json.loads((tmp_path / rec["run_id"] / "record.json").read_text())
-    assert on_disk["status"] == "ok" and on_disk["config_hash"] == rec["config_hash"]
-    assert on_disk["config"]["optim"]["steps"] == 30 and on_disk["seed"] == 0
-    assert len(on_disk["curves"]["loss"]) == 30 and on_disk["probes"]["step"] == [0, 5, 10, 15, 20, 25, 30]
+    assert on_disk["status"] == "ok"
+    assert on_disk["config_hash"] == rec["config_hash"]
+    assert on_disk["config"]["optim"]["steps"] == 30
+    assert on_disk["seed"] == 0
+    assert len(on_disk["curves"]["loss"]) == 30
+    assert on_disk["probes"]["step"] == [0, 5, 10, 15, 20, 25, 30]
     assert all(k in on_disk["metrics"] for k in STABILITY_KEYS)
     assert {"python", "torch", "stabench", "git_sha"} <= on_disk["versions"].keys()
-    assert on_disk["device"]["type"] == "cpu" and on_disk["steps_per_s"] > 0
+    assert on_disk["device"]["type"] == "cpu"
+    assert on_disk["steps_per_s"] > 0
     assert [e["step"] for e in on_disk["evals"]] == [10, 20, 30]
     assert set(on_disk["evals"][0]["probe_loss"]) == {"raw", "ema_0.9999"}
     assert (tmp_path / rec["run_id"] / "config.yaml").exists()
@@ -66,7 +71,8 @@ def test_clipping_caps_global_norm_and_reports_pre_clip_value():
     params, fp32 = list(model.parameters()), Precision("fp32", torch.device("cpu"))
     _, pre = optimization_step(model, params, d, opt, (x0, t, noise), 0.01, fp32)
     post = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
-    assert pre.item() > 0.1 and post.item() == pytest.approx(0.01, rel=1e-4)
+    assert pre.item() > 0.1
+    assert post.item() == pytest.approx(0.01, rel=1e-4)
     _, unclipped = optimization_step(model, params, d, opt, (x0, t, noise), None, fp32)
     post = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert post.item() == pytest.approx(unclipped.item(), rel=1e-5)
@@ -74,18 +80,22 @@ def test_clipping_caps_global_norm_and_reports_pre_clip_value():
 
 def test_trial_records_clip_fraction():
     rec = run_trial(tiny_config("clip_norm=1e-4", steps=10))
-    assert rec["metrics"]["clip_frac"] == 1.0 and all(g > 1e-4 for g in rec["curves"]["grad_norm"])
+    assert rec["metrics"]["clip_frac"] == 1.0
+    assert all(g > 1e-4 for g in rec["curves"]["grad_norm"])
     rec = run_trial(tiny_config("clip_norm=null", steps=10))
     assert rec["metrics"]["clip_frac"] == 0.0
 
 
 def test_huge_lr_without_clipping_diverges_into_a_record(tmp_path):
     rec = run_trial(tiny_config("lr=50", "clip_norm=null", steps=200), tmp_path)
-    assert rec["status"] == "diverged" and rec["diverged_at"] is not None
-    assert rec["steps_completed"] < 200 and len(rec["curves"]["loss"]) == rec["steps_completed"]
+    assert rec["status"] == "diverged"
+    assert rec["diverged_at"] is not None
+    assert rec["steps_completed"] < 200
+    assert len(rec["curves"]["loss"]) == rec["steps_completed"]
     assert math.isinf(rec["metrics"]["instability"])
     on_disk = json.loads((tmp_path / rec["run_id"] / "record.json").read_text())
-    assert on_disk["status"] == "diverged" and on_disk["metrics"]["instability"] is None  # JSON has no inf
+    assert on_disk["status"] == "diverged"
+    assert on_disk["metrics"]["instability"] is None  # JSON has no inf
 
 
 def test_exception_inside_training_becomes_failed_record(tmp_path, monkeypatch):
@@ -96,7 +106,8 @@ def test_exception_inside_training_becomes_failed_record(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trial_mod, "optimization_step", boom)
     rec = run_trial(tiny_config(), tmp_path)
-    assert rec["status"] == "failed" and "simulated" in rec["error"]["message"]
+    assert rec["status"] == "failed"
+    assert "simulated" in rec["error"]["message"]
     assert "RuntimeError" in rec["error"]["traceback"]
     assert json.loads((tmp_path / rec["run_id"] / "record.json").read_text())["status"] == "failed"
 
@@ -107,7 +118,8 @@ def test_weight_decay_skips_norms_biases_embeddings():
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.ndim >= 2 and "pos_embed" not in names[id(p)] for p in decay["params"])
     assert any("pos_embed" in names[id(p)] for p in no_decay["params"])
-    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0
+    assert decay["weight_decay"] == 0.1
     all_decay, none_left = param_groups(model, 0.1, decay_all=True)
     assert not none_left["params"]
 

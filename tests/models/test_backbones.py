@@ -26,7 +26,8 @@ def test_every_mode_trains(backbone, mode):
     model = make(backbone, f"lsc.mode={mode}")
     x, t = batch()
     out, feats = model(x, t, return_features=True)
-    assert out.shape == x.shape and len(feats["skips"]) == model.num_skips
+    assert out.shape == x.shape
+    assert len(feats["skips"]) == model.num_skips
     out.pow(2).mean().backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -61,7 +62,8 @@ def test_skip_i_entering_decoder_is_scaled(backbone, mode, kappa):
 def test_outermost_skip_is_full_resolution():
     model = make("unet", preset="small")
     _, feats = model(*batch(), return_features=True)
-    assert feats["skips"][0].shape[-1] == 8 and feats["skips"][-1].shape[-1] == 2
+    assert feats["skips"][0].shape[-1] == 8
+    assert feats["skips"][-1].shape[-1] == 2
 
 
 def test_constant_scales_formula():
@@ -76,7 +78,8 @@ def test_learnable_gates_receive_gradients(backbone, mode):
     x, t = batch()
     model(x, t).pow(2).mean().backward()
     gates = list(model.skip_scaler.gates.parameters())
-    assert gates and all(p.grad is not None and p.grad.abs().sum() > 0 for p in gates)
+    assert gates
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gates)
     n_gates = len(model.skip_scaler.gates)
     if mode == "learnable_per_skip":
         assert n_gates == model.num_skips

@@ -20,8 +20,10 @@ NO_CLIP = {"optim.clip_norm": None, "optim.steps": 60}  # lr 50 without clipping
 
 
 def assert_failed_record(rec):
-    assert rec["status"] == "failed" and rec["steps_completed"] == 4
-    assert rec["error"]["type"] == "OutOfMemoryError" and "simulated" in rec["error"]["message"]
+    assert rec["status"] == "failed"
+    assert rec["steps_completed"] == 4
+    assert rec["error"]["type"] == "OutOfMemoryError"
+    assert "simulated" in rec["error"]["message"]
     assert "optimization_step" in rec["error"]["traceback"]
 
 
@@ -43,7 +45,8 @@ def test_optuna_sweep_goes_on_after_a_failed_trial_and_diverged_is_a_result(tmp_
         space, store, storage_url=str(tmp_path / "j.journal"), named_points=points, max_failures=3, log=lambda s: None
     )
     c = summary["counts"]
-    assert c["complete"] == 3 and 1 <= c["fail"] <= 3
+    assert c["complete"] == 3
+    assert 1 <= c["fail"] <= 3
     study = optuna.load_study(
         study_name="t",
         storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.journal"))),
@@ -58,7 +61,8 @@ def test_optuna_sweep_goes_on_after_a_failed_trial_and_diverged_is_a_result(tmp_
         assert "OutOfMemoryError" in study.trials[rec["tags"]["trial_number"]].user_attrs["error"]
     (diverged,) = by_status["diverged"]  # a result: the trial is COMPLETE, with the worst value
     trial = study.trials[diverged["tags"]["trial_number"]]
-    assert trial.state.name == "COMPLETE" and math.isinf(trial.value)
+    assert trial.state.name == "COMPLETE"
+    assert math.isinf(trial.value)
 
 
 def test_max_failures_stops_the_sweep(tmp_path, oom):
@@ -67,7 +71,8 @@ def test_max_failures_stops_the_sweep(tmp_path, oom):
     summary = run_optuna_sweep(
         space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"), max_failures=1, log=lines.append
     )
-    assert summary["counts"]["fail"] == 2 and summary["counts"]["complete"] == 0
+    assert summary["counts"]["fail"] == 2
+    assert summary["counts"]["complete"] == 0
     assert any("more than 1 failed trials" in line for line in lines)
     assert len(list(Store(tmp_path / "store").records(sweep="t"))) == 2
 
@@ -95,13 +100,15 @@ def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_pa
         )
     finally:
         ray.shutdown()
-    assert summary["trials"] == 3 and summary["errors"] == 1
+    assert summary["trials"] == 3
+    assert summary["errors"] == 1
     by_status = collections.defaultdict(list)
     for r in store.records(sweep="t"):
         by_status[r["status"]].append(r)
     assert len(by_status["failed"]) == 2  # the first attempt and one retry (--max-failures 1)
     for rec in by_status["failed"]:
         assert_failed_record(rec)
-    assert len(by_status["diverged"]) == 1 and len(by_status["ok"]) + len(by_status["pruned"]) == 1
+    assert len(by_status["diverged"]) == 1
+    assert len(by_status["ok"]) + len(by_status["pruned"]) == 1
     # the named points keep their names, as with Optuna: the leaderboard shows them as <name>@<sweep>
     assert {r["tags"]["baseline_point"] for r in store.records(sweep="t")} == set(points)

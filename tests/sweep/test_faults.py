@@ -49,7 +49,10 @@ def optuna_audit(scenario, tmp_path, space, storage, study_name, requested):
 
 
 def assert_nothing_lost(row, requested, interrupted=True):
-    assert row["finished"] == requested and row["lost"] == 0 and row["duplicated"] == 0 and row["torn"] == 0, row
+    assert row["finished"] == requested, row
+    assert row["lost"] == 0, row
+    assert row["duplicated"] == 0, row
+    assert row["torn"] == 0, row
     if interrupted:  # the killed seed's run directory, never given a record
         assert row["unrecorded_dirs"] >= 1, row
 
@@ -113,7 +116,8 @@ def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how): 
         f"optuna postgres, driver killed, {how}", tmp_path, load_space(path), postgres_url, study, 3
     )
     assert_nothing_lost(row, 3)
-    assert states["FAIL"] == 1 and row["records"] == 3
+    assert states["FAIL"] == 1
+    assert row["records"] == 3
     retried = [
         t
         for t in optuna.load_study(study_name=study, storage=postgres_url).trials
@@ -177,7 +181,8 @@ def test_optuna_journal_worker_killed(tmp_path, size):
         n,
     )
     assert_nothing_lost(row, n)
-    assert states["FAIL"] == 1 and row["records"] == n * len(size["seeds"])
+    assert states["FAIL"] == 1
+    assert row["records"] == n * len(size["seeds"])
 
 
 def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
@@ -206,7 +211,8 @@ def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
         "optuna postgres, 1 of 2 workers killed", tmp_path, load_space(path), postgres_url, "pg-worker", 4
     )
     assert_nothing_lost(row, 4)
-    assert states["FAIL"] == 1 and row["records"] == 4
+    assert states["FAIL"] == 1
+    assert row["records"] == 4
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,7 +299,8 @@ def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa:
     assert_nothing_lost(row, n, interrupted=False)
     assert row["records"] > before
     states = collections.Counter(t.state.name for t in optuna.load_study(study_name=study, storage=postgres_url).trials)
-    assert states["COMPLETE"] + states["PRUNED"] == n and states["RUNNING"] == 0, states
+    assert states["COMPLETE"] + states["PRUNED"] == n, states
+    assert states["RUNNING"] == 0, states
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -317,12 +324,14 @@ def test_worker_is_gone_tells_live_dead_zombie_and_reused_pids():
     assert worker_is_gone({**me, "pid": child.pid}, heartbeats=False)
     # another machine, or not yet tagged: heartbeats decide when the storage has them
     elsewhere = {**me, "host": "another-host"}
-    assert worker_is_gone(elsewhere, heartbeats=False) and not worker_is_gone(elsewhere, heartbeats=True)
-    assert worker_is_gone(None, heartbeats=False) and not worker_is_gone(None, heartbeats=True)
+    assert worker_is_gone(elsewhere, heartbeats=False)
+    assert not worker_is_gone(elsewhere, heartbeats=True)
+    assert worker_is_gone(None, heartbeats=False)
+    assert not worker_is_gone(None, heartbeats=True)
 
 
 def test_retry_keeps_the_baseline_name_and_skips_finished_trials():
-    from stabench.sweep.optuna import fail_running
+    from stabench.sweep.study import fail_running
 
     study = optuna.create_study()
     dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})

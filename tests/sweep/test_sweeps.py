@@ -24,10 +24,13 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     space = load_space(space_file(tmp_path, seeds=(0, 1)))
     store = Store(tmp_path / "store")
     summary = run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
-    assert summary["counts"]["complete"] == 4 and summary["best"]["params"]
+    assert summary["counts"]["complete"] == 4
+    assert summary["best"]["params"]
     records = list(store.records(sweep="t"))
-    assert len(records) == 8 and by_trial(store) == {0: 2, 1: 2, 2: 2, 3: 2}
-    assert {r["tags"]["backend"] for r in records} == {"optuna"} and {r["seed"] for r in records} == {0, 1}
+    assert len(records) == 8
+    assert by_trial(store) == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert {r["tags"]["backend"] for r in records} == {"optuna"}
+    assert {r["seed"] for r in records} == {0, 1}
     # the study value is the mean over seeds of each record's metric
     study = optuna.load_study(
         study_name="t",
@@ -45,7 +48,8 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     # confirm: the 2 best configs get a third seed; seeds 0 and 1 are reused, not re-run
     best = sorted(study.trials, key=lambda t: t.value)[:2]
     confirmed = confirm(store, "t", "best_probe_loss", top=2, n_seeds=3, log=lambda s: None)
-    assert len(confirmed) == 6 and len(list(store.records(sweep="t"))) == 10
+    assert len(confirmed) == 6
+    assert len(list(store.records(sweep="t"))) == 10
     assert {r["tags"]["trial_number"] for r in confirmed} == {t.number for t in best}
 
 
@@ -67,11 +71,14 @@ def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
     summary = run_optuna_sweep(
         space, store, storage_url=str(tmp_path / "j.journal"), named_points=points, log=lambda s: None
     )
-    assert summary["counts"]["pruned"] == 1 and summary["counts"]["complete"] == 2
+    assert summary["counts"]["pruned"] == 1
+    assert summary["counts"]["complete"] == 2
     (pruned,) = [r for r in store.records(sweep="t") if r["status"] == "pruned"]
-    assert pruned["config"]["optim"]["lr"] == 1e-9 and pruned["pruned_at"] == 10
+    assert pruned["config"]["optim"]["lr"] == 1e-9
+    assert pruned["pruned_at"] == 10
     assert pruned["tags"]["baseline_point"] == "frozen"
-    assert pruned["steps_completed"] == 10 and pruned["metrics"]["instability"] is not None
+    assert pruned["steps_completed"] == 10
+    assert pruned["metrics"]["instability"] is not None
 
 
 def test_two_objectives_report_a_pareto_front(tmp_path):
@@ -86,7 +93,8 @@ def test_two_objectives_report_a_pareto_front(tmp_path):
         space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"), log=lambda s: None
     )
     front = summary["pareto_front"]
-    assert front and all(len(p["values"]) == 2 for p in front)
+    assert front
+    assert all(len(p["values"]) == 2 for p in front)
     # nobody on the front is dominated by another member
     for a in front:
         assert not any(
@@ -112,7 +120,8 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
     )
     assert ref["counts"]["complete"] == 1
     (opt,) = Store(optuna_record).records()
-    assert set(opt) == set(records[0]) and set(opt["tags"]) == set(records[0]["tags"])
+    assert set(opt) == set(records[0])
+    assert set(opt["tags"]) == set(records[0]["tags"])
 
 
 def test_ray_sweep_joins_a_cluster_started_with_ray_start(tmp_path):
@@ -187,4 +196,6 @@ def test_unreachable_ray_address_is_a_user_error(tmp_path):
         text=True,
         timeout=300,
     )
-    assert out.returncode == 2 and "--address" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2
+    assert "--address" in out.stderr
+    assert "Traceback" not in out.stderr
