@@ -151,7 +151,7 @@ def sweep_trials_per_hour(workers: int, trials: int, threads_total: int) -> floa
     """Trials/hour of the quickstart sweep with `workers` local processes, in a fresh store and study."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
-            sys.executable, "-m", "stabench", "sweep", str(REPO / "search_spaces/quickstart.yaml"),
+            sys.executable, "-m", "stabench.cli", "sweep", str(REPO / "search_spaces/quickstart.yaml"),
             "--n-trials", str(trials), "--workers", str(workers), "--store", f"{tmp}/runs",
             "--study-storage", f"{tmp}/study.journal", "--wandb", "disabled",
         ]  # fmt: skip
@@ -179,7 +179,8 @@ def main() -> None:
     if unknown:
         ap.error(f"--modes: unknown {', '.join(unknown)}; allowed: {', '.join(MODES)}")
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} timed steps")
-    preset_table(args.presets.split(","), modes, device, args.steps, args.warmup)
+    if args.presets:  # --presets "" measures only the end-to-end sweep
+        preset_table(args.presets.split(","), modes, device, args.steps, args.warmup)
 
     if not args.no_sweep:
         cores = os.cpu_count() or 1

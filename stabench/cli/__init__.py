@@ -217,7 +217,8 @@ def _local_backend(ctx, param, value):
 
 @main.command(context_settings=CONTEXT)
 @click.option("--only", multiple=True, metavar="NAME", help="Run only these baselines (repeatable; default: all).")
-@click.option("--seeds", default="0,1,2", show_default=True, metavar="LIST", help="Comma-separated seeds.")
+@click.option("--seeds", default="0,1,2,3,4", show_default=True, metavar="LIST",
+              help="Comma-separated seeds (5 by default: the leaderboard flags fewer).")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key in every baseline (e.g. steps=600 for a CPU-sized run).")  # fmt: skip
 @store_option()
