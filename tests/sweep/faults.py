@@ -144,10 +144,10 @@ def simulate_oom() -> None:
 
     real, calls = trial_mod.optimization_step, collections.Counter()
 
-    def step(model, diffusion, optimizer, *args, **kwargs):
+    def step(forward, params, diffusion, optimizer, *args, **kwargs):
         calls[id(optimizer)] += 1
         if optimizer.defaults["lr"] == OOM_LR and calls[id(optimizer)] == 5:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return real(model, diffusion, optimizer, *args, **kwargs)
+        return real(forward, params, diffusion, optimizer, *args, **kwargs)
 
     trial_mod.optimization_step = step
