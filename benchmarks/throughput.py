@@ -1,7 +1,7 @@
 """Training throughput against the machine's own peak, for each backbone x preset and each engine mode.
 
 For every preset: FLOPs of one training step (forward + backward, `torch.utils.flop_counter.FlopCounterMode`),
-steps/s of the engine's own step (`stabench.engine.trial.optimization_step` on a `TrainState`: the trial's
+steps/s of the engine's own step (`stabench.engine.trial.train_step` on a `TrainState`: the trial's
 precision, compile setting, fused AdamW and clipping) in each mode, the achieved FLOP/s, and the peak of this
 machine in the mode's arithmetic (a large matmul, best of several) -> utilisation. Ratios to eager fp32 are
 taken in one run, so a shared, noisy machine affects every mode alike.
@@ -33,7 +33,7 @@ from stabench.data import load_images
 from stabench.diffusion import Diffusion
 from stabench.engine import resolve_device
 from stabench.engine.state import TrainState
-from stabench.engine.trial import optimization_step
+from stabench.engine.trial import train_step
 
 PRESETS = "unet/small/8/128,unet/deep/16/64,uvit/small/8/128,uvit/deep/16/64,uvit/deep/16/32/64"
 MODES = {  # name -> (engine.precision, engine.compile)
@@ -89,15 +89,7 @@ def steps_per_second(cfg, images: torch.Tensor, device: torch.device, steps: int
     state.precision.set_flags()
 
     def one_step():
-        x0 = next(state.batches)
-        t = torch.randint(0, diffusion.T, (len(x0),), generator=state.noise_gen, device=device)
-        noise = torch.randn(x0.shape, generator=state.noise_gen, device=device)
-        batch = (x0, t, noise)
-        return state.forward.guard(
-            lambda: optimization_step(
-                state.forward, state.params, diffusion, state.optimizer, batch, cfg.optim.clip_norm, state.precision
-            )
-        )
+        return train_step(state, diffusion, cfg.optim.clip_norm)
 
     for _ in range(warmup):
         one_step()

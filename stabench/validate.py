@@ -169,12 +169,16 @@ class Result:
     verdict: str
 
 
+def find_record(check: Check, arm: str, seed: int, store: Store, fast: bool) -> dict | None:
+    """The stored record of one arm of a check at one seed, if it has been trained."""
+    return store.find(config_hash(check_config(check, arm, seed, fast)), seed, sweep=SWEEP)
+
+
 def metric_values(check: Check, arm: str, n_seeds: int, store: Store, fast: bool) -> list[float]:
     """The arm's metric per seed (inf for a diverged run's instability, nan where a record lacks the metric)."""
     values = []
     for seed in seeds_of(check, arm, n_seeds):
-        cfg = check_config(check, arm, seed, fast)
-        rec = store.find(config_hash(cfg), seed, sweep=SWEEP)
+        rec = find_record(check, arm, seed, store, fast)
         if rec is None or rec["status"] not in FINISHED:
             values.append(math.nan)
         elif rec["status"] == "diverged" and check.metric == "instability":
@@ -209,13 +213,11 @@ def evaluate_check(check: Check, n_seeds: int, store: Store, fast: bool) -> Resu
 def decoder_norm_ratios(n_seeds: int, store: Store, fast: bool) -> dict[str, float]:
     """Mean over seeds of final decoder norm / that of `none`, for CS and LS in the stress regime."""
     out = {}
-    for name, check in (("CS", CHECKS[3]), ("LS", CHECKS[4])):
+    for name, treatment in (("CS", CS), ("LS", LS)):
+        check = next(c for c in CHECKS if c.kind == "ScaleLong direction" and c.treatment == treatment)
         ratios = []
         for seed in range(n_seeds):
-            recs = [
-                store.find(config_hash(check_config(check, arm, seed, fast)), seed, sweep=SWEEP)
-                for arm in ("treatment", "control")
-            ]
+            recs = [find_record(check, arm, seed, store, fast) for arm in ("treatment", "control")]
             if all(r is not None and r["status"] == "ok" for r in recs):
                 t, c = (r["probes"]["decoder_norm"][-1] for r in recs)
                 ratios.append(t / c)

@@ -85,19 +85,17 @@ class EvalNet:
 
     def weight_sets(self, model: nn.Module, ema: MultiEMA) -> Iterator[tuple[str, EvalNet]]:
         """(name, this net carrying that weight set) for the raw weights and each EMA beta."""
+        for name in ("raw", *map(ema_name, ema.betas)):
+            yield name, self.weight_set(model, ema, name)
+
+    def weight_set(self, model: nn.Module, ema: MultiEMA, name: str) -> EvalNet:
+        """This net carrying the weight set called `name` ('raw' or an `ema_name`)."""
         with torch.no_grad():
             for dst, src in zip(self.net.buffers(), model.buffers()):
                 dst.copy_(src)
-        yield "raw", self.load(list(model.parameters()))
-        for beta in ema.betas:
-            yield ema_name(beta), self.load(ema.shadows[beta])
-
-    def weight_set(self, model: nn.Module, ema: MultiEMA, name: str) -> EvalNet:
-        """This net carrying the weight set called `name`."""
-        for set_name, net in self.weight_sets(model, ema):
-            if set_name == name:
-                return net
-        raise KeyError(name)
+        if name == "raw":
+            return self.load(list(model.parameters()))
+        return self.load(ema.shadows[{ema_name(b): b for b in ema.betas}[name]])
 
 
 def generate(

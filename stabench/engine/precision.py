@@ -16,7 +16,6 @@ import torch.nn as nn
 
 from ..errors import UserError
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -64,6 +64,19 @@ def optimization_step(
     return loss, grad_norm
 
 
+def train_step(state: TrainState, diffusion: Diffusion, clip_norm: float | None):
+    """Draw the next batch, timesteps and noise from the train state's streams and take one optimization step
+    (the first one guarded against a failing compilation). Returns (loss, pre-clip grad norm) as tensors."""
+    x0 = next(state.batches)
+    t = torch.randint(0, diffusion.T, (len(x0),), generator=state.noise_gen, device=state.device)
+    noise = torch.randn(x0.shape, generator=state.noise_gen, device=state.device)
+    return state.forward.guard(
+        lambda: optimization_step(
+            state.forward, state.params, diffusion, state.optimizer, (x0, t, noise), clip_norm, state.precision
+        )
+    )
+
+
 class Trial:
     """One trial, steppable: `run()` trains and yields each evaluation entry; `stop()` between two entries
     ends it as `pruned`. The record is complete (and written, with an `out_dir`) once `run()` is exhausted."""
@@ -200,20 +213,13 @@ class Trial:
 
     def _step(self, step: int) -> None:
         """One optimisation step: warm-up lr, weighted loss, clip between backward and step, EMA."""
-        o, s, device = self.cfg.optim, self.state, self.device
+        o, s = self.cfg.optim, self.state
         lr = o.lr * min(1.0, step / o.warmup_steps) if o.warmup_steps else o.lr
         for group in s.optimizer.param_groups:
             group["lr"] = lr
-        x0 = next(s.batches)
-        t = torch.randint(0, self.diffusion.T, (len(x0),), generator=s.noise_gen, device=device)
-        noise = torch.randn(x0.shape, generator=s.noise_gen, device=device)
         if step == self.start_step + 1:
             self.record["first_step_unix"] = time.time()  # backends' start-up overhead ends here
-        loss, grad_norm = s.forward.guard(
-            lambda: optimization_step(
-                s.forward, s.params, self.diffusion, s.optimizer, (x0, t, noise), o.clip_norm, s.precision
-            )
-        )
+        loss, grad_norm = train_step(s, self.diffusion, o.clip_norm)
         s.ema.update()
         s.log.append(loss, grad_norm, lr)
         s.step = step
