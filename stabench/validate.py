@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .config import TrialConfig, config_hash, load_config
 from .engine import run_trial
-from .record import FINISHED, Tags, atomic_write_text
+from .leaderboard import write_leaderboard
+from .record import FINISHED, Tags, atomic_write_text, tags_of
 from .stats import LEVEL, PairedDelta, paired_delta
 from .store import Store
 
@@ -26,14 +27,15 @@ SWEEP = "validation"
 
 # Stress: ScaleLong's own backbone (a U-ViT, whose skip_linear sees the raw concat), 16 blocks = 8 long skips at
 # 16x16, a high learning rate without clipping or warm-up. Width and batch are narrowed so that the whole suite
-# fits a 2-core CPU (docs/validation.md says how the regime was calibrated).
+# fits a 2-core CPU. lr 1e-2 is the first of 2e-3, 5e-3, 1e-2 at which the positive control separated on seed 0
+# (docs/validation.md: how the regime was calibrated; only the positive control was looked at).
 STRESS = (
     "workload.backbone=uvit",
     "workload.preset=deep",
     "workload.resolution=16",
     "workload.width=64",
     "optim.batch_size=32",
-    "optim.lr=2e-3",
+    "optim.lr=1e-2",
     "optim.clip_norm=null",
     "optim.warmup_steps=0",
     "optim.steps=400",
@@ -68,6 +70,10 @@ FAST = (
 )
 FAST_SAMPLES = ("eval.samples=40", "eval.sampler_steps=4")
 REGIMES = {"stress": STRESS, "quality": QUALITY}
+CONTROL_NAMES = {"stress": "none", "quality": "linear-uniform"}  # each regime's control config, as labelled
+# Each regime's leaderboard ranks by a quality readout that does not depend on the weighting kind: FID where the
+# regime samples, else the unweighted probe loss at the end of training.
+LEADERBOARD_METRICS = {"stress": "final_probe_loss", "quality": "fid_digits"}
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,20 @@ class Check:
     regime: str
     metric: str
     treatment: tuple[str, ...]
-    control: tuple[str, ...] = ()
+    name: str = ""  # the treatment's label in the store (the control's is CONTROL_NAMES[regime])
     expect: str = "lower"  # lower: treatment < control; none: no difference
     source: str = ""
     other_seeds: bool = False  # the negative control: the treatment runs on seeds n..2n-1
+    log: bool = False  # compare ln(metric): growth factors are multiplicative
+
+    @property
+    def sweep(self) -> str:
+        """The sweep tag of this check's records: one per regime, so each regime has its own leaderboard."""
+        return f"{SWEEP}-{self.regime}"
+
+    def arm_name(self, arm: str) -> str:
+        """The label of an arm's config (`<name>@<sweep>` on leaderboards)."""
+        return self.name if arm == "treatment" and self.treatment else CONTROL_NAMES[self.regime]
 
 
 CS = ("lsc.mode=constant", "lsc.kappa=0.5")
@@ -90,23 +106,23 @@ LS = ("lsc.mode=linear",)
 MIN_SNR5 = ("timestep_weighting.kind=min_snr", "timestep_weighting.gamma=5")
 CHECKS = (
     Check("positive control", "global clip 1.0 lowers instability", "stress", "instability", ("optim.clip_norm=1.0",),
-          source="clipping bounds the update (Pascanu et al. 2013)"),
+          "clip-1", source="clipping bounds the update (Pascanu et al. 2013)"),
     Check("negative control", "one config under two names: no difference", "stress", "instability", (),
           expect="none", other_seeds=True),
     Check("negative control", "one config under two names: no difference", "quality", "fid_digits", (),
           expect="none", other_seeds=True),
     Check("ScaleLong direction", "CS (kappa 0.5) lowers decoder feature-norm growth", "stress",
-          "decoder_norm_growth", CS, source="Huang et al. 2023, ScaleLong"),
+          "decoder_norm_growth", CS, "cs-0.5", source="Huang et al. 2023, ScaleLong", log=True),
     Check("ScaleLong direction", "LS lowers decoder feature-norm growth", "stress", "decoder_norm_growth", LS,
-          source="Huang et al. 2023, ScaleLong"),
+          "ls", source="Huang et al. 2023, ScaleLong", log=True),
     Check("published direction", "cosine schedule lowers FID vs linear", "quality", "fid_digits",
-          ("diffusion.schedule=cosine",), source="Nichol & Dhariwal 2021"),
+          ("diffusion.schedule=cosine",), "cosine", source="Nichol & Dhariwal 2021"),
     Check("published direction", "Min-SNR-5 weighting lowers FID vs uniform", "quality", "fid_digits", MIN_SNR5,
-          source="Hang et al. 2023"),
+          "min-snr-5", source="Hang et al. 2023"),
     Check("published direction", "CS (kappa 0.5) lowers instability vs none", "stress", "instability", CS,
-          source="Huang et al. 2023, ScaleLong"),
+          "cs-0.5", source="Huang et al. 2023, ScaleLong"),
     Check("published direction", "LS lowers instability vs none", "stress", "instability", LS,
-          source="Huang et al. 2023, ScaleLong"),
+          "ls", source="Huang et al. 2023, ScaleLong"),
 )  # fmt: skip
 
 # ScaleLong's Figure (U-ViT, decoder feature norm at 30k iterations, x1e4) as ratios to no scaling ("Org").
@@ -119,7 +135,7 @@ SCALELONG_RATIOS = {
 def check_config(check: Check, arm: str, seed: int, fast: bool) -> TrialConfig:
     """The config of one arm ('treatment' or 'control') of a check at one seed."""
     regime = REGIMES[check.regime] + ((FAST + (FAST_SAMPLES if check.regime == "quality" else ())) if fast else ())
-    arm_overrides = check.treatment if arm == "treatment" else check.control
+    arm_overrides = check.treatment if arm == "treatment" else ()
     return load_config(None, [*regime, *arm_overrides, f"seed={seed}"])
 
 
@@ -129,7 +145,16 @@ def seeds_of(check: Check, arm: str, n_seeds: int) -> list[int]:
     return list(range(first, first + n_seeds))
 
 
-def jobs(checks: tuple[Check, ...], n_seeds: int, fast: bool) -> list[TrialConfig]:
+@dataclass(frozen=True)
+class Job:
+    """One trial the checks need: its config and where its record is filed (sweep and label)."""
+
+    config: TrialConfig
+    sweep: str
+    name: str
+
+
+def jobs(checks: tuple[Check, ...], n_seeds: int, fast: bool) -> list[Job]:
     """Every distinct (config, seed) the checks need, in a stable order."""
     seen, out = set(), []
     for check in checks:
@@ -138,22 +163,23 @@ def jobs(checks: tuple[Check, ...], n_seeds: int, fast: bool) -> list[TrialConfi
                 cfg = check_config(check, arm, seed, fast)
                 if (config_hash(cfg), seed) not in seen:
                     seen.add((config_hash(cfg), seed))
-                    out.append(cfg)
+                    out.append(Job(cfg, check.sweep, check.arm_name(arm)))
     return out
 
 
-def run_jobs(configs: list[TrialConfig], store: Store, say: Callable[[str], None] = print) -> float:
+def run_jobs(todo: list[Job], store: Store, say: Callable[[str], None] = print) -> float:
     """Train what the store does not hold yet; returns the seconds spent training."""
     spent = 0.0
-    for i, cfg in enumerate(configs, 1):
-        if store.find(config_hash(cfg), cfg.seed, sweep=SWEEP) is not None:
+    for i, job in enumerate(todo, 1):
+        cfg = job.config
+        if store.find(config_hash(cfg), cfg.seed, sweep=job.sweep) is not None:
             continue
         started = time.perf_counter()
-        tags = Tags(sweep=SWEEP, job_type="validate").to_dict()
+        tags = Tags(sweep=job.sweep, named_point=job.name, job_type="validate").to_dict()
         rec = run_trial(cfg, store.root, writer=store.write_unique, tags=tags)
         took = time.perf_counter() - started
         spent += took
-        say(f"[{i}/{len(configs)}] {config_hash(cfg)[:8]} seed {cfg.seed}: {rec['status']} ({took:.0f} s)")
+        say(f"[{i}/{len(todo)}] {job.name}@{job.sweep} seed {cfg.seed}: {rec['status']} ({took:.0f} s)")
     return spent
 
 
@@ -171,11 +197,12 @@ class Result:
 
 def find_record(check: Check, arm: str, seed: int, store: Store, fast: bool) -> dict | None:
     """The stored record of one arm of a check at one seed, if it has been trained."""
-    return store.find(config_hash(check_config(check, arm, seed, fast)), seed, sweep=SWEEP)
+    return store.find(config_hash(check_config(check, arm, seed, fast)), seed, sweep=check.sweep)
 
 
 def metric_values(check: Check, arm: str, n_seeds: int, store: Store, fast: bool) -> list[float]:
-    """The arm's metric per seed (inf for a diverged run's instability, nan where a record lacks the metric)."""
+    """The arm's metric per seed (inf for a diverged run's instability, nan where a record lacks the metric),
+    as its natural log for a `log` check."""
     values = []
     for seed in seeds_of(check, arm, n_seeds):
         rec = find_record(check, arm, seed, store, fast)
@@ -186,7 +213,7 @@ def metric_values(check: Check, arm: str, n_seeds: int, store: Store, fast: bool
         else:
             v = rec["metrics"].get(check.metric)
             values.append(math.nan if v is None else float(v))
-    return values
+    return [math.log(v) if check.log and v > 0 else v for v in values]
 
 
 def verdict(check: Check, d: PairedDelta) -> str:
@@ -211,7 +238,7 @@ def evaluate_check(check: Check, n_seeds: int, store: Store, fast: bool) -> Resu
 
 
 def decoder_norm_ratios(n_seeds: int, store: Store, fast: bool) -> dict[str, float]:
-    """Mean over seeds of final decoder norm / that of `none`, for CS and LS in the stress regime."""
+    """Geometric mean over seeds of final decoder norm / that of `none`, for CS and LS in the stress regime."""
     out = {}
     for name, treatment in (("CS", CS), ("LS", LS)):
         check = next(c for c in CHECKS if c.kind == "ScaleLong direction" and c.treatment == treatment)
@@ -220,20 +247,22 @@ def decoder_norm_ratios(n_seeds: int, store: Store, fast: bool) -> dict[str, flo
             recs = [find_record(check, arm, seed, store, fast) for arm in ("treatment", "control")]
             if all(r is not None and r["status"] == "ok" for r in recs):
                 t, c = (r["probes"]["decoder_norm"][-1] for r in recs)
-                ratios.append(t / c)
-        out[name] = sum(ratios) / len(ratios) if ratios else math.nan
+                ratios.append(math.log(t / c))
+        out[name] = math.exp(sum(ratios) / len(ratios)) if ratios else math.nan
     return out
 
 
 def validate(store_dir: str | Path, out_dir: str | Path, n_seeds: int = 5, fast: bool = False, say=print) -> dict:
     """Run (or resume) every check's trials, then write the control table to `out_dir` (README.md, validation.json)."""
     store = Store(store_dir)
-    configs = jobs(CHECKS, n_seeds, fast)
-    say(f"validation: {len(configs)} trials ({n_seeds} seeds per arm), store {store.root}")
+    todo = jobs(CHECKS, n_seeds, fast)
+    say(f"validation: {len(todo)} trials ({n_seeds} seeds per arm), store {store.root}")
     started = time.perf_counter()
-    train_s = run_jobs(configs, store, say)
+    train_s = run_jobs(todo, store, say)
     results = [evaluate_check(c, n_seeds, store, fast) for c in CHECKS]
     ratios = decoder_norm_ratios(n_seeds, store, fast)
+    for regime in REGIMES:
+        write_regime_leaderboard(regime, store, Path(out_dir) / regime)
     summary = {
         "n_seeds": n_seeds,
         "fast": fast,
@@ -242,7 +271,7 @@ def validate(store_dir: str | Path, out_dir: str | Path, n_seeds: int = 5, fast:
         "checks": [result_row(r) for r in results],
         "decoder_norm_ratio_to_none": ratios,
         "scalelong_ratio_to_none": SCALELONG_RATIOS,
-        "trials": len(configs),
+        "trials": len(todo),
         "train_s_this_run": round(train_s, 1),
         "wall_s_this_run": round(time.perf_counter() - started, 1),
     }
@@ -253,6 +282,15 @@ def validate(store_dir: str | Path, out_dir: str | Path, n_seeds: int = 5, fast:
     return summary
 
 
+def write_regime_leaderboard(regime: str, store: Store, out_dir: Path) -> None:
+    """The leaderboard of one regime's records (every seed run, the negative control's included), against the
+    regime's control; `stabench leaderboard` regenerates it byte for byte (results/README.md)."""
+    sweep = f"{SWEEP}-{regime}"
+    records = [r for r in store.records() if tags_of(r).get("sweep") == sweep]
+    baseline = f"{CONTROL_NAMES[regime]}@{sweep}"
+    write_leaderboard(records, out_dir, LEADERBOARD_METRICS[regime], baseline=baseline)
+
+
 def result_row(r: Result) -> dict:
     """A result as one JSON-able row of the control table."""
     c, d = r.check, r.delta
@@ -260,8 +298,8 @@ def result_row(r: Result) -> dict:
         "kind": c.kind,
         "claim": c.claim,
         "regime": c.regime,
-        "metric": c.metric,
-        "control": c.control and " ".join(c.control) or "(regime default)",
+        "metric": f"ln {c.metric}" if c.log else c.metric,
+        "control": c.arm_name("control"),
         "treatment": " ".join(c.treatment) or ("the same config, other seeds" if c.other_seeds else ""),
         "n": d.n,
         "control_mean": r.control_mean,
@@ -317,7 +355,8 @@ def render_markdown(summary: dict) -> str:
     return f"""# Known-effect validation
 
 Regenerate with `stabench validate{" --fast" if summary["fast"] else ""} --n-seeds {summary["n_seeds"]}` (records in
-the store under sweep `validation`; an interrupted run resumes). Each row is a paired comparison over
+the store under sweeps `validation-stress` and `validation-quality`; an interrupted run resumes; each regime's
+leaderboard is in `stress/` and `quality/`). Each row is a paired comparison over
 n seeds (treatment − control, same seeds; the negative control runs one config on seeds 0..n−1 and on
 n..2n−1), with a Student-t {summary["level"]:.0%} interval. Verdicts: for an expected decrease, *agrees* when the
 interval lies below 0, *disagrees* when above, *inconclusive* otherwise; for the negative control, *passes*
