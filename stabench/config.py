@@ -155,7 +155,7 @@ class StabilityConfig(_Section):
 
 class TrialConfig(_Section):
     seed: int = Field(0, ge=0)
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: never)")
     workload: WorkloadConfig = WorkloadConfig()
     model: ModelConfig = ModelConfig()
@@ -284,6 +284,8 @@ def allowed_values(dotted: str) -> str:
         literals = list(get_args(ann))
     if literals:
         return "one of " + ", ".join(repr(v) for v in literals)
+    if field.description and "|" in field.description:  # a pattern-checked string: its forms
+        return field.description.replace(" | ", ", ")
     bounds = [
         f"{k} {getattr(m, k)}"
         for m in field.metadata
@@ -377,15 +379,35 @@ def build_config(data: dict, source: str = "<config>") -> TrialConfig:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key given twice in one mapping (the YAML spec forbids it; PyYAML keeps the
+    last one silently, which is how a sweep runs the wrong space)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (given twice in one mapping)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A YAML file's top-level mapping; errors (missing, not UTF-8, syntax, duplicate key) name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        with path.open() as f:  # a stream, so YAML errors name the file
-            data = yaml.safe_load(f) or {}
+        with path.open(encoding="utf-8") as f:  # a stream, so YAML errors name the file
+            data = yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: YAML syntax error: {e}") from None
+        kind = "" if "duplicate key" in str(e) else "YAML syntax error: "
+        raise ConfigError(f"{path}: {kind}{e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config keys, got {type(data).__name__}")
     return data

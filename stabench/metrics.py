@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -59,3 +61,10 @@ QUALITY_METRICS = tuple(m.name for m in _ROWS if m.quality)
 def get_metric(name: str) -> Metric | None:
     """The registered metric called `name`, if any."""
     return METRICS.get(name)
+
+
+def known_metric(name: str, key: str = "metric") -> Metric:
+    """The registered metric called `name`; an unknown (or non-numeric) name is a UserError listing them."""
+    if name not in METRICS:
+        raise UserError(f"unknown metric '{name}'", key=key, allowed=", ".join(METRICS))
+    return METRICS[name]

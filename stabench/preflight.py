@@ -8,12 +8,15 @@ from .config import TrialConfig
 
 
 def check_inputs(configs: Iterable[TrialConfig], data: bool = True) -> None:
-    """Every config's dataset is readable here (skipped with `data=False`: on a cluster the data lives on the
-    workers) and the Inception weights exist where the standard FID is asked for."""
+    """Every config's model can take its resolution, its dataset is readable here (skipped with `data=False`: on
+    a cluster the data lives on the workers) and the Inception weights exist where the standard FID is asked for."""
     from .data import check_available
+    from .models import check_resolution
     from .scoring import resolve_inception_weights
 
     configs = list(configs)
+    for workload in {c.workload for c in configs}:
+        check_resolution(workload)
     if data:
         for workload in {c.workload for c in configs}:
             check_available(workload)

@@ -73,6 +73,35 @@ _STORED = {"reference": "baseline", "named_point": "baseline_point"}  # the name
 _FIELDS = set(Tags.__dataclass_fields__)
 
 
+REQUIRED_FIELDS = {"run_id": str, "config_hash": str, "seed": int, "status": str, "config": dict}
+TEXT_METRICS = ("best_weights", "best_weights_by")  # the only metrics that are not numbers
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a parsed record.json cannot be read as a record of this stabench (None when it can): readers skip such
+    a file and name it, and never change it."""
+    if not isinstance(record, dict):
+        return f"not a record (a JSON {type(record).__name__}, expected an object)"
+    schema = record.get("schema", 1)
+    if schema not in range(1, SCHEMA_VERSION + 1):
+        return f"schema {schema!r}; this stabench reads schemas 1 to {SCHEMA_VERSION}"
+    for key, kind in REQUIRED_FIELDS.items():
+        if key not in record:
+            return f"missing '{key}'"
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            return f"'{key}' is {record[key]!r}, expected a {kind.__name__}"
+    if record["status"] not in set(Status) - {Status.RUNNING}:
+        return f"status {record['status']!r}; allowed: {', '.join(s for s in Status if s != Status.RUNNING)}"
+    for key in ("tags", "metrics"):
+        if key in record and not isinstance(record[key], dict):
+            return f"'{key}' is {record[key]!r}, expected a mapping"
+    for name, value in (record.get("metrics") or {}).items():
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (value is None or numeric or name in TEXT_METRICS):
+            return f"metric '{name}' is {value!r}, expected a number or null"
+    return None
+
+
 def tags_of(record: dict) -> dict:
     """A record's tags (an empty dict for records without any)."""
     return record.get("tags") or {}

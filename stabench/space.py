@@ -95,7 +95,7 @@ class SearchSpace(_Strict):
     fixed: dict[str, Any] = {}
     space: dict[str, Distribution]
     objectives: list[Objective] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
     budget: Budget = Budget()
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
@@ -153,9 +153,22 @@ def _parents_first(space: dict[str, Any], src: str) -> dict[str, Any]:
     while len(ordered) < len(space):
         ready = [k for k, d in space.items() if k not in ordered and all(p in ordered for p in (d.when or {}))]
         if not ready:
-            raise ConfigError(f"{src}: key 'space': conditional keys depend on each other in a cycle")
+            stuck = [k for k in space if k not in ordered]
+            chain = " -> ".join(_cycle(space, stuck))
+            raise ConfigError(f"{src}: key 'space': conditional keys depend on each other in a cycle: {chain}")
         ordered.update((k, space[k]) for k in ready)
     return ordered
+
+
+def _cycle(space: dict[str, Any], stuck: list[str]) -> list[str]:
+    """The keys of a `when:` cycle among the keys that could not be ordered, closed: a -> b -> a. Each of them
+    has a parent that could not be ordered either, so following those parents must come back round."""
+    path: list[str] = []
+    key = stuck[0]
+    while key not in path:
+        path.append(key)
+        key = next(p for p in space[key].when if p in stuck)
+    return path[path.index(key) :] + [key]
 
 
 def _parse_space(raw: dict, src: str) -> SearchSpace:
@@ -247,6 +260,64 @@ def _check_objectives_and_sampler(sp: SearchSpace, space: dict[str, Any], src: s
                 raise ConfigError(f"{src}: key 'space.{k}': the grid sampler needs 'step' on float ranges")
 
 
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "gp": "GPSampler",
+            "nsga2": "NSGAIISampler", "qmc": "QMCSampler", "grid": "GridSampler"}  # fmt: skip
+PRUNERS = {"median": "MedianPruner", "successive_halving": "SuccessiveHalvingPruner", "hyperband": "HyperbandPruner",
+           "wilcoxon": "WilcoxonPruner", "none": "NopPruner"}  # fmt: skip
+
+
+def sampler_class(name: str) -> type:
+    """The Optuna sampler class of a space's `sampler.name`."""
+    import optuna
+
+    return getattr(optuna.samplers, SAMPLERS[name])
+
+
+def pruner_class(name: str) -> type:
+    """The Optuna pruner class of a space's `pruner.name`."""
+    import optuna
+
+    return getattr(optuna.pruners, PRUNERS[name])
+
+
+def _check_options(cls: type, options: dict[str, Any], where: str, src: str, fixed: tuple[str, ...] = ()) -> None:
+    """Options Optuna's class would reject (unknown names, values of the wrong type or range), named with the space
+    file before any trial runs, instead of raised from inside Optuna at run time."""
+    import inspect
+
+    params = {k: p for k, p in inspect.signature(cls).parameters.items() if k not in ("self", *fixed)}
+    for name, value in options.items():
+        if name not in params:
+            allowed = ", ".join(params)
+            raise ConfigError(f"{src}: key '{where}.{name}': {cls.__name__} has no option '{name}'; allowed: {allowed}")
+        default = params[name].default
+        numeric = isinstance(default, int | float) and not isinstance(default, bool)
+        if (isinstance(default, bool) and not isinstance(value, bool)) or (
+            numeric and (isinstance(value, bool) or not isinstance(value, int | float))
+        ):
+            kind = type(default).__name__
+            raise ConfigError(f"{src}: key '{where}.{name}': expected type {kind} (like {default!r}), got {value!r}")
+    if cls.__name__ == "GridSampler":
+        return  # built from the space's grid values at run time
+    try:
+        cls(**options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{src}: key '{where}': {cls.__name__} rejects {options}: {e}") from None
+
+
+def _check_objectives_produced(sp: SearchSpace, base: dict, space: dict[str, Any], src: str) -> None:
+    """An objective the trials cannot produce (a sample-quality metric with sampling switched off) would fail every
+    trial; say so before the first one. A searched eval.samples is left to the trials."""
+    samples = base.get("eval", {}).get("samples", TrialConfig().eval.samples)
+    searched = "eval.samples" in space
+    for o in sp.objectives:
+        if METRICS[o.metric].produced_by == "scoring" and samples == 0 and not searched:
+            raise ConfigError(
+                f"{src}: key 'objectives.metric': '{o.metric}' needs samples, but eval.samples is 0; "
+                "set eval.samples > 0 in 'fixed' or pick a telemetry metric such as best_probe_loss"
+            )
+
+
 def validate_space(raw: dict, path: Path) -> SearchSpace:
     """Check a raw space mapping read from `path`; errors name the file and the key."""
     src = str(path)
@@ -259,6 +330,9 @@ def validate_space(raw: dict, path: Path) -> SearchSpace:
     _resolve_conditions(space, names, src)
     space = _parents_first(space, src)
     _check_objectives_and_sampler(sp, space, src)
+    _check_options(sampler_class(sp.sampler.name), sp.sampler.options, "sampler.options", src, ("seed",))
+    _check_options(pruner_class(sp.pruner.name), sp.pruner.options, "pruner.options", src)
+    _check_objectives_produced(sp, base, space, src)
     return sp.model_copy(update={"space": space, "fixed": resolved_fixed, "base": base, "name": sp.name or path.stem})
 
 

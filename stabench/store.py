@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import polars as pl
 
 from .config import flatten
 from .errors import UserError
-from .record import FINISHED, Status, metrics_of, tags_of, write_record
+from .record import FINISHED, Status, metrics_of, record_problem, tags_of, write_record
 
 DEFAULT_STORE = Path(os.environ.get("STABENCH_STORE", "runs"))
 
@@ -29,6 +30,7 @@ class Store:
 
     def __init__(self, root: str | Path = DEFAULT_STORE):
         self.root = Path(root).absolute()
+        self._warned: set[Path] = set()
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"'{root}' exists and is not a directory; pass a directory for the store", key="store")
 
@@ -40,8 +42,9 @@ class Store:
         return sorted(self.root.glob("*/record.json"))
 
     def records(self, **tags) -> Iterator[dict]:
-        """Every complete record, optionally only those whose tags match (e.g. sweep='quickstart')."""
-        return _read_matching(self.record_paths(), tags)
+        """Every readable record, optionally only those whose tags match (e.g. sweep='quickstart'); a file that
+        is not a readable record is skipped with one warning naming it (`RecordSkipped`)."""
+        return self._read_matching(self.record_paths(), tags)
 
     @contextlib.contextmanager
     def lock(self, name: str = "write"):
@@ -72,23 +75,37 @@ class Store:
         return next(
             (
                 rec
-                for rec in _read_matching(paths, tags)
+                for rec in self._read_matching(paths, tags)
                 if rec["config_hash"] == config_hash and rec["seed"] == seed and rec["status"] in statuses
             ),
             None,
         )
 
+    def _read_matching(self, paths: list[Path], tags: dict) -> Iterator[dict]:
+        """The readable records at `paths` whose tags match."""
+        for path in paths:
+            rec = self._read(path)
+            if rec is not None and all(tags_of(rec).get(k) == v for k, v in tags.items()):
+                yield rec
 
-def _read_matching(paths: list[Path], tags: dict) -> Iterator[dict]:
-    """The records at `paths` whose tags match; unreadable files are skipped (never produced by our atomic
-    writer: a foreign or half-copied file must not crash a reader)."""
-    for path in paths:
+    def _read(self, path: Path) -> dict | None:
+        """The record in `path`, or None (warned once per file) when it is not one: our atomic writer never leaves
+        a partial file, so this is a foreign, damaged or newer file, which must not crash a reader or be changed."""
         try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if all(tags_of(rec).get(k) == v for k, v in tags.items()):
-            yield rec
+            rec = json.loads(path.read_bytes())
+            problem = record_problem(rec)
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON (ValueError covers all three parsers')
+            problem = f"not a JSON record ({type(e).__name__}: {e})"
+        if problem is None:
+            return rec
+        if path not in self._warned:
+            self._warned.add(path)
+            warnings.warn(f"skipping {path}: {problem}", RecordSkipped, stacklevel=4)
+        return None
+
+
+class RecordSkipped(UserWarning):
+    """A record.json in the store that could not be read as a record (named in the warning, left untouched)."""
 
 
 # ---------------------------------------------------------------------------------------------

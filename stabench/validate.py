@@ -20,7 +20,7 @@ from .config import TrialConfig, config_hash, load_config
 from .engine import run_trial
 from .leaderboard import write_leaderboard
 from .record import FINISHED, Tags, atomic_write_text, tags_of
-from .stats import LEVEL, PairedDelta, paired_delta
+from .stats import LEVEL, PairedDelta, holm_adjusted, paired_delta
 from .store import Store
 
 SWEEP = "validation"
@@ -260,6 +260,7 @@ def validate(store_dir: str | Path, out_dir: str | Path, n_seeds: int = 5, fast:
     started = time.perf_counter()
     train_s = run_jobs(todo, store, say)
     results = [evaluate_check(c, n_seeds, store, fast) for c in CHECKS]
+    p_holm = holm_adjusted([r.delta.p for r in results])
     ratios = decoder_norm_ratios(n_seeds, store, fast)
     for regime in REGIMES:
         write_regime_leaderboard(regime, store, Path(out_dir) / regime)
@@ -268,10 +269,12 @@ def validate(store_dir: str | Path, out_dir: str | Path, n_seeds: int = 5, fast:
         "fast": fast,
         "level": LEVEL,
         "regimes": {k: list(v + (FAST if fast else ())) for k, v in REGIMES.items()},
-        "checks": [result_row(r) for r in results],
+        "checks": [{**result_row(r), "p_holm": p} for r, p in zip(results, p_holm)],
+        "per_seed": per_seed_values(store),
         "decoder_norm_ratio_to_none": ratios,
         "scalelong_ratio_to_none": SCALELONG_RATIOS,
         "trials": len(todo),
+        "train_s_records": round(sum(r.get("wall_time_s") or 0 for r in store.records() if _ours(r)), 1),
         "train_s_this_run": round(train_s, 1),
         "wall_s_this_run": round(time.perf_counter() - started, 1),
     }
@@ -280,6 +283,25 @@ def validate(store_dir: str | Path, out_dir: str | Path, n_seeds: int = 5, fast:
     atomic_write_text(out / "README.md", render_markdown(summary))
     say(render_table(summary["checks"]))
     return summary
+
+
+def _ours(rec: dict) -> bool:
+    return str(tags_of(rec).get("sweep", "")).startswith(f"{SWEEP}-")
+
+
+def per_seed_values(store: Store) -> dict[str, dict[str, list]]:
+    """Each arm's readouts per seed, by regime: instability and final probe loss (stress), FID (quality). The
+    raw values behind the table: a bimodal outcome (some seeds collapse, others do not) shows here, not in a mean."""
+    out: dict[str, dict[str, list]] = {}
+    for regime, metric in (("stress", "instability"), ("quality", "fid_digits")):
+        arms: dict[str, list] = {}
+        for rec in sorted(store.records(sweep=f"{SWEEP}-{regime}"), key=lambda r: r["seed"]):
+            if rec["status"] in FINISHED:
+                m = rec["metrics"]
+                value = [m.get(metric), m.get("final_probe_loss")] if regime == "stress" else m.get(metric)
+                arms.setdefault(tags_of(rec).get("baseline_point", "?"), []).append([rec["seed"], value])
+        out[regime] = arms
+    return out
 
 
 def write_regime_leaderboard(regime: str, store: Store, out_dir: Path) -> None:
@@ -332,15 +354,32 @@ def _num(x: float) -> str:
 
 def render_table(rows: list[dict]) -> str:
     """The control table as Markdown."""
-    head = "| kind | claim | regime | metric | n | control | treatment | delta [95% CI] | p | diverged c/t | verdict |"
-    lines = [head, "|" + "---|" * 11]
+    head = (
+        "| kind | claim | regime | metric | n | control | treatment | delta [95% CI] | p | p (Holm) | diverged c/t | "
+        "verdict |"
+    )
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
             f"| {r['kind']} | {r['claim']} | {r['regime']} | {r['metric']} | {r['n']} | {_num(r['control_mean'])} | "
             f"{_num(r['treatment_mean'])} | {_num(r['delta'])} [{_num(r['ci_lo'])}, {_num(r['ci_hi'])}] | "
-            f"{_num(r['p'])} | {r['diverged_control']}/{r['diverged_treatment']} | **{r['verdict']}** |"
+            f"{_num(r['p'])} | {_num(r.get('p_holm'))} | {r['diverged_control']}/{r['diverged_treatment']} | "
+            f"**{r['verdict']}** |"
         )
     return "\n".join(lines)
+
+
+def render_per_seed(per_seed: dict[str, dict[str, list]]) -> str:
+    """One line per regime and arm: `seed: value` in seed order."""
+
+    def show(v) -> str:
+        return " / ".join(_num(x) for x in v) if isinstance(v, list) else _num(v)
+
+    return "\n".join(
+        f"- {regime}, **{arm}**: " + ", ".join(f"{seed}: {show(v)}" for seed, v in values)
+        for regime, arms in per_seed.items()
+        for arm, values in sorted(arms.items())
+    )
 
 
 def render_markdown(summary: dict) -> str:
@@ -360,23 +399,31 @@ leaderboard is in `stress/` and `quality/`). Each row is a paired comparison ove
 n seeds (treatment − control, same seeds; the negative control runs one config on seeds 0..n−1 and on
 n..2n−1), with a Student-t {summary["level"]:.0%} interval. Verdicts: for an expected decrease, *agrees* when the
 interval lies below 0, *disagrees* when above, *inconclusive* otherwise; for the negative control, *passes*
-when the interval covers 0. Diverged runs (instability = inf) are counted, not paired.
+when the interval covers 0. Diverged runs (instability = inf) are counted, not paired. Each verdict is at the 5%
+level on its own; with {len(summary["checks"])} checks about one in twenty null comparisons reads as an effect, so
+p (Holm) gives the family-wise adjusted p-value: only a row whose Holm p is below 0.05 survives the whole table.
 
 {render_table(summary["checks"])}
 
 ## Decoder feature norm, ratio to no scaling
 
-Ours: final decoder output norm on the probe batch, mean over seeds of the per-seed ratio to `none`, in the
-stress regime. ScaleLong (Huang et al. 2023): U-ViT decoder feature norm at 30k iterations.
+Ours: final decoder output norm on the probe batch, geometric mean over seeds of the per-seed ratio to `none`, in
+the stress regime. ScaleLong (Huang et al. 2023): U-ViT decoder feature norm at 30k iterations.
 
 | scaling | ours (stress regime) | ScaleLong depth 12 | ScaleLong depth 16 |
 |---|---|---|---|
 {chr(10).join(ratio_rows)}
 
+## Per seed
+
+The values behind the means (seed: value); in the stress regime each entry is instability / final probe loss.
+
+{render_per_seed(summary["per_seed"])}
+
 ## Regimes
 
 {regimes}
 
-{summary["trials"]} trials; this run trained for {summary["train_s_this_run"]:.0f} s of
-{summary["wall_s_this_run"]:.0f} s wall time (0 s when every record already existed).
+{summary["trials"]} trials, {summary["train_s_records"] / 60:.0f} minutes of training in all (the records' wall times,
+including evaluation).
 """

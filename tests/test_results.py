@@ -1,4 +1,4 @@
-"""The committed leaderboard is exactly what `stabench leaderboard` makes of the committed store."""
+"""The committed leaderboards are exactly what `stabench leaderboard` makes of the committed validation store."""
 
 from pathlib import Path
 
@@ -6,13 +6,19 @@ import pytest
 
 from stabench.leaderboard import write_leaderboard
 from stabench.store import Store
+from stabench.validate import CONTROL_NAMES, LEADERBOARD_METRICS, SWEEP
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+VALIDATION = Path(__file__).resolve().parents[1] / "results" / "validation"
 
 
-@pytest.mark.skipif(not (RESULTS / "store").is_dir(), reason="no committed store")
-def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path):
-    records = list(Store(RESULTS / "store").records())
-    write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm")  # the command in results/README.md
-    differ = [p.name for p in sorted(tmp_path.iterdir()) if p.read_bytes() != (RESULTS / p.name).read_bytes()]
+@pytest.mark.skipif(not (VALIDATION / "store").is_dir(), reason="no committed store")
+@pytest.mark.parametrize("regime", sorted(CONTROL_NAMES))
+def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path, regime):
+    sweep = f"{SWEEP}-{regime}"
+    records = list(Store(VALIDATION / "store").records(sweep=sweep))
+    # the command in results/README.md
+    write_leaderboard(records, tmp_path, LEADERBOARD_METRICS[regime], baseline=f"{CONTROL_NAMES[regime]}@{sweep}")
+    committed = VALIDATION / regime
+    differ = [p.name for p in sorted(tmp_path.iterdir()) if p.read_bytes() != (committed / p.name).read_bytes()]
     assert not differ, f"regenerated files differ from the committed ones: {differ}"
+    assert len({r["seed"] for r in records}) >= 5

@@ -23,6 +23,7 @@ from .options import (
     store_option,
     tracking,
     wandb_options,
+    writable_dir,
 )
 
 
@@ -72,14 +73,13 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
     cfg = load_config(config or resume / "config.yaml", [*overrides, *extra])
     if not dry_run:
         check_inputs([cfg])
-    if out.exists() and not out.is_dir():
-        raise UserError(f"'{out}' exists and is not a directory", key="out")
     if dry_run:
         click.echo(dump_yaml(cfg) + f"# config_hash: {config_hash(cfg)}")
         return
     from ..engine import run_trial
     from ..record import Status
 
+    writable_dir(out, "out")
     record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint, resume_dir=resume,
                        tracking=tracking(**wandb, root=out))  # fmt: skip
     output.trial_summary(record)
@@ -134,7 +134,7 @@ def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, m
     from ..space import load_space, trial_config
     from ..sweep import SweepSettings, named_points, run_sweep
 
-    space, store = load_space(space_file), open_store(store)
+    space, store = load_space(space_file), open_store(store, writable=True)
     points = named_points(space, reference_paths()) if with_baselines else {}
     check_inputs([trial_config(space, {}, space.seeds[0])], data=not address)  # on a cluster the data is remote
     settings = SweepSettings(study or space.name, n_trials or space.budget.trials, resume, max_failures, points,
@@ -177,9 +177,11 @@ def score(run_dir, samples, extractor, inception_weights):
 @wandb_options
 def confirm(sweep_name, top, n_seeds, metric, store, **wandb):
     """Re-run the TOP best configs of SWEEP with more seeds, so the leaderboard can give CIs."""
+    from ..metrics import known_metric
     from ..sweep import confirm as run_confirm
 
-    store = open_store(store)
+    known_metric(metric)
+    store = open_store(store, writable=True)
     if not any(True for _ in store.records(sweep=sweep_name)):
         raise UserError(f"no records of sweep '{sweep_name}' in {store.root}", key="sweep_name")
     records = run_confirm(store, sweep_name, metric, top, n_seeds, tracking=tracking(**wandb, root=store.root))
@@ -204,6 +206,7 @@ def validate(n_seeds, store, out, fast):
     """
     from ..validate import validate as run_validation
 
+    writable_dir(store, "store"), writable_dir(out, "out")
     run_validation(store, out, n_seeds=n_seeds, fast=fast, say=click.echo)
     click.echo(f"written: {out / 'README.md'}, {out / 'validation.json'}")
 
@@ -242,7 +245,9 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
     except ValueError:
         raise UserError(f"expected comma-separated integers like 0,1,2, got '{seeds}'", key="seeds") from None
     names = list(only) or baseline_names()
-    jobs, store = baseline_jobs(names, seed_list, list(overrides)), open_store(store)
+    if not seed_list:
+        raise UserError(f"no seeds in '{seeds}'; give comma-separated integers like 0,1,2", key="seeds")
+    jobs, store = baseline_jobs(names, seed_list, list(overrides)), open_store(store, writable=True)
     check_inputs([c for _, c in jobs], data=not address)
     click.echo(f"{len(names)} baselines x {len(seed_list)} seeds = {len(jobs)} trials -> {store.root}")
     ray = (
@@ -274,10 +279,13 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
 def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     """Regenerate the leaderboard from the results store (same store in -> byte-identical files out)."""
     from ..leaderboard import select_records, write_leaderboard
+    from ..metrics import known_metric
     from ..sweep.study import load_journal_study
 
+    known_metric(metric)
     store = open_store(store)
     records = select_records(store, sweeps, baseline or None, metric)
+    writable_dir(out, "out")
     studies = [s for s in map(load_journal_study, sweeps) if s is not None]
     lb = write_leaderboard(records, out, metric, baseline or None, plots=not no_plots, studies=studies)
     output.leaderboard_top(lb, metric, len(records), out)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import warnings
 from pathlib import Path
 
 import click
@@ -34,9 +36,18 @@ class Command(click.Command):
 
 
 class Group(click.Group):
-    """The stabench group: its commands share the error boundary."""
+    """The stabench group: its commands share the error boundary; warnings print as one 'Warning: ...' line."""
 
     command_class = Command
+
+    def invoke(self, ctx: click.Context):
+        warnings.showwarning = show_warning
+        return super().invoke(ctx)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the terminal user should see it: one line on stderr, no source location."""
+    click.echo(f"Warning: {message}", err=True)
 
 
 def flag_for(ctx: click.Context, key: str | None) -> str | None:
@@ -72,16 +83,36 @@ def fold_deprecated(ctx: click.Context) -> None:
             ctx.meta.setdefault("used_flag", {})[new] = old
 
 
+def writable_dir(path: Path, key: str) -> Path:
+    """`path` as a directory we can write into, created if missing; else a UserError naming the input `key` (a
+    path under a regular file, an existing file, a read-only or missing filesystem)."""
+    anchor = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    if anchor is not None and not anchor.is_dir():
+        where = "is a file" if anchor == path else f"lies under the regular file '{anchor}'"
+        raise UserError(f"'{path}' {where}; give a directory", key=key)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write into '{path}': {e.strerror or e}", key=key) from None
+    return path
+
+
 def store_option(help: str = "Results store for the trial records (default: runs/, or $STABENCH_STORE)."):
     """The --store option (the record store)."""
     return click.option("--store", type=click.Path(path_type=Path), default=None, metavar="DIR", help=help)
 
 
-def open_store(path: Path | None):
-    """The record store at `path` (default: runs/, or $STABENCH_STORE)."""
+def open_store(path: Path | None, writable: bool = False):
+    """The record store at `path` (default: runs/, or $STABENCH_STORE); checked writable for commands that add
+    records."""
     from ..store import DEFAULT_STORE, Store
 
-    return Store(path or DEFAULT_STORE)
+    store = Store(path or DEFAULT_STORE)
+    if writable:
+        writable_dir(store.root if path is None else path, "store")
+    return store
 
 
 def _set_inception_env(ctx, param, value):

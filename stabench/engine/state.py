@@ -28,6 +28,9 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device: '{name}' requested but CUDA is not available; allowed here: auto, cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        visible = ", ".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+        raise UserError(f"device: '{name}' does not exist here; allowed: auto, cpu, cuda, {visible}")
     return device
 
 
@@ -141,6 +144,17 @@ def save_checkpoint(run_dir: Path, record: dict, state: TrainState) -> None:
     atomic_torch_save({"record_head": head, "loop": state.state_dict()}, run_dir / CHECKPOINT)
 
 
+def read_checkpoint(path: Path, key: str) -> dict:
+    """A checkpoint file's contents; a file that is not one of ours is a UserError naming it (and the input `key`)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, not a torch file, unpicklable: torch raises many kinds
+        raise UserError(f"'{path}' is not a readable checkpoint ({type(e).__name__}: {e})", key=key) from None
+    if not isinstance(state, dict) or not {"record_head", "loop"} <= set(state):
+        raise UserError(f"'{path}' is a torch file but not a stabench checkpoint (no record_head/loop)", key=key)
+    return state
+
+
 def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
     """The checkpoint of an interrupted trial of this config and seed (`train --resume`)."""
     path = run_dir / CHECKPOINT
@@ -150,7 +164,7 @@ def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
         )
     if not path.is_file():
         raise UserError(f"no checkpoint at '{path}' (trials write one every `checkpoint_every` steps)", key="resume")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path, "resume")
     if state["record_head"]["config_hash"] != config_hash(cfg) or state["record_head"]["seed"] != cfg.seed:
         raise UserError(
             f"'{path}' belongs to config {state['record_head']['config_hash']} seed "
@@ -167,5 +181,5 @@ def load_weights(run_dir: Path) -> dict:
         raise UserError(
             f"no {CHECKPOINT} in '{run_dir}'; train with --checkpoint (or --checkpoint-every)", key="run_dir"
         )
-    loop = torch.load(path, map_location="cpu", weights_only=False)["loop"]
+    loop = read_checkpoint(path, "run_dir")["loop"]
     return {k: loop[k] for k in ("model", "ema", "step")}

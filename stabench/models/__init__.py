@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..config import TrialConfig
+from ..config import TrialConfig, WorkloadConfig
+from ..errors import ConfigError
 from .unet import UNet
 from .uvit import UViT
 
@@ -36,17 +37,30 @@ def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
     if w.backbone == "unet":
         knobs["lsc_placement"] = cfg.lsc.placement
         preset = {**UNET_PRESETS[w.preset], **({"channels": w.width} if w.width else {})}
-        levels = len(preset["mult"])
-        if w.resolution % 2 ** (levels - 1):
-            raise ValueError(
-                f"workload.resolution {w.resolution} must be divisible by {2 ** (levels - 1)} "
-                f"for unet preset '{w.preset}' ({levels} levels)"
-            )
+        check_resolution(w)
         return UNet(in_channels, w.resolution, **preset, **knobs)
     preset = {**UVIT_PRESETS[w.preset], **({"dim": w.width} if w.width else {})}
-    if w.resolution % preset["patch"]:
-        raise ValueError(f"workload.resolution {w.resolution} must be divisible by patch {preset['patch']}")
+    check_resolution(w)
     return UViT(in_channels, w.resolution, **preset, **knobs)
+
+
+def resolution_step(w: WorkloadConfig) -> int:
+    """What the resolution must be a multiple of: the UNet halves it at each level but the last, the U-ViT
+    cuts it into patches."""
+    if w.backbone == "unet":
+        return 2 ** (len(UNET_PRESETS[w.preset]["mult"]) - 1)
+    return UVIT_PRESETS[w.preset]["patch"]
+
+
+def check_resolution(w: WorkloadConfig) -> None:
+    """A resolution the preset cannot take is a ConfigError before any training (the preflight calls this)."""
+    step = resolution_step(w)
+    if w.resolution % step:
+        raise ConfigError(
+            f"{w.resolution} is not a multiple of {step}, which {w.backbone} preset '{w.preset}' needs",
+            key="workload.resolution",
+            allowed=f"multiples of {step}",
+        )
 
 
 def count_params(model: nn.Module) -> int:

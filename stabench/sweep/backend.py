@@ -6,6 +6,7 @@ backend writes the same records. Adding a backend means one function with this s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,6 +15,8 @@ from ..errors import UserError
 from ..space import SearchSpace
 from ..store import Store
 from ..tracking import TrackingSettings
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,12 @@ class SweepSettings:
     named_points: dict[str, dict] = field(default_factory=dict)  # name -> params, run first
     study_storage: str | None = None  # Optuna journal file or RDB URL (default: a journal file per study)
     tracking: TrackingSettings | None = None
+
+    def __post_init__(self) -> None:
+        # The study name becomes file names (journal, lock, Ray experiment): no separators, no leading dot.
+        if not STUDY_NAME.fullmatch(self.study):
+            raise UserError(f"'{self.study}' cannot be a study name (it names files); use letters, digits, '.', "
+                            "'_' and '-', starting with a letter or digit", key="study")  # fmt: skip
 
 
 class Backend(Protocol):

@@ -21,7 +21,7 @@ from ..space import SearchSpace, suggest
 from ..store import Store
 from ..tracking import TrackingSettings
 from .core import ConfigRun, Event, TrialFailed, TrialPruned
-from .study import counts, fail_running, make_sampler, open_study, summarize_study, trial_failures
+from .study import check_same_space, counts, fail_running, make_sampler, open_study, summarize_study, trial_failures
 from .workers import same_machine, supervise, this_worker, worker_is_gone
 
 
@@ -205,6 +205,7 @@ def run_optuna_sweep(
     name = study_name or space.name
     n_trials = n_trials or space.budget.trials
     study = open_study(space, name, storage_url)
+    check_same_space(study, space, storage_url)
     if resume:
         retry_interrupted(study, store, log)
     for point, params in (named_points or {}).items():

@@ -4,6 +4,7 @@ bookkeeping on its trials (counts, failing a dead worker's trials, the summary) 
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import UserError
-from ..space import SearchSpace, grid_values
+from ..space import SearchSpace, grid_values, pruner_class, sampler_class
 
 DEFAULT_STORAGE_DIR = Path("results") / "optuna"
 
@@ -27,33 +28,38 @@ def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.Ba
     seed = None if s.seed is None else s.seed + seed_offset
     if s.name == "grid":
         return optuna.samplers.GridSampler(grid_values(space), seed=seed)
-    cls = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-        "gp": optuna.samplers.GPSampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-        "qmc": optuna.samplers.QMCSampler,
-    }[s.name]
-    return cls(seed=seed, **opts)
+    return sampler_class(s.name)(seed=seed, **opts)
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     """The space's Optuna pruner with its options."""
-    p = space.pruner
-    cls = {
-        "median": optuna.pruners.MedianPruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "wilcoxon": optuna.pruners.WilcoxonPruner,
-        "none": optuna.pruners.NopPruner,
-    }[p.name]
-    return cls(**p.options)
+    return pruner_class(space.pruner.name)(**space.pruner.options)
 
 
 HEARTBEAT_INTERVAL_S = int(os.environ.get("STABENCH_HEARTBEAT_S", "60"))
 HEARTBEAT_GRACE_S = int(os.environ.get("STABENCH_HEARTBEAT_GRACE_S", "180"))
 MAX_RETRY = 2  # a trial whose worker died is retried this many times (RDB storages, via heartbeats)
+
+
+def check_journal_path(path: Path) -> None:
+    """A journal path must be a new file in a directory we can create, or an existing Optuna journal: opening any
+    other file would append Optuna's log to it (or fail inside Optuna at the first trial)."""
+    key, hint = "study_storage", "give a journal file path or a database URL"
+    anchor = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if anchor.is_dir() and anchor == path:
+        raise UserError(f"'{path}' is a directory; {hint}", key=key)
+    if not anchor.is_dir() and anchor != path:
+        raise UserError(f"'{path}' lies under the regular file '{anchor}'; {hint}", key=key)
+    if anchor == path and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            first = f.readline()
+        try:
+            is_journal = isinstance(json.loads(first), dict) and "op_code" in json.loads(first)
+        except ValueError:
+            is_journal = False
+        if not is_journal:
+            raise UserError(f"'{path}' exists and is not an Optuna journal (its first line is not a journal "
+                            f"entry); {hint}, or remove the file", key=key)  # fmt: skip
 
 
 def make_storage(url: str | None, study_name: str, heartbeats: bool = True) -> tuple[optuna.storages.BaseStorage, str]:
@@ -65,8 +71,7 @@ def make_storage(url: str | None, study_name: str, heartbeats: bool = True) -> t
         url = str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
     if "://" not in url:  # a plain path: an Optuna journal file
         path = Path(url)
-        if path.exists() and path.is_dir():
-            raise UserError(f"'{url}' is a directory; give a journal file path or a database URL", key="study_storage")
+        check_journal_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -105,6 +110,38 @@ def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> 
         load_if_exists=True,
         **kw,
     )
+
+
+def space_fingerprint(space: SearchSpace) -> dict[str, Any]:
+    """What a study's trials depend on, as flat JSON-able `section.key -> value` (the study remembers it)."""
+    from ..config import flatten
+
+    parts = {
+        "space": {k: d.model_dump(mode="json", exclude_none=True) for k, d in space.space.items()},
+        "objectives": {o.metric: o.direction for o in space.objectives},
+        "seeds": space.seeds,
+        "config": space.base,  # the base with the fixed values applied
+    }
+    return json.loads(json.dumps(flatten(parts), sort_keys=True, default=str))
+
+
+def check_same_space(study: optuna.Study, space: SearchSpace, storage_url: str | None) -> None:
+    """Stop before any trial when an existing study was run with another space: its trials would mix two
+    searches (or FAIL on a changed distribution). A study without a remembered space takes this one."""
+    now, before = space_fingerprint(space), study.user_attrs.get("space_fingerprint")
+    if before is None:
+        study.set_user_attr("space_fingerprint", now)
+        return
+    changed = sorted(k for k in set(now) | set(before) if now.get(k, "<absent>") != before.get(k, "<absent>"))
+    if changed:
+        shown = "; ".join(f"{k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in changed[:6])
+        more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise UserError(
+            f"study '{study.study_name}' in {storage_url or 'the default journal'} was run with another space; "
+            f"changed: {shown}{more}. Start a new study with --study NEW_NAME (or another --study-storage), "
+            "or restore the old space file to continue",
+            key="study",
+        )
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
