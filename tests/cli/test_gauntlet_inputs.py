@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from stabench.cli import main
 from stabench.engine import run_trial
 from stabench.store import Store
-from tests.helpers import space_file, tiny_config
+from tests.helpers import DEFAULT_SPACE, space_file, tiny_config
 
 SWEEP = "g"
 LEADERBOARD = ["leaderboard", "--sweep", SWEEP, "--baseline", "", "--metric", "best_probe_loss", "--no-plots"]
@@ -32,7 +32,8 @@ def good_store(tmp_path_factory) -> Path:
 
 def snapshot(root: Path) -> dict[str, str]:
     """sha256 of every file under `root` (the store must come out of every case unchanged)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    files = (p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def a_file(t: Path, name: str = "afile", data: bytes | str = "x") -> str:
@@ -86,7 +87,12 @@ FILES = [
     ),
     (
         "resume-checkpoint-garbage",
-        lambda t, s: ["train", "baselines/ddpm.yaml", "--resume", str(Path(a_file(t, "run/checkpoint.pt", "x")).parent)],
+        lambda t, s: [
+            "train",
+            "baselines/ddpm.yaml",
+            "--resume",
+            str(Path(a_file(t, "run/checkpoint.pt", "x")).parent),
+        ],  # noqa: E501
         ["--resume", "checkpoint.pt", "not a readable checkpoint"],
     ),
     (
@@ -208,8 +214,18 @@ VALUES = [
     ),
     (
         "resolution-preset-cannot-take",
-        lambda t, s: ["train", "baselines/ddpm.yaml", "--set", "dataset=folder", "--set", f"root={t}", "--set",
-                      "preset=deep", "--set", "resolution=12"],  # fmt: skip
+        lambda t, s: [
+            "train",
+            "baselines/ddpm.yaml",
+            "--set",
+            "dataset=folder",
+            "--set",
+            f"root={t}",
+            "--set",
+            "preset=deep",
+            "--set",
+            "resolution=12",
+        ],  # fmt: skip
         ["workload.resolution", "multiple of 8"],
     ),
     (
@@ -321,7 +337,7 @@ def test_a_changed_space_stops_before_any_trial(tmp_path):
     first = CliRunner().invoke(main, ["sweep", space(tmp_path, trials=1), *args])
     assert first.exit_code == 0, first.output
     records = snapshot(tmp_path / "s")
-    wider = {"optim.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
+    wider = {**DEFAULT_SPACE, "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
     changed = CliRunner().invoke(main, ["sweep", space(tmp_path, trials=2, space=wider), *args])
     assert changed.exit_code == 2, changed.output
     assert "--study: study 't'" in changed.output
