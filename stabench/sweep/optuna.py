@@ -21,7 +21,16 @@ from ..space import SearchSpace, suggest
 from ..store import Store
 from ..tracking import TrackingSettings
 from .core import ConfigRun, Event, TrialFailed, TrialPruned
-from .study import check_same_space, counts, fail_running, make_sampler, open_study, summarize_study, trial_failures
+from .study import (
+    check_same_space,
+    counts,
+    describe_study,
+    fail_running,
+    make_sampler,
+    open_study,
+    summarize_study,
+    trial_failures,
+)
 from .workers import same_machine, supervise, this_worker, worker_is_gone
 
 
@@ -81,6 +90,7 @@ def run_one_optuna_trial(
     run = ConfigRun(space, store, tags, tracking)
     try:
         values = run_with_pruner(run, suggest(trial, space), trial, space)
+        trial.set_user_attr("run_ids", [r["run_id"] for r in run.records])  # the records behind the values
         if run.reused:
             trial.set_user_attr("reused", run.reused)
     except TrialPruned:
@@ -206,6 +216,7 @@ def run_optuna_sweep(
     n_trials = n_trials or space.budget.trials
     study = open_study(space, name, storage_url)
     check_same_space(study, space, storage_url)
+    describe_study(study, space, "optuna")
     if resume:
         retry_interrupted(study, store, log)
     for point, params in (named_points or {}).items():

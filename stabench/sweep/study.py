@@ -28,7 +28,19 @@ def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.Ba
     seed = None if s.seed is None else s.seed + seed_offset
     if s.name == "grid":
         return optuna.samplers.GridSampler(grid_values(space), seed=seed)
-    return sampler_class(s.name)(seed=seed, **opts)
+    if s.name == "tpe":
+        opts = {**tpe_defaults(space), **opts}  # the space's own options win
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return sampler_class(s.name)(seed=seed, **opts)
+
+
+def tpe_defaults(space: SearchSpace) -> dict[str, Any]:
+    """TPE as a parallel, conditional sweep needs it: constant_liar so that workers running at once do not propose
+    near-duplicates (no effect when trials run one at a time); multivariate with group where a key is conditional
+    (`when:`), so kappa is modelled jointly with the mode it belongs to."""
+    conditional = any(d.when for d in space.space.values())
+    return {"constant_liar": True, **({"multivariate": True, "group": True} if conditional else {})}
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
@@ -123,6 +135,23 @@ def space_fingerprint(space: SearchSpace) -> dict[str, Any]:
         "config": space.base,  # the base with the fixed values applied
     }
     return json.loads(json.dumps(flatten(parts), sort_keys=True, default=str))
+
+
+def describe_study(study: optuna.Study, space: SearchSpace, backend: str) -> None:
+    """What optuna-dashboard shows about a study: objective names instead of "Objective 0", and where the
+    study comes from (space file, seeds, backend, code version). Set once, when the study is new."""
+    from .. import __version__
+    from ..record import git_sha
+
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([o.metric for o in space.objectives])
+    if "space_file" not in study.user_attrs:
+        attrs = {"space_file": space.source, "seeds": space.seeds, "backend": backend, "git_sha": git_sha(),
+                 "stabench_version": __version__}  # fmt: skip
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
 
 
 def check_same_space(study: optuna.Study, space: SearchSpace, storage_url: str | None) -> None:

@@ -39,6 +39,15 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     for t in study.trials:
         vals = [r["metrics"]["best_probe_loss"] for r in records if r["tags"]["trial_number"] == t.number]
         assert t.value == pytest.approx(sum(vals) / 2)
+    # what optuna-dashboard shows: objective names, where the study comes from, the records behind each trial
+    assert study.metric_names == ["best_probe_loss"]
+    assert study.user_attrs["space_file"] == space.source
+    assert study.user_attrs["seeds"] == [0, 1]
+    assert study.user_attrs["backend"] == "optuna"
+    assert "space_fingerprint" in study.user_attrs
+    for t in study.trials:
+        run_ids = {r["run_id"] for r in records if r["tags"]["trial_number"] == t.number}
+        assert set(t.user_attrs["run_ids"]) == run_ids
     from stabench.plots import write_importance
 
     assert write_importance(study, tmp_path).endswith("importance.png")  # knob importance for the leaderboard
@@ -51,6 +60,20 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     assert len(confirmed) == 6
     assert len(list(store.records(sweep="t"))) == 10
     assert {r["tags"]["trial_number"] for r in confirmed} == {t.number for t in best}
+
+
+def test_tpe_runs_with_constant_liar_and_models_conditional_keys_jointly(tmp_path):
+    from stabench.sweep.study import make_sampler
+
+    conditional = make_sampler(load_space(space_file(tmp_path)))  # lsc.kappa is `when: lsc.mode`
+    assert conditional._constant_liar
+    assert conditional._multivariate
+    assert conditional._group
+    flat = make_sampler(load_space(space_file(tmp_path, space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2}})))
+    assert not flat._multivariate
+    no_liar = {"name": "tpe", "options": {"constant_liar": False}}
+    chosen = make_sampler(load_space(space_file(tmp_path, sampler=no_liar)))
+    assert not chosen._constant_liar  # the space's own option wins
 
 
 def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
