@@ -239,6 +239,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` atomically (see `atomic_write`)."""
     atomic_write(path, lambda f: f.write(text.encode()))

@@ -200,11 +200,11 @@ def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str) -> No
             reinit="create_new",
             settings=wandb.Settings(init_timeout=settings.init_timeout_s, console="off", silent=True),
         )
-        df = pl.read_csv(out_dir / "leaderboard.csv", infer_schema_length=0)
+        df = pl.read_parquet(out_dir / "leaderboard.parquet")  # typed columns: W&B can sort and plot them
         run.log({"leaderboard": wandb.Table(columns=df.columns, data=[list(r) for r in df.iter_rows()])})
         artifact = wandb.Artifact(f"leaderboard-{group}", type="leaderboard")
         for path in sorted(out_dir.iterdir()):
-            if path.suffix in (".md", ".csv", ".html", ".png"):
+            if path.suffix in (".md", ".csv", ".parquet", ".tex", ".html", ".png"):
                 artifact.add_file(str(path))
         run.log_artifact(artifact)
         run.finish()

@@ -135,6 +135,8 @@ def test_regeneration_is_byte_identical_including_plots(tmp_path):
         "leaderboard.csv",
         "leaderboard.html",
         "leaderboard.md",
+        "leaderboard.parquet",
+        "leaderboard.tex",
         "pareto.png",
     ]
     for name in files:
@@ -152,3 +154,34 @@ def test_plots_read_records_of_the_current_engine(tmp_path, tiny):
     write_leaderboard(records, tmp_path, "best_probe_loss")
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert (tmp_path / "feature_norms.png").stat().st_size > 0
+
+
+def test_machine_readable_tables_hold_numbers(tmp_path):
+    import polars as pl
+
+    records = [rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)]
+    records += [rec("good", s, 5.0 + s, mode="constant") for s in range(3)]
+    write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm", plots=False)
+    for table in (pl.read_csv(tmp_path / "leaderboard.csv"), pl.read_parquet(tmp_path / "leaderboard.parquet")):
+        assert table.height == 2
+        assert table.schema["fid_digits_mean"] == pl.Float64
+        assert table.schema["delta_ci_lo"] == pl.Float64
+        assert table.schema["n"] == pl.Int64
+        assert table.schema["pareto"] == pl.Boolean
+        assert table.filter(pl.col("config") == "ddpm")["delta"].to_list() == [None]  # no delta against itself
+        assert table.filter(pl.col("config") != "ddpm")["delta"].to_list() == [pytest.approx(-5.0)]
+
+
+def test_latex_table_is_booktabs(tmp_path):
+    records = [rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)]
+    records += [rec("good_1", s, 5.0 + s, mode="constant") for s in range(3)]
+    write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm", plots=False)
+    lines = (tmp_path / "leaderboard.tex").read_text().splitlines()
+    body = lines[lines.index("\\midrule") + 1 : lines.index("\\bottomrule")]
+    assert lines[1].startswith("\\begin{tabular}{")
+    assert lines[2] == "\\toprule"
+    assert lines[-1] == "\\end{tabular}"
+    assert len(body) == 2  # one row per config
+    assert all(row.count(" & ") == lines[3].count(" & ") for row in body)  # every row fills every column
+    assert all(row.endswith(" \\\\") for row in [lines[3], *body])
+    assert "fid\\_digits" in lines[3]  # LaTeX specials escaped
