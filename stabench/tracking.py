@@ -9,13 +9,14 @@ with tracking disabled, and the results store stays the source of truth. W&B is 
 
 from __future__ import annotations
 
+import hashlib
 import netrc
 import os
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import flatten
 from .record import Status, label, metrics_of, tags_of
 
 MODES = ("online", "offline", "disabled")
@@ -26,10 +27,11 @@ class TrackingSettings:
     """How trials are logged to W&B: mode, project, entity and where offline runs go."""
 
     mode: str | None = None  # None: decide from $WANDB_MODE and the presence of an API key
-    project: str = "stabench"
-    entity: str | None = None
+    project: str = field(default_factory=lambda: os.environ.get("WANDB_PROJECT") or "stabench")
+    entity: str | None = field(default_factory=lambda: os.environ.get("WANDB_ENTITY"))
     dir: str | None = None  # offline runs go to <dir>/wandb/
     init_timeout_s: float = 30.0
+    finish_timeout_s: float = 120.0  # a stalled upload must not hold the next trial
 
     def resolved_mode(self) -> str:
         """The mode to use: the setting, else $WANDB_MODE, else online with an API key and offline without."""
@@ -76,42 +78,72 @@ def run_tags(config: dict, tags: dict) -> list[str]:
     return out
 
 
+def wandb_run_id(record: dict) -> str:
+    """The W&B run id of a trial: one per (sweep, config, seed), so a resumed, retried or restarted trial continues
+    its run; a trial outside any sweep keeps its own (its run directory's) id. Only [0-9a-f]: W&B forbids /\\#?%:."""
+    sweep = tags_of(record).get("sweep")
+    key = f"{sweep}/{record['config_hash']}/{record['seed']}" if sweep else record["run_id"]
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 class WandbTracker(Tracker):
-    """One W&B run per trial. A failing W&B call warns once and turns the tracker into a no-op."""
+    """One W&B run per trial (its id and URL go into the record). If going online fails, the run falls back to
+    offline with one warning; any other failing W&B call warns once and turns the tracker into a no-op."""
 
     def __init__(self, settings: TrackingSettings, record: dict):
         self.run = None
+        mode = settings.resolved_mode()
         try:
-            import wandb
+            self.run = self._init(settings, record, mode)
+        except Exception as e:
+            if mode != "online":
+                self._disable(e)
+            else:  # no network, bad key, service down: keep the curves locally, upload later with `wandb sync`
+                warnings.warn(f"W&B online init failed ({type(e).__name__}: {e}); logging offline instead under "
+                              f"{settings.dir or '.'}/wandb", RuntimeWarning, stacklevel=2)  # fmt: skip
+                try:
+                    self.run = self._init(settings, record, "offline")
+                except Exception as e2:  # never let tracking break a trial
+                    self._disable(e2)
+        if self.run is not None:
+            record["wandb"] = {"id": self.run.id, "url": self.run.url, "project": settings.project,
+                               "mode": "offline" if self.run.offline else "online"}  # fmt: skip
 
-            tags = tags_of(record)
-            job_type = tags.get("job_type") or ("baseline" if tags.get("baseline") else "trial")
-            directory = Path(settings.dir or ".")
-            directory.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(
-                project=settings.project,
-                entity=settings.entity,
-                group=tags.get("sweep") or "train",
-                job_type=job_type,
-                name=f"{label(record)} s{record['seed']}",  # the leaderboard's name of the config
-                tags=run_tags(record["config"], tags),
-                config={
-                    **flatten(record["config"]),
-                    "config_hash": record["config_hash"],
-                    "seed": record["seed"],
-                    "run_id": record["run_id"],
-                },
-                dir=str(directory),
-                mode=settings.resolved_mode(),
-                reinit="create_new",
-                settings=wandb.Settings(
-                    init_timeout=settings.init_timeout_s, console="off", x_disable_stats=True, silent=True
-                ),
-            )
-            for prefix in ("train", "probe", "eval"):  # every curve shares the training step as x-axis
-                self.run.define_metric(f"{prefix}/*", step_metric="step")
-        except Exception as e:  # never let tracking break a trial
-            self._disable(e)
+    @staticmethod
+    def _init(settings: TrackingSettings, record: dict, mode: str):
+        import wandb
+
+        tags = tags_of(record)
+        directory = Path(settings.dir or ".")
+        directory.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=settings.project,
+            entity=settings.entity,
+            id=wandb_run_id(record),
+            resume="allow",
+            group=tags.get("sweep") or "train",
+            job_type=tags.get("job_type") or ("baseline" if tags.get("baseline") else "trial"),
+            name=f"{label(record)} s{record['seed']}",  # the leaderboard's name of the config
+            tags=run_tags(record["config"], tags),
+            config={
+                **record["config"],
+                "config_hash": record["config_hash"],
+                "seed": record["seed"],
+                "run_id": record["run_id"],
+            },  # fmt: skip
+            dir=str(directory),
+            mode=mode,
+            reinit="create_new",
+            settings=wandb.Settings(
+                init_timeout=settings.init_timeout_s,
+                finish_timeout=settings.finish_timeout_s,
+                console="off",
+                silent=True,
+            ),  # fmt: skip
+        )
+        for prefix in ("train", "probe", "eval"):  # every curve shares the training step as x-axis
+            run.define_metric(f"{prefix}/*", step_metric="step")
+        return run
 
     def _disable(self, error: Exception) -> None:
         warnings.warn(f"W&B disabled for this trial: {type(error).__name__}: {error}", RuntimeWarning, stacklevel=3)
@@ -163,6 +195,7 @@ class WandbTracker(Tracker):
 
             m = metrics_of(record)
             self.run.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float, str))})
+            self.run.summary.update(best_of_evals(record))
             self.run.summary["status"] = record["status"]
             if record.get("samples_png"):
                 self.run.log(
@@ -172,6 +205,19 @@ class WandbTracker(Tracker):
         except Exception as e:
             self._disable(e)
         self.run = None
+
+
+def best_of_evals(record: dict) -> dict[str, float]:
+    """`best/<metric>`: the lowest value any weight set reached at any evaluation (FID/KID, probe loss)."""
+    best: dict[str, float] = {}
+    for entry in record.get("evals") or []:
+        for metric, per_weights in entry.items():
+            values = (
+                [v for v in per_weights.values() if isinstance(v, int | float)] if isinstance(per_weights, dict) else []
+            )
+            if values:
+                best[f"best/{metric}"] = min(values + [best.get(f"best/{metric}", float("inf"))])
+    return best
 
 
 def make_tracker(settings: TrackingSettings | None, record: dict) -> Tracker:
@@ -202,7 +248,8 @@ def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str) -> No
         )
         df = pl.read_parquet(out_dir / "leaderboard.parquet")  # typed columns: W&B can sort and plot them
         run.log({"leaderboard": wandb.Table(columns=df.columns, data=[list(r) for r in df.iter_rows()])})
-        artifact = wandb.Artifact(f"leaderboard-{group}", type="leaderboard")
+        # artifact names take letters, digits, '-', '_' and '.': a selection of several sweeps ("a,b") is renamed
+        artifact = wandb.Artifact("leaderboard-" + re.sub(r"[^A-Za-z0-9._-]+", "-", group), type="leaderboard")
         for path in sorted(out_dir.iterdir()):
             if path.suffix in (".md", ".csv", ".parquet", ".tex", ".html", ".png"):
                 artifact.add_file(str(path))

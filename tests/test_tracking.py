@@ -19,7 +19,7 @@ def check_runs(runs, n):
     assert len(runs) == n
     for run_dir in runs:
         run = read_offline_run(run_dir)
-        assert run["config"]["lsc.mode"] in ("none", "constant")
+        assert run["config"]["lsc"]["mode"] in ("none", "constant")  # nested, as W&B's docs ask
         assert "config_hash" in run["config"]
         keys = set().union(*run["history"])
         assert {"train/loss", "train/grad_norm", "probe/loss", "probe/grad_norm", "probe/decoder_norm", "step"} <= keys
@@ -69,6 +69,36 @@ def test_failing_wandb_init_leaves_the_trial_ok(tmp_path, monkeypatch):
     assert (tmp_path / rec["run_id"] / "record.json").exists()
 
 
+def test_online_init_failure_falls_back_to_offline_once(tmp_path, monkeypatch):
+    import wandb
+
+    real_init = wandb.init
+
+    def offline_only(*a, **k):
+        if k.get("mode") == "online":
+            raise wandb.errors.CommError("simulated: no network")
+        return real_init(*a, **k)
+
+    monkeypatch.setattr(wandb, "init", offline_only)
+    with pytest.warns(RuntimeWarning, match="logging offline instead") as caught:
+        rec = run_trial(tiny_config(), tmp_path, tracking=TrackingSettings(mode="online", dir=str(tmp_path)))
+    assert rec["status"] == "ok"
+    assert rec["wandb"]["mode"] == "offline"
+    assert len([w for w in caught if "W&B" in str(w.message)]) == 1
+    (run_dir,) = offline_runs(tmp_path)
+    assert run_dir.name.endswith(rec["wandb"]["id"])
+
+
+def test_run_id_is_one_per_sweep_config_and_seed():
+    from stabench.tracking import wandb_run_id
+
+    rec = {"config_hash": "abc", "seed": 0, "run_id": "r1", "tags": {"sweep": "s"}}
+    assert wandb_run_id(rec) == wandb_run_id({**rec, "run_id": "r2"})  # a restarted trial continues its run
+    assert wandb_run_id(rec) != wandb_run_id({**rec, "seed": 1})
+    assert wandb_run_id(rec) != wandb_run_id({**rec, "tags": {"sweep": "t"}})
+    assert wandb_run_id({**rec, "tags": {}}) != wandb_run_id({**rec, "tags": {}, "run_id": "r2"})  # plain `train`
+
+
 def test_failing_wandb_log_midway_leaves_the_trial_ok(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     import wandb.sdk.wandb_run as wr
@@ -107,3 +137,11 @@ def test_mode_resolution(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert TrackingSettings().resolved_mode() == "disabled"
     assert TrackingSettings(mode="offline").resolved_mode() == "offline"
+
+
+def test_project_and_entity_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    monkeypatch.setenv("WANDB_ENTITY", "team")
+    assert TrackingSettings().project == "mine"
+    assert TrackingSettings().entity == "team"
+    assert TrackingSettings(project="given").project == "given"

@@ -274,8 +274,8 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
 @click.option("--wandb", "wandb_mode", type=click.Choice(["online", "offline"]), default=None,
               help="Also log the table and the files to W&B (job_type leaderboard, in the sweep's "
               "group).")  # fmt: skip
-@click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME", help="W&B project.")
-@click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (team or user).")
+@click.option("--wandb-project", default=None, metavar="NAME", help="W&B project ($WANDB_PROJECT, else stabench).")
+@click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (default: $WANDB_ENTITY).")
 def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     """Regenerate the leaderboard from the results store (same store in -> byte-identical files out)."""
     from ..leaderboard import select_records, write_leaderboard

@@ -136,8 +136,9 @@ def inception_option(fn):
 
 def wandb_options(fn):
     """--wandb MODE, --wandb-project, --wandb-entity (offline by default without an API key)."""
-    fn = click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (team or user).")(fn)
-    fn = click.option("--wandb-project", default="stabench", show_default=True, metavar="NAME", help="W&B project.")(fn)
+    fn = click.option("--wandb-entity", default=None, metavar="ENTITY", help="W&B entity (default: $WANDB_ENTITY).")(fn)
+    project_help = "W&B project ($WANDB_PROJECT, else stabench)."
+    fn = click.option("--wandb-project", default=None, metavar="NAME", help=project_help)(fn)
     return click.option(
         "--wandb",
         "wandb_mode",
@@ -148,11 +149,12 @@ def wandb_options(fn):
     )(fn)
 
 
-def tracking(wandb_mode: str | None, wandb_project: str, wandb_entity: str | None, root: Path):
+def tracking(wandb_mode: str | None, wandb_project: str | None, wandb_entity: str | None, root: Path):
     """The W&B settings of a command; offline runs go under `root`."""
     from ..tracking import TrackingSettings
 
-    return TrackingSettings(mode=wandb_mode, project=wandb_project, entity=wandb_entity, dir=str(root))
+    given = {k: v for k, v in (("project", wandb_project), ("entity", wandb_entity)) if v}  # else $WANDB_*
+    return TrackingSettings(mode=wandb_mode, dir=str(root), **given)
 
 
 def ray_options(fn):
