@@ -117,8 +117,10 @@ def objective_values(space: SearchSpace, records: list[dict]) -> list[float]:
     return [sum(record_value(r, o.metric, o.direction) for r in records) / len(records) for o in space.objectives]
 
 
-def named_point_params(space: SearchSpace, config: dict) -> dict[str, Any]:
-    """A config's values for the space's keys (only keys active under its own values): a point of the space."""
+def named_point_params(space: SearchSpace, config: dict) -> dict[str, Any] | None:
+    """A config's values for the space's keys (only keys active under its own values): a point of the space. None
+    when the config is not a point of this space (a value outside a key's choices or range): enqueuing part of
+    it would let the sampler fill in the rest and run some other config under the baseline's name."""
     params: dict[str, Any] = {}
     for key, d in space.space.items():
         value: Any = config
@@ -126,10 +128,17 @@ def named_point_params(space: SearchSpace, config: dict) -> dict[str, Any]:
             value = value[part]
         if d.when and not all(params.get(p) in v for p, v in d.when.items()):
             continue
-        if isinstance(d, CategoricalDist) and value not in d.choices:
-            continue
+        if not _in_range(d, value):
+            return None
         params[key] = json.dumps(value) if isinstance(d, CategoricalDist) and not scalar_choices(d) else value
     return params
+
+
+def _in_range(d: Any, value: Any) -> bool:
+    """Can distribution `d` propose `value`?"""
+    if isinstance(d, CategoricalDist):
+        return value in d.choices
+    return isinstance(value, int | float) and not isinstance(value, bool) and d.low <= value <= d.high
 
 
 def named_points(space: SearchSpace, reference_configs: list) -> dict[str, dict]:
