@@ -106,8 +106,9 @@ class WandbTracker(Tracker):
                 except Exception as e2:  # never let tracking break a trial
                     self._disable(e2)
         if self.run is not None:
-            record["wandb"] = {"id": self.run.id, "url": self.run.url, "project": settings.project,
-                               "mode": "offline" if self.run.offline else "online"}  # fmt: skip
+            offline = self.run.offline  # an offline run has no URL until `wandb sync`
+            record["wandb"] = {"id": self.run.id, "url": None if offline else self.run.url,
+                               "project": settings.project, "mode": "offline" if offline else "online"}  # fmt: skip
 
     @staticmethod
     def _init(settings: TrackingSettings, record: dict, mode: str):
