@@ -17,8 +17,7 @@ def check_inputs(configs: Iterable[TrialConfig], data: bool = True) -> None:
     configs = list(configs)
     for workload in {c.workload for c in configs}:
         check_resolution(workload)
-    if data:
-        for workload in {c.workload for c in configs}:
+        if data:
             check_available(workload)
     for cfg in configs:
         if cfg.eval.samples > 0 and cfg.extractor == "inception":

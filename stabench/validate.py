@@ -70,6 +70,13 @@ FAST = (
 )
 FAST_SAMPLES = ("eval.samples=40", "eval.sampler_steps=4")
 REGIMES = {"stress": STRESS, "quality": QUALITY}
+
+
+def regime_sweep(regime: str) -> str:
+    """The sweep tag of a regime's records: one per regime, so each regime has its own leaderboard."""
+    return f"{SWEEP}-{regime}"
+
+
 CONTROL_NAMES = {"stress": "none", "quality": "linear-uniform"}  # each regime's control config, as labelled
 # Each regime's leaderboard ranks by a quality readout that does not depend on the weighting kind: FID where the
 # regime samples, else the unweighted probe loss at the end of training.
@@ -93,8 +100,8 @@ class Check:
 
     @property
     def sweep(self) -> str:
-        """The sweep tag of this check's records: one per regime, so each regime has its own leaderboard."""
-        return f"{SWEEP}-{self.regime}"
+        """The sweep tag of this check's records."""
+        return regime_sweep(self.regime)
 
     def arm_name(self, arm: str) -> str:
         """The label of an arm's config (`<name>@<sweep>` on leaderboards)."""
@@ -262,19 +269,20 @@ def validate(store_dir: str | Path, out_dir: str | Path, n_seeds: int = 5, fast:
     results = [evaluate_check(c, n_seeds, store, fast) for c in CHECKS]
     p_holm = holm_adjusted([r.delta.p for r in results])
     ratios = decoder_norm_ratios(n_seeds, store, fast)
-    for regime in REGIMES:
-        write_regime_leaderboard(regime, store, Path(out_dir) / regime)
+    by_regime = {regime: list(store.records(sweep=regime_sweep(regime))) for regime in REGIMES}
+    for regime, records in by_regime.items():
+        write_regime_leaderboard(regime, records, Path(out_dir) / regime)
     summary = {
         "n_seeds": n_seeds,
         "fast": fast,
         "level": LEVEL,
         "regimes": {k: list(v + (FAST if fast else ())) for k, v in REGIMES.items()},
         "checks": [{**result_row(r), "p_holm": p} for r, p in zip(results, p_holm)],
-        "per_seed": per_seed_values(store),
+        "per_seed": per_seed_values(by_regime),
         "decoder_norm_ratio_to_none": ratios,
         "scalelong_ratio_to_none": SCALELONG_RATIOS,
         "trials": len(todo),
-        "train_s_records": round(sum(r.get("wall_time_s") or 0 for r in store.records() if _ours(r)), 1),
+        "train_s_records": round(sum(r.get("wall_time_s") or 0 for rs in by_regime.values() for r in rs), 1),
         "train_s_this_run": round(train_s, 1),
         "wall_s_this_run": round(time.perf_counter() - started, 1),
     }
@@ -285,17 +293,13 @@ def validate(store_dir: str | Path, out_dir: str | Path, n_seeds: int = 5, fast:
     return summary
 
 
-def _ours(rec: dict) -> bool:
-    return str(tags_of(rec).get("sweep", "")).startswith(f"{SWEEP}-")
-
-
-def per_seed_values(store: Store) -> dict[str, dict[str, list]]:
+def per_seed_values(by_regime: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
     """Each arm's readouts per seed, by regime: instability and final probe loss (stress), FID (quality). The
     raw values behind the table: a bimodal outcome (some seeds collapse, others do not) shows here, not in a mean."""
     out: dict[str, dict[str, list]] = {}
     for regime, metric in (("stress", "instability"), ("quality", "fid_digits")):
         arms: dict[str, list] = {}
-        for rec in sorted(store.records(sweep=f"{SWEEP}-{regime}"), key=lambda r: r["seed"]):
+        for rec in sorted(by_regime[regime], key=lambda r: r["seed"]):
             if rec["status"] in FINISHED:
                 m = rec["metrics"]
                 value = [m.get(metric), m.get("final_probe_loss")] if regime == "stress" else m.get(metric)
@@ -304,12 +308,10 @@ def per_seed_values(store: Store) -> dict[str, dict[str, list]]:
     return out
 
 
-def write_regime_leaderboard(regime: str, store: Store, out_dir: Path) -> None:
+def write_regime_leaderboard(regime: str, records: list[dict], out_dir: Path) -> None:
     """The leaderboard of one regime's records (every seed run, the negative control's included), against the
     regime's control; `stabench leaderboard` regenerates it byte for byte (results/README.md)."""
-    sweep = f"{SWEEP}-{regime}"
-    records = [r for r in store.records() if tags_of(r).get("sweep") == sweep]
-    baseline = f"{CONTROL_NAMES[regime]}@{sweep}"
+    baseline = f"{CONTROL_NAMES[regime]}@{regime_sweep(regime)}"
     write_leaderboard(records, out_dir, LEADERBOARD_METRICS[regime], baseline=baseline)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from stabench.leaderboard import write_leaderboard
 from stabench.store import Store
-from stabench.validate import CONTROL_NAMES, LEADERBOARD_METRICS, SWEEP
+from stabench.validate import CONTROL_NAMES, LEADERBOARD_METRICS, regime_sweep
 
 VALIDATION = Path(__file__).resolve().parents[1] / "results" / "validation"
 
@@ -14,7 +14,7 @@ VALIDATION = Path(__file__).resolve().parents[1] / "results" / "validation"
 @pytest.mark.skipif(not (VALIDATION / "store").is_dir(), reason="no committed store")
 @pytest.mark.parametrize("regime", sorted(CONTROL_NAMES))
 def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path, regime):
-    sweep = f"{SWEEP}-{regime}"
+    sweep = regime_sweep(regime)
     records = list(Store(VALIDATION / "store").records(sweep=sweep))
     # the command in results/README.md
     write_leaderboard(records, tmp_path, LEADERBOARD_METRICS[regime], baseline=f"{CONTROL_NAMES[regime]}@{sweep}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..paths import existing_ancestor
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 DEPRECATED = "deprecated__"  # prefix of the hidden options that keep an old spelling working
@@ -86,8 +87,8 @@ def fold_deprecated(ctx: click.Context) -> None:
 def writable_dir(path: Path, key: str) -> Path:
     """`path` as a directory we can write into, created if missing; else a UserError naming the input `key` (a
     path under a regular file, an existing file, a read-only or missing filesystem)."""
-    anchor = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
-    if anchor is not None and not anchor.is_dir():
+    anchor = existing_ancestor(path)
+    if not anchor.is_dir():
         where = "is a file" if anchor == path else f"lies under the regular file '{anchor}'"
         raise UserError(f"'{path}' {where}; give a directory", key=key)
     try:

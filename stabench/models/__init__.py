@@ -34,13 +34,12 @@ def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
         lsc_mode=cfg.lsc.mode,
         kappa=cfg.lsc.kappa,
     )
+    check_resolution(w)
     if w.backbone == "unet":
         knobs["lsc_placement"] = cfg.lsc.placement
         preset = {**UNET_PRESETS[w.preset], **({"channels": w.width} if w.width else {})}
-        check_resolution(w)
         return UNet(in_channels, w.resolution, **preset, **knobs)
     preset = {**UVIT_PRESETS[w.preset], **({"dim": w.width} if w.width else {})}
-    check_resolution(w)
     return UViT(in_channels, w.resolution, **preset, **knobs)
 
 

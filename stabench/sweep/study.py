@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import UserError
+from ..paths import existing_ancestor
 from ..space import SearchSpace, grid_values, pruner_class, sampler_class
 
 DEFAULT_STORAGE_DIR = Path("results") / "optuna"
@@ -57,7 +58,7 @@ def check_journal_path(path: Path) -> None:
     """A journal path must be a new file in a directory we can create, or an existing Optuna journal: opening any
     other file would append Optuna's log to it (or fail inside Optuna at the first trial)."""
     key, hint = "study_storage", "give a journal file path or a database URL"
-    anchor = next(p for p in (path, *path.absolute().parents) if p.exists())
+    anchor = existing_ancestor(path)
     if anchor.is_dir() and anchor == path:
         raise UserError(f"'{path}' is a directory; {hint}", key=key)
     if not anchor.is_dir() and anchor != path:
@@ -66,9 +67,10 @@ def check_journal_path(path: Path) -> None:
         with open(path, "rb") as f:
             first = f.readline()
         try:
-            is_journal = isinstance(json.loads(first), dict) and "op_code" in json.loads(first)
+            entry = json.loads(first)
         except ValueError:
-            is_journal = False
+            entry = None
+        is_journal = isinstance(entry, dict) and "op_code" in entry
         if not is_journal:
             raise UserError(f"'{path}' exists and is not an Optuna journal (its first line is not a journal "
                             f"entry); {hint}, or remove the file", key=key)  # fmt: skip

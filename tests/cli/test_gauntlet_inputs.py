@@ -291,12 +291,18 @@ BAD_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("make,reason", [c[1:] for c in BAD_RECORDS], ids=[c[0] for c in BAD_RECORDS])
-def test_leaderboard_skips_a_bad_record_naming_it(tmp_path, good_store, make, reason):
+def store_with_bad_record(tmp_path: Path, good_store: Path, make) -> tuple[Path, Path]:
+    """A copy of the good store plus one bad record.json made by `make` from a good one; (store, bad file)."""
     store = shutil.copytree(good_store, tmp_path / "store")
     bad = store / "zz-bad" / "record.json"
     bad.parent.mkdir()
     bad.write_bytes(make(first_record(store)))
+    return store, bad
+
+
+@pytest.mark.parametrize("make,reason", [c[1:] for c in BAD_RECORDS], ids=[c[0] for c in BAD_RECORDS])
+def test_leaderboard_skips_a_bad_record_naming_it(tmp_path, good_store, make, reason):
+    store, bad = store_with_bad_record(tmp_path, good_store, make)
     before = snapshot(store)
     result = CliRunner().invoke(main, [*LEADERBOARD, "--store", str(store), "--out", str(tmp_path / "lb")])
     assert result.exit_code == 0, result.output
@@ -311,10 +317,7 @@ def test_leaderboard_skips_a_bad_record_naming_it(tmp_path, good_store, make, re
 
 @pytest.mark.parametrize("make,reason", [c[1:] for c in BAD_RECORDS[:2]], ids=[c[0] for c in BAD_RECORDS[:2]])
 def test_confirm_skips_a_bad_record_naming_it(tmp_path, good_store, make, reason):
-    store = shutil.copytree(good_store, tmp_path / "store")
-    bad = store / "zz-bad" / "record.json"
-    bad.parent.mkdir()
-    bad.write_bytes(make(first_record(store)))
+    store, bad = store_with_bad_record(tmp_path, good_store, make)
     before = snapshot(store)
     args = ["confirm", SWEEP, "--metric", "best_probe_loss", "--top", "1", "--n-seeds", "2", "--store", str(store)]
     result = CliRunner().invoke(main, [*args, "--wandb", "disabled"])
