@@ -23,10 +23,13 @@ def test_fast_validation_writes_the_control_table_and_resumes(tmp_path):
         "ScaleLong direction",
         "published direction",
     }
-    for row in rows:
+    for row, check in zip(rows, CHECKS):
         assert row["verdict"] in VERDICTS, row
-        assert row["n"] == 1, row
-        assert row["ci_lo"] is None, row  # one pair: no interval
+        assert row["n"] == check.seed_factor, row
+    one_pair = [r for r, c in zip(rows, CHECKS) if c.seed_factor == 1]
+    assert all(r["ci_lo"] is None for r in one_pair)  # one pair: no interval
+    collapse = next(r for r in rows if r["metric"] == "collapsed")
+    assert collapse["control_mean"] in (0.0, 0.5, 1.0)  # a share of 2 runs
     negative = [r for r in rows if r["kind"] == "negative control"]
     assert all(r["treatment"] == "the same config, other seeds" for r in negative)
     assert set(summary["decoder_norm_ratio_to_none"]) == {"CS", "LS"}
