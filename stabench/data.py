@@ -42,6 +42,7 @@ def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def load_digits_images(resolution: int, split: str) -> torch.Tensor:
+    """scikit-learn's 8x8 digits (shipped with the package) in [-1, 1], the split's fixed share, resized."""
     from sklearn.datasets import load_digits
 
     raw = load_digits().images.astype(np.float32)  # (1797, 8, 8), integer levels 0..16
@@ -50,6 +51,7 @@ def load_digits_images(resolution: int, split: str) -> torch.Tensor:
 
 
 def load_cifar10_images(root: str, resolution: int, split: str) -> torch.Tensor:
+    """CIFAR-10 from torchvision's local copy under `root` (never downloaded at run time) in [-1, 1]."""
     from torchvision.datasets import CIFAR10
 
     try:
@@ -82,6 +84,7 @@ def _read_image(path: Path, resolution: int) -> torch.Tensor:
 
 
 def load_folder_images(root: str, resolution: int, split: str) -> torch.Tensor:
+    """Every image file under `root` (sorted, resized to `resolution`) in [-1, 1], the split's fixed share."""
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"workload.root: image folder '{root}' does not exist or is not a directory")
@@ -150,8 +153,10 @@ class BatchStream:
         return self
 
     def state_dict(self) -> dict:
+        """The stream's position and generator: a resumed trial draws the same batches."""
         return {"generator": self.generator.get_state(), "order": self.order, "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`."""
         self.generator.set_state(state["generator"])
         self.order, self.pos = state["order"].to(self.images.device), state["pos"]

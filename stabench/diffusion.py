@@ -77,6 +77,7 @@ class Diffusion(nn.Module):
         return abar.sqrt(), (1 - abar).sqrt()
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise: the forward process at timesteps `t`."""
         a, s = self._coefs(t)
         return a * x0 + s * noise
 

@@ -59,6 +59,7 @@ class DigitsCNN(nn.Module):
         return h * self.feature_scale, self.head(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (training the classifier)."""
         return self.features(x)[1]
 
 
@@ -99,6 +100,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of `images` the classifier labels correctly."""
     model.eval()
     return (model(images).argmax(1) == labels).float().mean().item()
 
@@ -181,21 +183,26 @@ class DigitsFeatureExtractor(FeatureExtractorBase):
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
+        """torch-fidelity API: the feature layers this extractor provides."""
         return (FEATURE_LAYER, "logits")
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
+        """torch-fidelity API: logits for the Inception Score, the penultimate layer for FID/KID."""
         return "logits" if metric == "isc" else FEATURE_LAYER
 
     @staticmethod
     def can_be_compiled() -> bool:
+        """torch-fidelity API: not compiled (a small CNN; compilation would cost more than it saves)."""
         return False
 
     @staticmethod
     def get_dummy_input_for_compile() -> torch.Tensor:
+        """torch-fidelity API: an input of the expected shape and dtype."""
         return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """torch-fidelity API: the requested features of uint8 Bx3xHxW images, as float32."""
         assert x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3, f"expected uint8 Bx3xHxW, got {x.shape}"
         h, logits = self.net.features(x)
         out = {FEATURE_LAYER: h.float(), "logits": logits.float()}  # stats in float32 like inception's
@@ -218,6 +225,7 @@ register()
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m stabench.extractor`: train the digits classifier and write its weights (deterministic)."""
     parser = argparse.ArgumentParser(prog="python -m stabench.extractor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help=f"weights file (default: {WEIGHTS_PATH})")
     parser.add_argument("--seed", type=int, default=0)

@@ -12,6 +12,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -152,17 +153,35 @@ def versions() -> dict:
 
 
 def device_info(device: torch.device) -> dict:
-    """The device a trial ran on: host, name, type, threads; on CUDA also capability, driver and visible devices."""
-    info = {"type": device.type, "host": socket.gethostname(), "torch_threads": torch.get_num_threads()}
+    """Where a trial ran: host (and Ray node and GPU ids inside a Ray worker), the devices visible to the process,
+    the device's type, name and threads; on CUDA also its index, capability and the driver."""
+    info = {
+        "type": device.type,
+        "host": socket.gethostname(),
+        "torch_threads": torch.get_num_threads(),
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        **ray_placement(),
+    }
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
         info["index"] = device.index if device.index is not None else torch.cuda.current_device()
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
         info["driver"] = cuda_driver_version()
-        info["visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     else:
         info["name"] = platform.processor() or platform.machine()
     return info
+
+
+def ray_placement() -> dict:
+    """The Ray node and the GPU ids Ray assigned, when this process is a Ray worker (Ray is not imported here)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return {}
+    try:
+        ctx = ray.get_runtime_context()
+        return {"ray_node_id": ctx.get_node_id(), "ray_gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    except Exception:  # a driver outside any task, or an older Ray: placement is a nicety, not a result
+        return {}
 
 
 def cuda_driver_version() -> str | None:

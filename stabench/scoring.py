@@ -21,11 +21,14 @@ torch_fidelity (slow to import) and stabench.extractor are imported on first use
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import statistics
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -94,6 +97,7 @@ class Extractor:
 
     @property
     def weights_sha(self) -> str:
+        """The weights file's sha256 prefix: reference caches are keyed by it."""
         return file_sha256(self.weights_path)[:16]
 
     def key(self, metric: str) -> str:
@@ -101,9 +105,11 @@ class Extractor:
         return f"{metric}{self.key_suffix}"
 
     def reference_name(self, dataset: str, resolution: int, split: str) -> str:
+        """The cache name of a reference split's statistics under these weights."""
         return reference_name(dataset, resolution, split, self.fidelity_name, self.weights_sha)
 
     def fidelity_kwargs(self) -> dict:
+        """The torch-fidelity arguments that select this extractor and layer."""
         return dict(
             feature_extractor=self.fidelity_name,
             feature_layer_fid=self.feature_layer,
@@ -218,6 +224,28 @@ def kid_subset_size(n_samples: int, n_reference: int) -> int:
     return min(n_samples, n_reference, KID_MAX_SUBSET)
 
 
+# The device torch-fidelity extracts features on: a trial's own (cuda:1 scores on cuda:1, cpu on the CPU even where a
+# GPU is visible); None outside a trial keeps torch-fidelity's default (the current GPU when there is one).
+_SCORING_DEVICE: ContextVar[torch.device | None] = ContextVar("scoring_device", default=None)
+
+
+@contextlib.contextmanager
+def scoring_on(device: torch.device | None) -> Iterator[None]:
+    """Run the scoring calls inside on `device` (torch-fidelity moves its extractor with `.cuda()`, i.e. to the
+    current CUDA device, so a CUDA device is also made current)."""
+    token = _SCORING_DEVICE.set(device)
+    try:
+        with torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext():
+            yield
+    finally:
+        _SCORING_DEVICE.reset(token)
+
+
+def _uses_cuda() -> bool:
+    device = _SCORING_DEVICE.get()
+    return torch.cuda.is_available() if device is None else device.type == "cuda"
+
+
 def _calculate(
     images: torch.Tensor,
     reference: torch.Tensor,
@@ -245,7 +273,7 @@ def _calculate(
         kid_subsets=kid_subsets,
         kid_subset_size=kid_subset_size(len(images), len(reference)),
         batch_size=ext.batch_size,
-        cuda=torch.cuda.is_available(),
+        cuda=_uses_cuda(),
         save_cpu_ram=True,  # no DataLoader worker processes for in-memory images
         verbose=False,
         **ext.fidelity_kwargs(),
@@ -366,24 +394,27 @@ class ReferenceScorer:
         inception_weights: str | Path | None = None,
         cache_dir: str | Path | None = None,
         real: torch.Tensor | None = None,
+        device: torch.device | None = None,
     ):
         self.ext = get_extractor(extractor, inception_weights)
-        self.reference, self.real, self.cache_dir = reference, real, cache_dir
+        self.reference, self.real, self.cache_dir, self.device = reference, real, cache_dir, device
         self.name = self.ext.reference_name(dataset, resolution, split)
         self.selection_name = self.ext.reference_name(dataset, resolution, "train")
         self.fid_key, self.kid_key = self.ext.key("fid"), self.ext.key("kid")
 
     def score(self, samples: torch.Tensor) -> dict:
         """FID/KID of `samples` against the reported reference."""
-        return score(samples, self.reference, self.name, self.ext, cache_dir=self.cache_dir)
+        with scoring_on(self.device):
+            return score(samples, self.reference, self.name, self.ext, cache_dir=self.cache_dir)
 
     def selection_fid(self, samples: torch.Tensor) -> float:
         """FID of `samples` against the training images (for choosing weights; never reported as quality)."""
         assert self.real is not None, "selection needs the training images"
-        return score(samples, self.real, self.selection_name, self.ext, cache_dir=self.cache_dir)[self.fid_key]
+        with scoring_on(self.device):
+            return score(samples, self.real, self.selection_name, self.ext, cache_dir=self.cache_dir)[self.fid_key]
 
     def floor(self, n: int | None = None) -> float:
         """The metric's floor: `n` training images against the reference (two halves without training images)."""
-        return fid_floor(self.reference, self.name, self.ext, cache_dir=self.cache_dir, real=self.real, n=n)[
-            self.fid_key
-        ]
+        with scoring_on(self.device):
+            floor = fid_floor(self.reference, self.name, self.ext, cache_dir=self.cache_dir, real=self.real, n=n)
+        return floor[self.fid_key]

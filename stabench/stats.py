@@ -63,6 +63,12 @@ def paired_delta(a: list[float], b: list[float], level: float = LEVEL) -> Paired
     return PairedDelta(mean, lo, hi, float(sps.ttest_1samp(d, 0.0).pvalue), n)
 
 
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p for paired binary outcomes: b and c are the discordant pairs (only the control's
+    run failed; only the treatment's did). nan without discordant pairs."""
+    return float(sps.binomtest(b, b + c, 0.5).pvalue) if b + c else math.nan
+
+
 def holm_adjusted(pvalues: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values; nan p-values stay nan and do not count towards the number of tests."""
     finite = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,31 @@ from .errors import UserError
 from .record import FINISHED, Status, metrics_of, record_problem, tags_of, write_record
 
 DEFAULT_STORE = Path(os.environ.get("STABENCH_STORE", "runs"))
+LOCK_TIMEOUT_S = float(os.environ.get("STABENCH_LOCK_TIMEOUT", "300"))
+
+
+def acquire_flock(f, path: Path, timeout_s: float) -> None:
+    """flock(LOCK_EX) on an open file, polling until `timeout_s`; a UserError when it cannot be had."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"could not lock {path} within {timeout_s:g} s: another process holds it (a stuck worker?); "
+                    "stop it, or raise $STABENCH_LOCK_TIMEOUT",
+                    key="store",
+                ) from None
+            time.sleep(0.05)
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: the filesystem does not do flock
+            raise UserError(
+                f"the filesystem holding {path} does not support file locks ({e}); the store needs them to count "
+                "each (config, seed) once",
+                key="store",
+                allowed="a local disk, or a shared filesystem with flock support (NFS v4, Lustre with flock)",
+            ) from None
 
 
 class Store:
@@ -47,11 +73,14 @@ class Store:
         return self._read_matching(self.record_paths(), tags)
 
     @contextlib.contextmanager
-    def lock(self, name: str = "write"):
-        """An exclusive lock on `<root>/.<name>.lock` (flock: local processes, and NFS v4 clients)."""
+    def lock(self, name: str = "write", timeout_s: float = LOCK_TIMEOUT_S):
+        """An exclusive lock on `<root>/.<name>.lock` (flock: local processes, and NFS v4 clients). Held only for
+        a record write or a trial hand-out, so a wait past `timeout_s` means a stuck holder: a UserError says so,
+        as does a filesystem that does not support flock (where the dedup would silently stop working)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{name}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        path = self.root / f".{name}.lock"
+        with open(path, "w") as f:
+            acquire_flock(f, path, timeout_s)
             try:
                 yield
             finally:

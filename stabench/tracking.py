@@ -56,13 +56,17 @@ def has_api_key() -> bool:
 class Tracker:
     """No-op tracker; `WandbTracker` overrides these. Every call is safe to make."""
 
-    def log_steps(self, first_step: int, loss: list, grad_norm: list, clipped: list, lr: list) -> None: ...
+    def log_steps(self, first_step: int, loss: list, grad_norm: list, clipped: list, lr: list) -> None:
+        """Per-step training values from `first_step` on."""
 
-    def log_probe(self, step: int, probe: dict) -> None: ...
+    def log_probe(self, step: int, probe: dict) -> None:
+        """One probe-batch reading (weighting-free loss, gradient and feature norms)."""
 
-    def log_eval(self, entry: dict) -> None: ...
+    def log_eval(self, entry: dict) -> None:
+        """One evaluation entry (per weight set)."""
 
-    def finish(self, record: dict) -> None: ...
+    def finish(self, record: dict) -> None:
+        """The finished record: summary and end of the run."""
 
 
 def run_tags(config: dict, tags: dict) -> list[str]:
@@ -164,12 +168,14 @@ class WandbTracker(Tracker):
             self._disable(e)
 
     def log_steps(self, first_step, loss, grad_norm, clipped, lr):
+        """Log each step as train/* at its step."""
         for i, (l, g, c, r) in enumerate(zip(loss, grad_norm, clipped, lr)):
             self._log(
                 {"step": first_step + i, "train/loss": l, "train/grad_norm": g, "train/clipped": int(c), "train/lr": r}
             )
 
     def log_probe(self, step, probe):
+        """Log a probe reading as probe/*, one series per long skip."""
         data = {
             "step": step,
             "probe/loss": probe["probe_loss"],
@@ -182,6 +188,7 @@ class WandbTracker(Tracker):
         self._log(data)
 
     def log_eval(self, entry):
+        """Log an evaluation entry as eval/<metric>/<weight set>."""
         data = {"step": entry["step"]}
         for metric, per_weights in entry.items():
             if isinstance(per_weights, dict):
@@ -189,6 +196,7 @@ class WandbTracker(Tracker):
         self._log(data)
 
     def finish(self, record):
+        """Write the summary (metrics, best/<metric>, status) and the sample grid, then finish the run."""
         if self.run is None:
             return
         try:

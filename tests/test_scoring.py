@@ -305,3 +305,22 @@ def test_inception_scores_from_a_local_file_and_reports_plain_keys(monkeypatch, 
     assert {"fid", "kid", "kid_std"} <= set(r)
     assert r["extractor"] == "inception-v3-compat"
     assert not any(k.endswith("_digits") for k in r)
+
+
+def test_a_trial_on_the_cpu_scores_on_the_cpu_even_where_a_gpu_is_visible(monkeypatch, test_digits, cache_dir):
+    seen = []
+    real = torch_fidelity.calculate_metrics
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, seen from torch-fidelity's call
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", lambda **kw: seen.append(kw["cuda"]) or real(**kw))
+    cpu = torch.device("cpu")
+    scorer = scoring.ReferenceScorer("digits", test_digits, "digits", 8, cache_dir=cache_dir, device=cpu)
+    scorer.score(test_digits[:20])
+    assert seen == [False]
+
+
+def test_outside_a_trial_scoring_keeps_torch_fidelitys_default(monkeypatch, test_digits, cache_dir):
+    seen = []
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", lambda **kw: seen.append(kw["cuda"]) or {})
+    with pytest.raises(KeyError):  # the stub returns no metrics: only the call's arguments are under test
+        scoring.score(test_digits[:20], test_digits, "stub-reference", cache_dir=cache_dir)
+    assert seen == [torch.cuda.is_available()]

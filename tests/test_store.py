@@ -8,7 +8,7 @@ import pytest
 
 from stabench.errors import UserError
 from stabench.record import write_record
-from stabench.store import Store, curves_table, scalars_table
+from stabench.store import Store, acquire_flock, curves_table, scalars_table
 
 
 def fake_record(run_id, size=10):
@@ -102,3 +102,23 @@ def test_write_unique_marks_a_second_finished_copy_as_duplicate(tmp_path, tiny):
     third = run_trial(tiny(steps=5), tmp_path, tags={"sweep": "t"}, writer=store.write_unique)
     assert third["status"] == "ok"
     assert len(list(store.records())) == 3
+
+
+def test_a_lock_held_past_the_timeout_is_a_user_error_naming_it(tmp_path):
+    store = Store(tmp_path)
+    with store.lock(), open(tmp_path / ".write.lock", "w") as other:  # a second open file description
+        with pytest.raises(UserError, match="could not lock") as err:
+            acquire_flock(other, tmp_path / ".write.lock", timeout_s=0.2)
+    assert err.value.key == "store"
+
+
+def test_a_filesystem_without_flock_is_a_user_error(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(f, op):
+        raise OSError(37, "No locks available")  # ENOLCK, as on an NFS mount without lockd
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(UserError, match="does not support file locks"):
+        with Store(tmp_path).lock():
+            pass

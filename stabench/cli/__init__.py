@@ -17,6 +17,7 @@ from .options import (
     CONTEXT,
     Group,
     deprecated_alias,
+    gpus_option,
     inception_option,
     open_store,
     ray_options,
@@ -108,6 +109,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
 @deprecated_alias("--storage", "study_storage")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="[optuna] Local worker processes sharing the study.")  # fmt: skip
+@gpus_option
 @ray_options
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, metavar="K",
               help="[ray] Trials running at once (default: as many as resources allow).")  # fmt: skip
@@ -117,7 +119,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
 @inception_option
 @wandb_options
 def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, max_failures, study_storage, workers,
-          address, cpus_per_trial, gpus_per_trial, max_concurrent, ray_dir, **wandb):  # fmt: skip
+          gpus, address, cpus_per_trial, gpus_per_trial, max_concurrent, ray_dir, **wandb):  # fmt: skip
     """Search the knobs of SPACE.yaml and record every trial in the store.
 
     Re-running the same command continues the same study. The Optuna storage opens in
@@ -142,7 +144,7 @@ def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, m
     objectives = [o.metric + " " + o.direction for o in space.objectives]
     click.echo(f"sweep '{settings.study}' ({backend}): {len(space.space)} knobs, seeds {space.seeds}, "
                f"objectives {objectives}, store {store.root}")  # fmt: skip
-    options = dict(workers=workers) if backend == "optuna" else dict(
+    options = dict(workers=workers, gpus=gpus) if backend == "optuna" else dict(
         address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent, ray_dir=ray_dir)  # fmt: skip
     output.sweep_summary(run_sweep(backend, space, store, settings, **options), space)

@@ -27,6 +27,7 @@ class Command(click.Command):
     (`stabench --debug` re-raises it with its traceback). Old option spellings are folded into the new ones."""
 
     def invoke(self, ctx: click.Context):
+        """Run the command; a UserError becomes one 'Error: <flag>: ...' line and exit 2."""
         fold_deprecated(ctx)
         try:
             return super().invoke(ctx)
@@ -42,6 +43,7 @@ class Group(click.Group):
     command_class = Command
 
     def invoke(self, ctx: click.Context):
+        """Print warnings as one 'Warning: ...' line, then run the command."""
         warnings.showwarning = show_warning
         return super().invoke(ctx)
 
@@ -163,10 +165,10 @@ def ray_options(fn):
     fn = click.option(
         "--gpus-per-trial",
         type=click.FloatRange(min=0),
-        default=0,
-        show_default=True,
+        default=None,
         metavar="G",
-        help="[ray] GPUs per trial; fractions share a GPU (0.25 = four trials per GPU).",
+        help="[ray] GPUs per trial; fractions share a GPU (0.25 = four trials per GPU); 0 trains on the CPU. "
+        "Default: 1 on a cluster with GPUs, else 0.",
     )(fn)
     fn = click.option(
         "--cpus-per-trial",
@@ -180,5 +182,27 @@ def ray_options(fn):
         "--address",
         default=None,
         metavar="ADDR",
-        help="[ray] Cluster to join: 'auto', host:port or ray://host:port (default: start a local Ray).",
+        help="[ray] Cluster to join: 'auto', host:port or ray://host:port (default: $RAY_ADDRESS, as set by "
+        "`ray job submit`, else start a local Ray).",
     )(fn)
+
+
+def _gpu_list(ctx, param, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        gpus = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        gpus = []
+    if not gpus or any(g < 0 for g in gpus):
+        raise click.BadParameter(f"'{value}' is not a list of GPU indices; give e.g. 0,1,2,3")
+    return gpus
+
+
+gpus_option = click.option(
+    "--gpus",
+    default=None,
+    metavar="LIST",
+    callback=_gpu_list,
+    help="[optuna] GPU indices the workers take in turn, e.g. 0,1 (default: every visible GPU when --workers > 1).",
+)

@@ -47,9 +47,9 @@ class Probe:
         return out
 
 
-def make_scorer(cfg: TrialConfig):
-    """FID/KID against the workload's held-out split (a missing Inception file fails here); the training images
-    give the floor at the trial's sample count and the FID that chooses among weight sets."""
+def make_scorer(cfg: TrialConfig, device: torch.device):
+    """FID/KID against the workload's held-out split on the trial's device (a missing Inception file fails here);
+    the training images give the floor at the trial's sample count and the FID that chooses among weight sets."""
     from ..scoring import ReferenceScorer  # torch-fidelity loads only when a trial scores
 
     return ReferenceScorer(
@@ -60,6 +60,7 @@ def make_scorer(cfg: TrialConfig):
         "test",
         cfg.eval.inception_weights,
         real=load_images(cfg.workload, "train"),
+        device=device,
     )
 
 

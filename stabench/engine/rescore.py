@@ -32,7 +32,7 @@ def rescore(
         raise UserError("give a sample count (the trial's config has eval.samples = 0)", key="samples")
     weights = load_weights(run_dir)
     device = resolve_device(cfg.device)
-    scorer = make_scorer(cfg)
+    scorer = make_scorer(cfg, device)
     channels = scorer.reference.shape[1]  # the held-out split has the training images' channels
     diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(device)
     model, ema = build_weights(cfg, channels, device)

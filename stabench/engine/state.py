@@ -40,7 +40,7 @@ def stream_seed(seed: int, name: str) -> int:
 
 
 def burn_in(cfg: TrialConfig) -> int:
-    """Steps the stability statistics ignore: the burn-in, and at least the lr warm-up (METRICS.md)."""
+    """Steps the stability statistics ignore: the burn-in, and at least the lr warm-up (docs/metrics.md)."""
     return min(max(cfg.stability.burn_in, cfg.optim.warmup_steps), cfg.optim.steps // 2)
 
 

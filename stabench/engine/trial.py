@@ -103,13 +103,14 @@ class Trial:
         self.record = new_record(cfg, self.device)
         self.record["tags"] = dict(tags or {})
         self.run_dir = Path(out_dir) / self.record["run_id"] if out_dir is not None else None
-        self.scorer = make_scorer(cfg) if cfg.eval.samples > 0 else None
+        self.scorer = make_scorer(cfg, self.device) if cfg.eval.samples > 0 else None
         self.resume_state = None
         if resume_dir is not None:  # continue an interrupted trial: same run id, same directory
             self.resume_state = load_checkpoint(Path(resume_dir), cfg)
             self.record.update(self.resume_state["record_head"])
             self.run_dir = Path(resume_dir)
         self.state: TrainState | None = None  # set once training starts: a failed record keeps its step
+        self._resume_point_only = False  # a checkpoint written only to resume after preemption: removed at the end
         self._stop_requested = False
         self._evals: Iterator[dict] | None = None
 
@@ -135,6 +136,16 @@ class Trial:
             pass
         return self.record
 
+    def checkpoint(self) -> Path | None:
+        """Save the running trial's state now, between two evaluation entries, so that a restarted worker resumes
+        here (a backend's preemption checkpoint); returns the run directory, or None when there is nothing to save
+        (no run directory, training not started, or already finished)."""
+        if self.run_dir is None or self.state is None or self.finished:
+            return None
+        self._checkpoint()
+        self._resume_point_only = not (self.final_checkpoint or self.cfg.checkpoint_every)
+        return self.run_dir
+
     def _lifecycle(self) -> Iterator[dict]:
         """Train; yield every evaluation entry; finish the record (failed if training raised)."""
         if self.run_dir is not None:
@@ -154,6 +165,8 @@ class Trial:
         if self.run_dir is not None:
             self.record["run_dir"] = str(self.run_dir)
             self.writer(self.record, self.run_dir)  # the store first: W&B is a view of it
+            if self._resume_point_only:  # nobody asked to keep the weights: the record is the result
+                (self.run_dir / CHECKPOINT).unlink(missing_ok=True)
         self.tracker.finish(self.record)
 
     def _train(self) -> Generator[dict, None, dict]:

@@ -57,10 +57,10 @@ def _settings_kwargs(settings: SweepSettings) -> dict[str, Any]:
     )
 
 
-def _optuna(space: SearchSpace, store: Store, settings: SweepSettings, *, workers: int = 1, **_) -> dict:
+def _optuna(space: SearchSpace, store: Store, settings: SweepSettings, *, workers: int = 1, gpus=None, **_) -> dict:
     from .optuna import run_optuna_sweep
 
-    return run_optuna_sweep(space, store, workers=workers, **_settings_kwargs(settings))
+    return run_optuna_sweep(space, store, workers=workers, gpus=gpus, **_settings_kwargs(settings))
 
 
 def _ray(space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ..config import build_config, config_hash, config_to_dict, load_config
-from ..engine import Trial
+from ..engine import CHECKPOINT, Trial
 from ..errors import ConfigError
 from ..record import Status, Tags, record_value
 from ..space import CategoricalDist, SearchSpace, scalar_choices, trial_config
@@ -52,9 +53,12 @@ class ConfigRun:
     store: Store
     tags: Tags
     tracking: TrackingSettings | None = None
+    device: str | None = None  # the placement's device (a worker's GPU, or cpu on a GPU-less Ray slot); not hashed
+    resume: dict | None = None  # {"seed_index", "run_dir"}: the interrupted seed resumes from that checkpoint
     records: list[dict] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)  # run ids found in the store instead of trained again
     current: Trial | None = None
+    current_index: int | None = None
     stopped: bool = False
 
     def events(self, params: dict[str, Any]) -> Iterator[Event]:
@@ -76,6 +80,7 @@ class ConfigRun:
         """Train one seed (or find it in the store); returns its record."""
         try:
             cfg = trial_config(self.space, params, seed)
+            cfg = cfg.model_copy(update={"device": self.device}) if self.device else cfg
         except ConfigError as e:  # values valid one by one but not together: this trial fails, the sweep goes on
             raise TrialFailed(str(e)) from None
         found = self.store.find(config_hash(cfg), seed, sweep=self.tags.sweep)
@@ -83,13 +88,31 @@ class ConfigRun:
             self.reused.append(found["run_id"])
             return found
         tags = replace(self.tags, seed_index=index, params=params)
+        self.current_index = index
         self.current = Trial(
-            cfg, self.store.root, tags=tags.to_dict(), tracking=self.tracking, writer=self.store.write_unique
+            cfg,
+            self.store.root,
+            tags=tags.to_dict(),
+            tracking=self.tracking,
+            writer=self.store.write_unique,
+            resume_dir=self._resume_dir(index),
         )
         for entry in self.current.run():
             yield Event(index, entry=entry)
         record, self.current = self.current.record, None
         return record
+
+    def _resume_dir(self, index: int) -> Path | None:
+        """The interrupted seed's run directory when `resume` points at this seed and its checkpoint is there."""
+        if not self.resume or self.resume.get("seed_index") != index:
+            return None
+        run_dir = Path(self.resume["run_dir"])
+        return run_dir if (run_dir / CHECKPOINT).is_file() and not (run_dir / "record.json").exists() else None
+
+    def checkpoint(self) -> dict | None:
+        """Save the running seed's state (between two evaluation points) and say where it is, for `resume`."""
+        run_dir = self.current.checkpoint() if self.current is not None else None
+        return {"seed_index": self.current_index, "run_dir": str(run_dir)} if run_dir else None
 
     def stop(self) -> None:
         """Stop after the current evaluation point (the running seed is recorded as `pruned`)."""

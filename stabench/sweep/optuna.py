@@ -16,6 +16,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # as study.optimize; we ask/tell
 from optuna.trial import TrialState
 
+from ..errors import UserError
 from ..record import Tags, eval_value, record_value
 from ..space import SearchSpace, suggest
 from ..store import Store
@@ -78,6 +79,7 @@ def run_one_optuna_trial(
     store: Store,
     sweep: str,
     tracking: TrackingSettings | None = None,
+    device: str | None = None,
 ) -> tuple[TrialState, list[float] | None]:
     """Train one asked trial over every seed and tell the study how it ended."""
     tags = Tags(
@@ -87,7 +89,7 @@ def run_one_optuna_trial(
         scheduled_unix=time.time(),
         named_point=trial.user_attrs.get("baseline_point"),
     )
-    run = ConfigRun(space, store, tags, tracking)
+    run = ConfigRun(space, store, tags, tracking, device=device)
     try:
         values = run_with_pruner(run, suggest(trial, space), trial, space)
         trial.set_user_attr("run_ids", [r["run_id"] for r in run.records])  # the records behind the values
@@ -138,9 +140,12 @@ def optuna_worker(
     threads: int | None = None,
     worker_index: int = 0,
     tracking: TrackingSettings | None = None,
+    gpus: tuple[int, ...] = (),
     log: Callable[[str], None] = print,
 ) -> None:
-    """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout."""
+    """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout. With
+    `gpus`, worker k trains on GPU gpus[k % len(gpus)] (round-robin)."""
+    device = f"cuda:{gpus[worker_index % len(gpus)]}" if gpus else None
     if threads:
         import torch
 
@@ -151,7 +156,7 @@ def optuna_worker(
     limits = WorkerLimits(n_trials, max_failures, timeout_s, trial_failures(study), time.monotonic())
     while (trial := ask_next(study, store, sweep, limits, log)) is not None:
         with get_heartbeat_thread(trial._trial_id, study._storage):  # no-op for journal files
-            state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking)
+            state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking, device)
         shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values)) if values else ""
         if values and state != TrialState.COMPLETE:
             shown += " (finished after a heartbeat check had failed it; its retry reuses these records)"
@@ -192,6 +197,21 @@ def ask_next(
         return trial
 
 
+def worker_gpus(gpus: list[int] | None, workers: int) -> tuple[int, ...]:
+    """The GPUs the workers take in turn: the ones asked for (each must exist), else every visible GPU when there
+    are several workers; () leaves `device` to the config (one worker, or no GPU)."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    if gpus is None:
+        return tuple(range(visible)) if workers > 1 else ()
+    missing = [g for g in gpus if not 0 <= g < visible]
+    if missing:
+        raise UserError(f"GPU {missing[0]} is not visible here ({visible} visible)", key="gpus",
+                        allowed=f"indices 0..{visible - 1}" if visible else "none (no GPU is visible)")  # fmt: skip
+    return tuple(gpus)
+
+
 def _worker_entry(kwargs: dict) -> None:
     optuna_worker(**kwargs)
 
@@ -204,6 +224,7 @@ def run_optuna_sweep(
     storage_url: str | None = None,
     n_trials: int | None = None,
     workers: int = 1,
+    gpus: list[int] | None = None,
     resume: bool = False,
     max_failures: int = 3,
     named_points: dict[str, dict] | None = None,
@@ -214,6 +235,7 @@ def run_optuna_sweep(
     summary with the best trial(s). `named_points` (name -> params) run first, labelled `<name>@<sweep>`."""
     name = study_name or space.name
     n_trials = n_trials or space.budget.trials
+    placed = worker_gpus(gpus, workers)  # before the study opens: a GPU that is not there fails first
     study = open_study(space, name, storage_url)
     check_same_space(study, space, storage_url)
     describe_study(study, space, "optuna")
@@ -230,7 +252,10 @@ def run_optuna_sweep(
         max_failures=max_failures,
         timeout_s=space.budget.timeout_s,
         tracking=tracking,
+        gpus=placed,
     )
+    if placed:
+        log(f"[{name}] {workers} worker(s) on GPUs {', '.join(map(str, placed))} (round-robin)")
     if workers <= 1:
         optuna_worker(**kwargs, log=log)
     else:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from ..engine import run_trial
 from ..record import Status, Tags, eval_value, worst
@@ -22,7 +23,7 @@ from ..space import SearchSpace, decode_params, suggest, trial_config
 from ..store import Store
 from ..tracking import TrackingSettings
 from .core import ConfigRun, Event, TrialFailed
-from .ray_cluster import ray_session
+from .ray_cluster import check_shared, gpus_per_trial_default, ray_session, trial_device
 from .study import fail_orphaned, make_sampler, make_storage
 
 DEFAULT_RAY_DIR = Path("results") / "ray"
@@ -61,12 +62,13 @@ class StabenchTrainable(tune.Trainable):
         threads: int = 1,
         tracking: TrackingSettings | None = None,
         named_points: dict | None = None,
+        device: str | None = None,
     ):
         """Tune's start of a trial: `config` is its sampled params, the rest comes from `with_parameters`."""
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.space, self.store, self.tracking = space, Store(store_root), tracking
+        self.space, self.store, self.tracking, self.device = space, Store(store_root), tracking, device
         self.params = dict(config)
         # a --with-baselines point (OptunaSearch's points_to_evaluate) keeps its name, as with Optuna
         point = next((n for n, p in (named_points or {}).items() if decode_params(space, p) == self.params), None)
@@ -78,9 +80,10 @@ class StabenchTrainable(tune.Trainable):
         self.evals_per_seed, self.every, self.budget = evals_per_seed(cfg), cfg.eval.every, eval_budget(space)
         self._start()
 
-    def _start(self) -> None:
-        """Start (again) from the first seed: seeds already finished are found in the store, never recorded twice."""
-        self.run = ConfigRun(self.space, self.store, self.tags, self.tracking)
+    def _start(self, resume: dict | None = None) -> None:
+        """Start (again) from the first seed: seeds already finished are found in the store, never recorded twice;
+        the seed a checkpoint names (`resume`) continues from its checkpoint step."""
+        self.run = ConfigRun(self.space, self.store, self.tags, self.tracking, device=self.device, resume=resume)
         self.events = self.run.events(self.params)
 
     def step(self) -> dict:
@@ -126,23 +129,35 @@ class StabenchTrainable(tune.Trainable):
         self.run.stop()  # stopped by the scheduler: the running seed is recorded as pruned
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict:
-        """Nothing to save: the store is the state, finished seeds are found there again."""
-        return {}  # the store is the state: finished seeds are found there again
+        """The running seed's train state is saved in its run directory in the (shared) store; Ray's checkpoint
+        says which seed and where. Finished seeds need nothing: they are found in the store."""
+        return self.run.checkpoint() or {}
 
     def load_checkpoint(self, checkpoint: dict) -> None:
-        """A restarted or restored trial starts again from its first seed (the store has the finished ones)."""
-        # Restarted (failed actor) or restored (killed driver) trial: the interrupted seed trains again.
-        self._start()
+        """A restarted (failed actor, preempted node) or restored (killed driver) trial: finished seeds are found in
+        the store, the interrupted one resumes at its last checkpoint step."""
+        self._start(resume=checkpoint or None)
+
+
+class FinalValuesSearch(OptunaSearch):
+    """OptunaSearch that tells the study final values only. A trial the scheduler stopped early ends with an
+    evaluation point's result, not the final one (which carries `statuses`): it is told PRUNED, its last value
+    already reported as an intermediate value, so early and final values never mix among COMPLETE trials."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell the study how the trial ended: its final values, PRUNED when stopped early, FAIL on error."""
+        if not error and result is not None and "statuses" not in result:
+            result = None  # OptunaSearch tells PRUNED when there is no value and no error
+        super().on_trial_complete(trial_id, result, error)
 
 
 def make_searcher(space: SearchSpace, name: str, named_points: dict | None, study_storage, max_concurrent: int | None):
     """OptunaSearch over the space (named points first), limited to `max_concurrent` trials at once."""
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     metrics, modes = metric_names(space), [d[:3] for d in space.directions]
     single = len(metrics) == 1
-    searcher = OptunaSearch(
+    searcher = FinalValuesSearch(
         space=functools.partial(_define_by_run, space=space),
         metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes,
@@ -154,13 +169,34 @@ def make_searcher(space: SearchSpace, name: str, named_points: dict | None, stud
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
 
 
+def asha_settings(space: SearchSpace) -> dict | None:
+    """ASHA's grace period and reduction factor from the space's pruner, in evaluation points (None: no early
+    stopping, for pruner `none` or several objectives). successive_halving and hyperband give theirs
+    (`min_resource`, `reduction_factor`); the others stop trials after `n_warmup_steps` at rate 2."""
+    p, opts = space.pruner.name, space.pruner.options
+    if p == "none" or len(space.objectives) > 1:
+        return None
+    if p in ("successive_halving", "hyperband"):
+        grace = opts.get("min_resource", 1)
+        return {
+            "grace_period": 1 if grace == "auto" else max(1, int(grace)),
+            "reduction_factor": opts.get("reduction_factor", 4 if p == "successive_halving" else 3),
+        }
+    return {"grace_period": max(1, int(opts.get("n_warmup_steps", 1))), "reduction_factor": 2}
+
+
 def make_scheduler(space: SearchSpace):
-    """ASHA compares trials at equal numbers of evaluation points; several objectives: no early stopping."""
+    """ASHA compares trials at equal numbers of evaluation points, set by the space's pruner; FIFO (no early
+    stopping) when the pruner is `none` or there are several objectives."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if len(space.objectives) > 1:
+    settings = asha_settings(space)
+    if settings is None:
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="eval_index", grace_period=1, reduction_factor=2, max_t=eval_budget(space))
+    o = space.objectives[0]
+    return ASHAScheduler(
+        time_attr="eval_index", metric=o.metric, mode=o.direction[:3], max_t=eval_budget(space), **settings
+    )
 
 
 def run_ray_sweep(
@@ -171,7 +207,7 @@ def run_ray_sweep(
     n_trials: int | None = None,
     address: str | None = None,
     cpus_per_trial: float = 1,
-    gpus_per_trial: float = 0,
+    gpus_per_trial: float | None = None,
     max_concurrent: int | None = None,
     ray_dir: str | None = None,
     resume: bool = False,
@@ -191,6 +227,9 @@ def run_ray_sweep(
     experiment = f"{storage}/{name}"
     store.root.mkdir(parents=True, exist_ok=True)
     with ray_session(address, num_cpus):
+        check_shared({"store": store.root} | ({} if "://" in storage else {"ray_dir": Path(storage)}))
+        gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
+        log(f"[{name}] {cpus_per_trial:g} CPU(s) and {gpus_per_trial:g} GPU(s) per trial")
         trainable = tune.with_resources(
             tune.with_parameters(
                 StabenchTrainable,
@@ -200,6 +239,7 @@ def run_ray_sweep(
                 threads=max(1, int(cpus_per_trial)),
                 tracking=tracking,
                 named_points=named_points,
+                device=trial_device(gpus_per_trial),
             ),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
         )
@@ -222,16 +262,9 @@ def make_tuner(
     trainable, space: SearchSpace, searcher, n_trials: int, name: str, storage: str, callbacks: list, max_failures: int
 ) -> tune.Tuner:
     """A new experiment: OptunaSearch proposes, ASHA stops, a failed actor is restarted `max_failures` times."""
-    single = len(space.objectives) == 1
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=make_scheduler(space),
-            num_samples=n_trials,
-            metric=space.objectives[0].metric if single else None,
-            mode=space.directions[0][:3] if single else None,
-        ),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space), num_samples=n_trials),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
@@ -303,12 +336,18 @@ class ProgressCallback(tune.Callback):
 
 
 def _run_job(
-    config: dict, jobs: list = None, store_root: str = "", threads: int = 1, tracking: TrackingSettings | None = None
+    config: dict,
+    jobs: list = None,
+    store_root: str = "",
+    threads: int = 1,
+    tracking: TrackingSettings | None = None,
+    device: str | None = None,
 ) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
     name, cfg, tags = jobs[config["job"]]
+    cfg = cfg.model_copy(update={"device": device}) if device else cfg
     rec = run_trial(cfg, store_root, tags=tags, tracking=tracking)
     tune.report({"status_ok": rec["status"] == Status.OK, "done": True})
 
@@ -319,7 +358,7 @@ def run_ray_jobs(
     *,
     address: str | None = None,
     cpus_per_trial: float = 1,
-    gpus_per_trial: float = 0,
+    gpus_per_trial: float | None = None,
     ray_dir: str | None = None,
     name: str = "baselines",
     num_cpus: int | None = None,
@@ -327,14 +366,21 @@ def run_ray_jobs(
 ) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
     store.root.mkdir(parents=True, exist_ok=True)
+    storage = str(Path(ray_dir or DEFAULT_RAY_DIR).absolute())
     with ray_session(address, num_cpus):
+        check_shared({"store": store.root, "ray_dir": Path(storage)})
+        gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
         trainable = tune.with_resources(
             tune.with_parameters(
-                _run_job, jobs=jobs, store_root=str(store.root), threads=max(1, int(cpus_per_trial)), tracking=tracking
+                _run_job,
+                jobs=jobs,
+                store_root=str(store.root),
+                threads=max(1, int(cpus_per_trial)),
+                tracking=tracking,
+                device=trial_device(gpus_per_trial),
             ),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
         )
-        storage = str(Path(ray_dir or DEFAULT_RAY_DIR).absolute())
         tune.Tuner(
             trainable,
             param_space={"job": tune.grid_search(list(range(len(jobs))))},

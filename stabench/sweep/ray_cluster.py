@@ -5,9 +5,23 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import uuid
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+
+# What the workers need of the driver's environment: data and cache locations, and W&B's mode, credentials and
+# destination (a worker on another node has none of them).
+FORWARDED_ENV = (
+    "STABENCH_INCEPTION_WEIGHTS",
+    "STABENCH_CACHE",
+    "WANDB_MODE",
+    "WANDB_API_KEY",
+    "WANDB_ENTITY",
+    "WANDB_PROJECT",
+    "WANDB_BASE_URL",
+)
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -33,9 +47,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets it: join that cluster
     if address:
         check_reachable(address)
-    env = {k: os.environ[k] for k in ("STABENCH_INCEPTION_WEIGHTS", "STABENCH_CACHE", "WANDB_MODE") if k in os.environ}
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
@@ -55,6 +70,21 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def gpus_per_trial_default(requested: float | None) -> float:
+    """GPUs per trial: as asked; by default one per trial on a cluster that has GPUs, else none."""
+    if requested is not None:
+        return requested
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def trial_device(gpus_per_trial: float) -> str | None:
+    """The device a Ray trial trains on: cpu when it holds no GPU (Ray hides none from a zero-GPU actor, so `auto`
+    would pick GPU 0 on every trial); with a GPU share, the config's device (`auto` is the GPU Ray assigned)."""
+    return "cpu" if gpus_per_trial == 0 else None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int | None):
     """Ray for the duration of a sweep: joined or started here (and then shut down here)."""
@@ -67,3 +97,50 @@ def ray_session(address: str | None, num_cpus: int | None):
     finally:
         if started:
             ray.shutdown()
+
+
+def probe_shared_dir(path: str, name: str, token: str) -> str | None:
+    """On a node: None when `path` is the driver's folder (it holds the driver's token file) and writable here;
+    else what is wrong."""
+    if not (Path(path) / name).is_file():
+        return f"{path} does not hold the driver's probe file (a different disk, or not mounted)"
+    if (Path(path) / name).read_text() != token:
+        return f"{path}/{name} holds another token (a different folder of the same name)"
+    mine = Path(path) / f"{name}.{socket.gethostname()}.{os.getpid()}"
+    try:
+        mine.write_text(token)
+        mine.unlink()
+    except OSError as e:
+        return f"cannot write in {path}: {e}"
+    return None
+
+
+def check_shared(paths: dict[str, Path]) -> None:
+    """Before any trial: every alive node of the Ray cluster sees each of `paths` (e.g. the record store) as the
+    driver does and can write there, so that a record written on a worker reaches the driver's store. Fails with a
+    UserError naming the folder and the nodes that do not share it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0)(probe_shared_dir)
+    for key, path in paths.items():
+        path.mkdir(parents=True, exist_ok=True)
+        name, token = f".stabench-shared-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+        (path / name).write_text(token)
+        try:
+            answers = ray.get([
+                probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                    str(path.absolute()), name, token
+                )
+                for n in nodes
+            ])  # fmt: skip
+        finally:
+            (path / name).unlink(missing_ok=True)
+        problems = [f"{n.get('NodeManagerHostname', n['NodeID'])}: {a}" for n, a in zip(nodes, answers) if a]
+        if problems:
+            raise UserError(
+                f"{path} is not shared with every Ray node; " + "; ".join(problems),
+                key=key,
+                allowed="a folder every node mounts at the same path (NFS, a cluster filesystem)",
+            )

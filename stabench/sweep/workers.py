@@ -56,8 +56,8 @@ def supervise(
     on_death: Callable[[int, int], None],
 ) -> None:
     """Run `workers` processes of `target(kwargs)` (each with its share of the cores and its index). When one
-    dies (OOM killer, kill -9), `on_death(pid, exit code)` is called and a replacement starts, at most
-    `max_restarts` times."""
+    dies (OOM killer, kill -9), `on_death(pid, exit code)` is called and a replacement with the same index (so the
+    same GPU) starts, at most `max_restarts` times."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
 
@@ -66,7 +66,8 @@ def supervise(
         p.start()
         return p
 
-    running, restarts = {start(i) for i in range(workers)}, 0
+    index = {start(i): i for i in range(workers)}
+    running, restarts = set(index), 0
     while running:
         for sentinel in mp_connection.wait([p.sentinel for p in running]):
             p = next(q for q in running if q.sentinel == sentinel)
@@ -77,4 +78,6 @@ def supervise(
             on_death(p.pid, p.exitcode)
             if restarts < max_restarts:
                 restarts += 1
-                running.add(start(workers + restarts))
+                replacement = start(index[p])
+                index[replacement] = index[p]
+                running.add(replacement)

@@ -151,3 +151,24 @@ def simulate_oom() -> None:
         return real(forward, params, diffusion, optimizer, *args, **kwargs)
 
     trial_mod.optimization_step = step
+
+
+KILL_AT_STEP = 12  # between the evaluation (and Ray checkpoint) at step 10 and the next at 15
+
+
+def kill_once_mid_seed() -> None:
+    """Ray `worker_process_setup_hook`: the first trial to reach step KILL_AT_STEP exits its worker process, as a
+    preempted node would; once only, marked by the file $STABENCH_KILL_MARKER (which holds the killed pid)."""
+    marker = os.environ.get("STABENCH_KILL_MARKER")
+    import stabench.engine.trial as trial_mod
+
+    real, calls = trial_mod.optimization_step, collections.Counter()
+
+    def step(forward, params, diffusion, optimizer, *args, **kwargs):
+        calls[id(optimizer)] += 1
+        if marker and calls[id(optimizer)] == KILL_AT_STEP and not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return real(forward, params, diffusion, optimizer, *args, **kwargs)
+
+    trial_mod.optimization_step = step

@@ -86,7 +86,7 @@ def test_optuna_journal_driver_killed_then_resumed(tmp_path, size):
     assert row["records"] == size["trials"] * len(size["seeds"])
 
 
-@pytest.mark.parametrize("how", ["--resume", "heartbeat"])
+@pytest.mark.parametrize("how", ["--resume", pytest.param("heartbeat", marks=pytest.mark.slow)])
 def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how):  # noqa: F811
     """`--resume` retries at once; a plain re-run waits for the dead trial's heartbeat to go stale."""
     path = space_file(tmp_path, fixed=STEPS, trials=3)

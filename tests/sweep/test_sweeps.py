@@ -128,13 +128,21 @@ def test_two_objectives_report_a_pareto_front(tmp_path):
 
 def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
     from stabench.sweep.ray import run_ray_sweep
+    from stabench.sweep.study import make_storage
 
-    space = load_space(space_file(tmp_path, trials=4))
-    store = Store(tmp_path / "store")
-    run_ray_sweep(space, store, ray_dir=str(tmp_path / "ray"), num_cpus=2, log=lambda s: None)
+    space = load_space(space_file(tmp_path, trials=4, pruner="median"))
+    store, journal = Store(tmp_path / "store"), str(tmp_path / "ray.journal")
+    run_ray_sweep(space, store, ray_dir=str(tmp_path / "ray"), num_cpus=2, storage_url=journal, log=lambda s: None)
     records = list(store.records(sweep="t"))
     assert len(by_trial(store)) == 4  # 4 Ray trials, each recorded (ok or pruned by ASHA)
-    assert all(r["status"] in ("ok", "pruned") and r["tags"]["backend"] == "ray" for r in records)
+    assert {r["status"] for r in records} <= {"ok", "pruned"}
+    assert {r["tags"]["backend"] for r in records} == {"ray"}
+    # The study holds final values only: a trial ASHA stopped is PRUNED there, not COMPLETE with an early value.
+    study = optuna.load_study(study_name="t", storage=make_storage(journal, "t", heartbeats=False)[0])
+    states = collections.Counter(t.state.name for t in study.trials)
+    assert states["PRUNED"] == sum(r["status"] == "pruned" for r in records)
+    finals = {r["metrics"]["best_probe_loss"] for r in records if r["status"] == "ok"}
+    assert {t.value for t in study.trials if t.state.name == "COMPLETE"} <= finals
     optuna_record = Store(tmp_path / "o").root
     ref = run_optuna_sweep(
         load_space(space_file(tmp_path, trials=1)),

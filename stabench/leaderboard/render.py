@@ -1,0 +1,216 @@
+"""Rendering a leaderboard: the formatted table (Markdown, HTML), the numeric one (CSV, Parquet) and LaTeX."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+
+from .. import stats
+from ..telemetry import INSTABILITY_PARTS
+from .build import ALPHA, Leaderboard
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    """A number for a table: 4 significant digits, ∞ for infinity, – for none."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return f"{x:.{digits}g}"
+
+
+def fmt_ci(ci: tuple[float, float] | None) -> str:
+    """[lo, hi], or n/a when there is no interval."""
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci and not any(map(math.isnan, ci)) else "n/a"
+
+
+def _delta_cells(r: dict) -> list[str]:
+    d = r.get("delta")
+    if d is None or d.n == 0:
+        return ["–", "–", "–"]
+    mark = " *" if r.get("significant") else ""
+    return [fmt(d.mean) + mark, fmt_ci((d.lo, d.hi)), fmt(d.p, 2)]
+
+
+def table(lb: Leaderboard) -> pl.DataFrame:
+    """The leaderboard as a flat table of strings (what the .md/.csv/.html files show)."""
+    m = lb.metric
+    names = ["rank", "config", "n", "diverged", f"{m} mean ± std", f"{m} 95% t-CI", "Δ vs baseline",
+             "Δ 95% t-CI", "Δ p (paired t)", "instability", "instability 95% t-CI",
+             *(f"{k}" for k in INSTABILITY_PARTS), "steps to target", "speedup", "Pareto", "knobs vs baseline",
+             "config_hash"]  # fmt: skip
+    cols: dict[str, list] = {k: [] for k in names}
+    for r in lb.rows:
+        vals = [
+            r["rank"],
+            r["config"],
+            f"{r['n']}{' (small n)' if r['small_n'] else ''}",
+            r["diverged"],
+            fmt(r["q_mean"]) + (f" ± {fmt(r['q_std'], 2)}" if r["q_std"] is not None else ""),
+            fmt_ci(r["q_ci"]),
+            *_delta_cells(r),
+            fmt(r["u_mean"]),
+            fmt_ci(r["u_ci"]),
+            *(fmt(r["parts"][k], 3) for k in INSTABILITY_PARTS),
+            fmt(r.get("steps_to_target")),
+            fmt(r.get("speedup"), 3),
+            "★" if r["pareto"] else "",
+            r["knobs"] or "–",
+            r["config_hash"],
+        ]
+        for k, v in zip(cols, vals):
+            cols[k].append(str(v))
+    return pl.DataFrame(cols)
+
+
+def numeric_table(lb: Leaderboard) -> pl.DataFrame:
+    """The leaderboard as plain numbers, one row per config (leaderboard.csv/.parquet): inf for a target never
+    reached or a diverged mean, null where a value does not exist (the baseline's own delta, a 1-seed interval)."""
+    m = lb.metric
+
+    def num(x) -> float | None:
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+    rows = []
+    for r in lb.rows:
+        d = r.get("delta") if r.get("delta") is not None and r["delta"].n else None
+        rows.append({
+            "rank": r["rank"], "config": r["config"], "config_hash": r["config_hash"], "n": r["n"],
+            "small_n": r["small_n"], "diverged": r["diverged"], "seeds": r["seeds"],
+            f"{m}_mean": num(r["q_mean"]), f"{m}_std": num(r["q_std"]),
+            f"{m}_ci_lo": num(r["q_ci"][0]), f"{m}_ci_hi": num(r["q_ci"][1]),
+            "delta": num(d.mean) if d else None, "delta_ci_lo": num(d.lo) if d else None,
+            "delta_ci_hi": num(d.hi) if d else None, "delta_p": num(d.p) if d else None,
+            "delta_significant": r.get("significant"),
+            "instability_mean": num(r["u_mean"]), "instability_ci_lo": num(r["u_ci"][0]),
+            "instability_ci_hi": num(r["u_ci"][1]), **{k: num(r["parts"][k]) for k in INSTABILITY_PARTS},
+            "steps_to_target": num(r.get("steps_to_target")), "speedup": num(r.get("speedup")),
+            "pareto": r["pareto"], "knobs": r["knobs"] or "",
+        })  # fmt: skip
+    schema = {k: (pl.Float64 if k not in _NON_FLOAT else _NON_FLOAT[k]) for k in rows[0]} if rows else None
+    return pl.DataFrame(rows, schema=schema)
+
+
+_NON_FLOAT = {"rank": pl.Int64, "config": pl.Utf8, "config_hash": pl.Utf8, "n": pl.Int64, "small_n": pl.Boolean,
+              "diverged": pl.Int64, "seeds": pl.Utf8, "delta_significant": pl.Boolean, "pareto": pl.Boolean,
+              "knobs": pl.Utf8}  # fmt: skip
+
+
+_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$", "{": r"\{",
+        "}": r"\}", "∞": r"$\infty$", "–": "--", "±": r"$\pm$"}  # fmt: skip
+
+
+def tex(text: str) -> str:
+    """`text` safe inside a LaTeX table cell."""
+    return "".join(_TEX.get(c, c) for c in text)
+
+
+def to_latex(lb: Leaderboard) -> str:
+    """A booktabs table for a paper: config, n, the metric's mean and 95% t-CI, the paired delta vs the baseline
+    and its CI ($^*$ = significant after Holm), and instability."""
+    head = ["config", "$n$", tex(lb.metric), r"95\% CI", r"$\Delta$ vs baseline", r"$\Delta$ 95\% CI", "instability"]
+    lines = ["% generated by stabench leaderboard; needs \\usepackage{booktabs}", r"\begin{tabular}{lrlllll}",
+             r"\toprule", " & ".join(head) + r" \\", r"\midrule"]  # fmt: skip
+    for r in lb.rows:
+        d = r.get("delta")
+        shown = d is not None and d.n > 0
+        mark = "$^*$" if r.get("significant") else ""
+        cells = [tex(r["config"]), str(r["n"]), tex(fmt(r["q_mean"])), tex(fmt_ci(r["q_ci"])),
+                 tex(fmt(d.mean)) + mark if shown else "--", tex(fmt_ci((d.lo, d.hi))) if shown else "--",
+                 tex(fmt(r["u_mean"]))]  # fmt: skip
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def header_lines(lb: Leaderboard) -> list[str]:
+    """The notes above the table: what was measured, against what, and how to read it."""
+    n_seeds = sorted({r["n"] for r in lb.rows})
+    lines = [
+        f"Metric: `{lb.metric}` (lower is better), from {lb.n_records} records in {len(lb.rows)} configs; "
+        f"seeds per config: {', '.join(map(str, n_seeds)) or '–'}"
+        + (f"; {', '.join(map(str, lb.samples))} samples per FID/KID" if lb.samples else "")
+        + (f"; evaluated at steps {', '.join(map(str, lb.eval_steps))}" if lb.eval_steps else "")
+        + "."
+    ]
+    if lb.baseline and not any(r["config"] == lb.baseline for r in lb.rows):
+        lines.append(
+            f"Baseline `{lb.baseline}` has no records here: no deltas or speedups (run it into this store "
+            "with `stabench baselines`, or pass --baseline with a label from the table)."
+        )
+    elif lb.baseline:
+        target = fmt(lb.target) if lb.target is not None else "none (a baseline seed diverged)"
+        lines.append(
+            f"Baseline: `{lb.baseline}`. Δ is paired on shared seeds, with a Student-t interval and the paired "
+            f"t-test's p; * = significant at {ALPHA:g} after Holm's correction over every config. Target for "
+            f"steps-to-target = the baseline's worst seed's final {lb.metric}, so every baseline seed reaches it "
+            f"({target}); steps are interpolated between evaluation points, ∞ = never reached (AlgoPerf); "
+            "speedup = median over shared seeds of baseline / config steps (∞ counted as the largest value)."
+        )
+    if lb.floor is not None:
+        how = "two halves of the reference, old readout" if lb.old_floor else "training images scored like samples"
+        lines.append(f"Floor ({how}): {lb.metric} = {fmt(lb.floor)}.")
+    if any(r["small_n"] for r in lb.rows):
+        lines.append(f"(small n) = fewer than {stats.SMALL_N} seeds: wide intervals, fragile ranks.")
+    lines.append(
+        f"Ranking stability (Kendall tau, two disjoint seed halves): {fmt(lb.kendall_tau, 3)}"
+        + ("" if lb.kendall_tau is not None else " (needs >= 4 seeds)")
+        + "."
+    )
+    lines.append(
+        "Diverged seeds count as ∞ and rank their config below every config without divergence. "
+        "★ = Pareto front of quality vs instability. Intervals: 95% Student-t over seeds. instability = "
+        + " + ".join(INSTABILITY_PARTS)
+        + " (weighting-free, docs/metrics.md); its parts are means over seeds."
+    )
+    if lb.old_readout:
+        lines.append(
+            f"{lb.old_readout} records come from the old readout (schema 1): their instability is the old, "
+            "weighting-dependent formula and they lack its new parts (–); compare such rows only with each other."
+        )
+    return lines
+
+
+def to_markdown(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
+    """leaderboard.md: the notes, the formatted table and the plots."""
+    cols = [c for c in df.columns if c != "config_hash"]
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = [
+        "# Leaderboard",
+        "",
+        *header_lines(lb),
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
+    for row in df.select(cols).iter_rows():
+        lines.append("| " + " | ".join(esc(v) for v in row) + " |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
+    """leaderboard.html: the same notes, table and plots as one HTML page."""
+    import html
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in df.iter_rows())
+    imgs = "".join(f'<p><img src="{Path(p).name}" alt="{Path(p).stem}"></p>' for p in plots)
+    notes = "".join(f"<p>{html.escape(line)}</p>" for line in header_lines(lb))
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>stabench leaderboard</title><style>"
+        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
+        f"</style></head><body><h1>Leaderboard</h1>{notes}<table><tr>{head}</tr>{body}</table>{imgs}</body></html>\n"
+    )
+
+
+def parquet_bytes(df: pl.DataFrame) -> bytes:
+    """The table as Parquet bytes (no statistics: the same table gives the same bytes)."""
+    import io
+
+    buf = io.BytesIO()
+    df.write_parquet(buf, statistics=False)
+    return buf.getvalue()

@@ -1,0 +1,115 @@
+"""Where trials run: one GPU per Ray trial on a cluster with GPUs (Ray's fake GPU resources here), the CPU for a
+zero-GPU trial, Optuna workers taking GPUs in turn, and the placement written into each record."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stabench.cli import main
+from stabench.config import config_hash
+from stabench.errors import UserError
+from stabench.record import Tags
+from stabench.space import load_space, trial_config
+from stabench.store import Store
+from stabench.sweep.core import ConfigRun
+from stabench.sweep.optuna import worker_gpus
+from tests.helpers import space_file, tiny_config
+
+
+def test_one_worker_leaves_the_device_to_the_config():
+    assert worker_gpus(None, 1) == ()
+
+
+def test_several_workers_take_every_visible_gpu_in_turn(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_gpus(None, 3) == (0, 1)
+
+
+def test_listed_gpus_are_kept_in_their_order(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert worker_gpus([3, 1], 2) == (3, 1)
+
+
+def test_a_listed_gpu_that_is_not_visible_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="GPU 2 is not visible") as err:
+        worker_gpus([0, 2], 2)
+    assert err.value.key == "gpus"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_sweep_with_gpus_on_a_machine_without_one_exits_2_before_training(tmp_path):
+    args = ["sweep", str(space_file(tmp_path)), "--gpus", "0", "--store", str(tmp_path / "s")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "gpus" in result.output
+    assert "none (no GPU is visible)" in result.output
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+def test_a_gpu_list_that_is_not_one_exits_2(tmp_path):
+    result = CliRunner().invoke(main, ["sweep", str(space_file(tmp_path)), "--gpus", "0,x"])
+    assert result.exit_code == 2, result.output
+    assert "not a list of GPU indices" in result.output
+
+
+def test_a_placed_device_overrides_the_config_but_not_its_hash(tmp_path):
+    space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [1e-3]}}))
+    run = ConfigRun(space, Store(tmp_path / "store"), Tags(sweep="t"), device="cpu")
+    list(run.events({"optim.lr": 1e-3}))
+    (record,) = run.records
+    assert record["config"]["device"] == "cpu"
+    assert record["config_hash"] == config_hash(trial_config(space, {"optim.lr": 1e-3}, 0))  # device=auto there
+
+
+@pytest.fixture(scope="module")
+def ray_with_two_fake_gpus():
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,  # Ray schedules fake GPUs on a CPU machine: placement is Ray's, training runs on the CPU
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+def run_one_job(tmp_path, gpus_per_trial):
+    from stabench.sweep.ray import run_ray_jobs
+
+    store = Store(tmp_path / "store")
+    job = ("tiny", tiny_config(), Tags(sweep="placement").to_dict())
+    run_ray_jobs([job], store, gpus_per_trial=gpus_per_trial, ray_dir=str(tmp_path / "ray"))
+    (record,) = store.records()
+    return record
+
+
+def test_on_a_cluster_with_gpus_a_ray_trial_gets_one_gpu_by_default(tmp_path, ray_with_two_fake_gpus):
+    record = run_one_job(tmp_path, None)
+    assert len(record["device"]["ray_gpu_ids"]) == 1
+    assert record["device"]["visible_devices"] == record["device"]["ray_gpu_ids"][0]
+    assert record["device"]["ray_node_id"]
+
+
+def test_a_zero_gpu_ray_trial_trains_on_the_cpu(tmp_path, ray_with_two_fake_gpus):
+    record = run_one_job(tmp_path, 0)
+    assert record["config"]["device"] == "cpu"
+    assert record["device"]["ray_gpu_ids"] == []
+
+
+def test_every_node_of_a_local_cluster_shares_the_store(tmp_path, ray_with_two_fake_gpus):
+    from stabench.sweep.ray_cluster import check_shared
+
+    check_shared({"store": tmp_path / "store"})
+    assert list((tmp_path / "store").iterdir()) == []  # the probe files are gone
+
+
+def test_a_node_that_does_not_see_the_drivers_folder_says_so(tmp_path):
+    from stabench.sweep.ray_cluster import probe_shared_dir
+
+    (tmp_path / "probe").write_text("driver")
+    assert probe_shared_dir(str(tmp_path), "probe", "driver") is None
+    assert "another token" in probe_shared_dir(str(tmp_path), "probe", "other")
+    assert "does not hold" in probe_shared_dir(str(tmp_path / "elsewhere"), "probe", "driver")
