@@ -10,6 +10,7 @@ with tracking disabled, and the results store stays the source of truth. W&B is 
 from __future__ import annotations
 
 import hashlib
+import json
 import netrc
 import os
 import re
@@ -205,7 +206,9 @@ class WandbTracker(Tracker):
             m = metrics_of(record)
             self.run.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float, str))})
             self.run.summary.update(best_of_evals(record))
-            self.run.summary["status"] = record["status"]
+            self.run.summary["status"] = str(record["status"])  # the value ("ok"), not the enum member
+            if record.get("run_dir"):  # the stored record and its config, as this run's output
+                self.run.log_artifact(record_artifact(Path(record["run_dir"])))
             if record.get("samples_png"):
                 self.run.log(
                     {"step": record.get("steps_completed") or 0, "eval/samples": wandb.Image(record["samples_png"])}
@@ -236,8 +239,32 @@ def make_tracker(settings: TrackingSettings | None, record: dict) -> Tracker:
     return WandbTracker(settings, record)
 
 
-def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str) -> None:
-    """The leaderboard as a wandb.Table and the results files as an artifact, in a `leaderboard` run."""
+def artifact_name(text: str) -> str:
+    """An artifact name W&B accepts: letters, digits, '-', '_' and '.' (anything else becomes '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+
+
+def record_artifact(run_dir: Path):
+    """A stored trial's `record.json` and `config.yaml` as a W&B artifact (type `record`). Built from the stored
+    files alone, so the trial's run (which logs it) and a leaderboard run (which uses it) make the same artifact:
+    same name and digest, one version, with the lineage trial run -> record -> leaderboard."""
+    import wandb
+
+    record = json.loads((run_dir / "record.json").read_text())
+    artifact = wandb.Artifact(
+        artifact_name(f"record-{record['run_id']}"),
+        type="record",
+        metadata={"config_hash": record["config_hash"], "seed": record["seed"], "sweep": tags_of(record).get("sweep")},
+    )
+    for name in ("record.json", "config.yaml"):
+        if (run_dir / name).is_file():
+            artifact.add_file(str(run_dir / name))
+    return artifact
+
+
+def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str, record_dirs: list[Path] = ()) -> None:
+    """The leaderboard as a wandb.Table and the results files as an artifact, in a `leaderboard` run that uses
+    the record artifact of every ranked record's run directory (lineage: trial runs -> records -> leaderboard)."""
     if settings.resolved_mode() == "disabled":
         return
     try:
@@ -257,8 +284,15 @@ def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str) -> No
         )
         df = pl.read_parquet(out_dir / "leaderboard.parquet")  # typed columns: W&B can sort and plot them
         run.log({"leaderboard": wandb.Table(columns=df.columns, data=[list(r) for r in df.iter_rows()])})
-        # artifact names take letters, digits, '-', '_' and '.': a selection of several sweeps ("a,b") is renamed
-        artifact = wandb.Artifact("leaderboard-" + re.sub(r"[^A-Za-z0-9._-]+", "-", group), type="leaderboard")
+        inputs = [record_artifact(Path(d)) for d in record_dirs]
+        for record in inputs if not run.offline else ():  # wandb refuses use_artifact offline; metadata keeps it
+            run.use_artifact(record)
+        # a selection of several sweeps ("a,b") is renamed: artifact names take no ','
+        artifact = wandb.Artifact(
+            artifact_name("leaderboard-" + group),
+            type="leaderboard",
+            metadata={"records": [{"artifact": a.name, "digest": a.digest} for a in inputs]},
+        )
         for path in sorted(out_dir.iterdir()):
             if path.suffix in (".md", ".csv", ".parquet", ".tex", ".html", ".png"):
                 artifact.add_file(str(path))

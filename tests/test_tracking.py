@@ -24,6 +24,37 @@ def check_runs(runs, n):
         keys = set().union(*run["history"])
         assert {"train/loss", "train/grad_norm", "probe/loss", "probe/grad_norm", "probe/decoder_norm", "step"} <= keys
         assert any(k.startswith("eval/probe_loss/") for k in keys)
+        assert run["summary"]["status"] == "ok"
+        assert "best/probe_loss" in run["summary"]
+        (artifact,) = run["artifacts"]  # the stored record and config, as the run's output
+        assert artifact["type"] == "record"
+        assert artifact["files"] == ["config.yaml", "record.json"]
+        assert artifact["metadata"]["config_hash"] == run["config"]["config_hash"]
+
+
+def test_the_leaderboard_run_names_every_record_artifact_it_ranks(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from stabench.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    store = Store(tmp_path / "store")
+    space = load_space(space_file(tmp_path, trials=2))
+    tracking = TrackingSettings(dir=str(store.root))
+    run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), tracking=tracking, log=lambda s: None)
+    trial_runs = [read_offline_run(d) for d in offline_runs(store.root)]
+    logged = {a["name"]: a["digest"] for run in trial_runs for a in run["artifacts"]}
+    args = ["leaderboard", "--store", str(store.root), "--sweep", "t", "--metric", "best_probe_loss", "--no-plots",
+            "--out", str(tmp_path / "lb"), "--wandb", "offline"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "upload skipped" not in result.output
+    (board,) = [r for r in map(read_offline_run, offline_runs(store.root)) if r["job_type"] == "leaderboard"]
+    (artifact,) = [a for a in board["artifacts"] if a["type"] == "leaderboard"]
+    assert {"leaderboard.csv", "leaderboard.parquet", "leaderboard.tex", "leaderboard.html"} <= set(artifact["files"])
+    used = {r["artifact"]: r["digest"] for r in artifact["metadata"]["records"]}
+    assert used == logged  # the same artifacts (name and content digest) the trial runs logged
+    assert any(a["type"] == "run_table" for a in board["artifacts"])  # the typed wandb.Table
 
 
 def test_two_trial_optuna_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):

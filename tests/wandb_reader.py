@@ -1,4 +1,7 @@
-"""Read an offline W&B run back with wandb's own protobuf records (the .wandb file is a LevelDB-style log)."""
+"""Read an offline W&B run back with wandb's own protobuf records (the .wandb file is a LevelDB-style log).
+
+wandb 0.31 has no Python reader for .wandb files any more (`wandb sync` reads them in its Go core), so the
+framing is parsed here and every record is decoded with wandb's own `wandb_internal_pb2.Record`."""
 
 import json
 import struct
@@ -29,14 +32,17 @@ def _chunks(data: bytes):
 
 
 def read_offline_run(run_dir: Path) -> dict:
-    """{'config': {key: value}, 'history': [{key: value}, ...]} of one offline-run-* folder."""
+    """{'config': {key: value}, 'history': [{key: value}, ...], 'summary': {key: value}, 'job_type': str,
+    'artifacts': [{'name', 'type', 'digest', 'used' (an input of this run), 'files', 'metadata'}]} of one offline-run-*
+    folder."""
     (path,) = Path(run_dir).glob("run-*.wandb")
-    config, history = {}, []
+    config, history, summary, artifacts, job_type = {}, [], {}, [], None
     for raw in _chunks(path.read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "run":
+            job_type = rec.run.job_type
             for item in rec.run.config.update:
                 config[item.key] = json.loads(item.value_json)
         elif kind == "config":
@@ -44,5 +50,12 @@ def read_offline_run(run_dir: Path) -> dict:
                 config[item.key] = json.loads(item.value_json)
         elif kind == "history":
             history.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.summary.update})
+        elif kind == "artifact":
+            a = rec.artifact
+            files = sorted(e.path for e in a.manifest.contents)
+            artifacts.append({"name": a.name, "type": a.type, "digest": a.digest, "used": a.use_after_commit,
+                              "files": files, "metadata": json.loads(a.metadata or "{}")})  # fmt: skip
     config = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in config.items()}
-    return {"config": config, "history": history}
+    return {"config": config, "history": history, "summary": summary, "artifacts": artifacts, "job_type": job_type}

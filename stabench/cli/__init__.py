@@ -294,7 +294,8 @@ def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     if wandb["wandb_mode"]:
         from ..tracking import log_leaderboard
 
-        log_leaderboard(tracking(**wandb, root=store.root), out, group=",".join(sweeps) or "all")
+        record_dirs = [store.root / r["run_id"] for r in records]
+        log_leaderboard(tracking(**wandb, root=store.root), out, ",".join(sweeps) or "all", record_dirs)
 
 
 @main.command(context_settings=CONTEXT)

@@ -192,18 +192,59 @@ def to_markdown(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Sorting in the page itself (no network, no library): a click on a header sorts by that column, a second click
+# reverses; `#sort=<column>` or `#sort=-<column>` in the URL sorts on load. Cells sort by their leading number
+# (∞ after every finite value, – and text last), so "2.98 ± 0.95" sorts as 2.98.
+SORT_SCRIPT = """
+function key(cell) {
+  const t = cell.textContent.trim();
+  if (t.startsWith("∞")) return Infinity;
+  if (t.startsWith("-∞")) return -Infinity;
+  const v = parseFloat(t);
+  return isNaN(v) ? null : v;
+}
+function sortBy(table, col, desc) {
+  const rows = Array.from(table.tBodies[0].rows);
+  rows.sort((a, b) => {
+    const x = key(a.cells[col]), y = key(b.cells[col]);
+    if (x === null || y === null) return (x === null) - (y === null);
+    return desc ? y - x : x - y;
+  });
+  rows.forEach(r => table.tBodies[0].appendChild(r));
+  table.dataset.sorted = (desc ? "-" : "") + table.tHead.rows[0].cells[col].textContent;
+}
+const table = document.getElementById("leaderboard");
+Array.from(table.tHead.rows[0].cells).forEach((th, col) => th.addEventListener("click", () => {
+  sortBy(table, col, table.dataset.sorted === th.textContent);
+}));
+const m = decodeURIComponent(location.hash).match(/^#sort=(-?)(.+)$/);
+if (m) {
+  const col = Array.from(table.tHead.rows[0].cells).findIndex(th => th.textContent === m[2]);
+  if (col >= 0) sortBy(table, col, m[1] === "-");
+}
+"""
+
+
 def to_html(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
-    """leaderboard.html: the same notes, table and plots as one HTML page."""
+    """leaderboard.html: the same notes, table and plots as one self-contained page (plots embedded as data URIs,
+    columns sortable by a click or by `#sort=<column>` in the URL)."""
+    import base64
     import html
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in df.iter_rows())
-    imgs = "".join(f'<p><img src="{Path(p).name}" alt="{Path(p).stem}"></p>' for p in plots)
+    imgs = "".join(
+        f'<p><img src="data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}" '
+        f'alt="{html.escape(Path(p).stem)}"></p>'
+        for p in plots
+    )
     notes = "".join(f"<p>{html.escape(line)}</p>" for line in header_lines(lb))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>stabench leaderboard</title><style>"
         "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
-        f"</style></head><body><h1>Leaderboard</h1>{notes}<table><tr>{head}</tr>{body}</table>{imgs}</body></html>\n"
+        "th{cursor:pointer;background:#f4f4f4}img{max-width:100%}"
+        f"</style></head><body><h1>Leaderboard</h1>{notes}<table id='leaderboard'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>{imgs}<script>{SORT_SCRIPT}</script></body></html>\n"
     )
 
 
