@@ -104,7 +104,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
               "restarts per trial (ray).")  # fmt: skip
 @click.option("--study-storage", default=None, metavar="URL_OR_FILE",
               help="Optuna study storage: a journal file or an RDB URL, e.g. "
-              "postgresql+psycopg2://user:pw@host/db. Default: results/optuna/<study>.journal (optuna); "
+              "postgresql+psycopg2://user:pw@host/db. Default: <store>/optuna/<study>.journal (optuna); "
               "in memory, saved with the Ray experiment (ray).")  # fmt: skip
 @deprecated_alias("--storage", "study_storage")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
@@ -114,7 +114,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, metavar="K",
               help="[ray] Trials running at once (default: as many as resources allow).")  # fmt: skip
 @click.option("--ray-dir", default=None, metavar="DIR_OR_URI",
-              help="[ray] Where Ray Tune keeps experiment state (default results/ray).")  # fmt: skip
+              help="[ray] Where Ray Tune keeps experiment state (default <store>/ray).")  # fmt: skip
 @deprecated_alias("--storage-path", "ray_dir")
 @inception_option
 @wandb_options
@@ -123,7 +123,7 @@ def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, m
     """Search the knobs of SPACE.yaml and record every trial in the store.
 
     Re-running the same command continues the same study. The Optuna storage opens in
-    optuna-dashboard: `optuna-dashboard results/optuna/<study>.journal`.
+    optuna-dashboard: `optuna-dashboard runs/optuna/<study>.journal` (the journal lives in the store).
 
     \b
     Examples:
@@ -288,7 +288,7 @@ def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     store = open_store(store)
     records = select_records(store, sweeps, baseline or None, metric)
     writable_dir(out, "out")
-    studies = [s for s in map(load_journal_study, sweeps) if s is not None]
+    studies = [s for s in (load_journal_study(name, store.root) for name in sweeps) if s is not None]
     lb = write_leaderboard(records, out, metric, baseline or None, plots=not no_plots, studies=studies)
     output.leaderboard_top(lb, metric, len(records), out)
     if wandb["wandb_mode"]:

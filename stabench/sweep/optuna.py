@@ -25,8 +25,10 @@ from .core import ConfigRun, Event, TrialFailed, TrialPruned
 from .study import (
     check_same_space,
     counts,
+    default_journal,
     describe_study,
     fail_running,
+    legacy_journal_note,
     make_sampler,
     open_study,
     summarize_study,
@@ -236,6 +238,10 @@ def run_optuna_sweep(
     name = study_name or space.name
     n_trials = n_trials or space.budget.trials
     placed = worker_gpus(gpus, workers)  # before the study opens: a GPU that is not there fails first
+    if storage_url is None:
+        if note := legacy_journal_note(store.root, name):
+            log(f"[{name}] note: {note}")
+        storage_url = str(default_journal(store.root, name))
     study = open_study(space, name, storage_url)
     check_same_space(study, space, storage_url)
     describe_study(study, space, "optuna")

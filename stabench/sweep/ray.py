@@ -26,7 +26,10 @@ from .core import ConfigRun, Event, TrialFailed
 from .ray_cluster import check_shared, gpus_per_trial_default, ray_session, trial_device
 from .study import fail_orphaned, make_sampler, make_storage
 
-DEFAULT_RAY_DIR = Path("results") / "ray"
+
+def default_ray_dir(store: Store) -> Path:
+    """Ray Tune's experiment folder when none is given: under the store, which every node must share anyway."""
+    return store.root / "ray"
 
 
 def _define_by_run(trial, space: SearchSpace) -> dict:
@@ -223,7 +226,7 @@ def run_ray_sweep(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
     name, n_trials = study_name or space.name, n_trials or space.budget.trials
     study_storage = make_storage(storage_url, name, heartbeats=False)[0] if storage_url else None  # fail fast
-    storage = ray_dir if "://" in (ray_dir or "") else str(Path(ray_dir or DEFAULT_RAY_DIR).absolute())
+    storage = ray_dir if "://" in (ray_dir or "") else str(Path(ray_dir or default_ray_dir(store)).absolute())
     experiment = f"{storage}/{name}"
     store.root.mkdir(parents=True, exist_ok=True)
     with ray_session(address, num_cpus):
@@ -366,7 +369,7 @@ def run_ray_jobs(
 ) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
     store.root.mkdir(parents=True, exist_ok=True)
-    storage = str(Path(ray_dir or DEFAULT_RAY_DIR).absolute())
+    storage = str(Path(ray_dir or default_ray_dir(store)).absolute())
     with ray_session(address, num_cpus):
         check_shared({"store": store.root, "ray_dir": Path(storage)})
         gpus_per_trial = gpus_per_trial_default(gpus_per_trial)

@@ -18,7 +18,21 @@ from ..errors import UserError
 from ..paths import existing_ancestor
 from ..space import SearchSpace, grid_values, pruner_class, sampler_class
 
-DEFAULT_STORAGE_DIR = Path("results") / "optuna"
+LEGACY_STORAGE_DIR = Path("results") / "optuna"  # the default before journals moved under the store
+
+
+def default_journal(store_root: Path, study_name: str) -> Path:
+    """A study's journal when no storage is given: under the store (`<store>/optuna/<study>.journal`), so that the
+    study lives wherever the records do, on a cluster a shared filesystem, never in the working directory."""
+    return Path(store_root) / "optuna" / f"{study_name}.journal"
+
+
+def legacy_journal_note(store_root: Path, study_name: str) -> str | None:
+    """A hint when this study's journal exists only at the old default (./results/optuna): pass it to continue."""
+    old = LEGACY_STORAGE_DIR / f"{study_name}.journal"
+    if old.is_file() and not default_journal(store_root, study_name).exists():
+        return f"a journal from an older stabench is at {old}; pass --study-storage {old} to continue that study"
+    return None
 
 
 def make_sampler(space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -76,13 +90,10 @@ def check_journal_path(path: Path) -> None:
                             f"entry); {hint}, or remove the file", key=key)  # fmt: skip
 
 
-def make_storage(url: str | None, study_name: str, heartbeats: bool = True) -> tuple[optuna.storages.BaseStorage, str]:
-    """Journal file by default (safe for several local processes); any RDB URL otherwise, with heartbeats:
-    a trial whose worker stops beating for HEARTBEAT_GRACE_S is marked FAIL and retried (up to MAX_RETRY).
-    Ray's OptunaSearch asks and tells from the driver only, so it opens RDB storages without heartbeats."""
-    if url is None:
-        DEFAULT_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
-        url = str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
+def make_storage(url: str, study_name: str, heartbeats: bool = True) -> tuple[optuna.storages.BaseStorage, str]:
+    """A journal file path (safe for several local processes; its folder is created), or any RDB URL, with
+    heartbeats: a trial whose worker stops beating for HEARTBEAT_GRACE_S is marked FAIL and retried (up to
+    MAX_RETRY). Ray's OptunaSearch asks and tells from the driver only, so it opens RDB storages without heartbeats."""
     if "://" not in url:  # a plain path: an Optuna journal file
         path = Path(url)
         check_journal_path(path)
@@ -227,9 +238,9 @@ def summarize_study(study: optuna.Study, space: SearchSpace) -> dict:
     return out
 
 
-def load_journal_study(name: str) -> optuna.Study | None:
-    """The study of sweep `name` in its default journal file, if there is one (for knob importance)."""
-    path = DEFAULT_STORAGE_DIR / f"{name}.journal"
+def load_journal_study(name: str, store_root: Path) -> optuna.Study | None:
+    """The study of sweep `name` in its default journal file under the store, if there is one (knob importance)."""
+    path = default_journal(store_root, name)
     if not path.is_file():
         return None
     from optuna.storages.journal import JournalFileBackend, JournalStorage

@@ -1,6 +1,7 @@
 """Real sweeps on tiny trials: Optuna (in-process and as a killed/resumed CLI process) and Ray Tune."""
 
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,14 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     assert len(confirmed) == 6
     assert len(list(store.records(sweep="t"))) == 10
     assert {r["tags"]["trial_number"] for r in confirmed} == {t.number for t in best}
+
+
+def test_without_a_storage_the_study_journal_lives_in_the_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    store = Store(tmp_path / "store")
+    run_optuna_sweep(load_space(space_file(tmp_path, trials=1)), store, log=lambda s: None)
+    assert (store.root / "optuna" / "t.journal").is_file()
+    assert not (tmp_path / "results").exists()
 
 
 def test_tpe_runs_with_constant_liar_and_models_conditional_keys_jointly(tmp_path):
@@ -156,56 +165,44 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
     assert set(opt["tags"]) == set(records[0]["tags"])
 
 
-def test_ray_sweep_joins_a_cluster_started_with_ray_start(tmp_path):
+def ray_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    return subprocess.run([ray_bin, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
+    """`ray start` on two nodes (one machine): the head has no CPUs, so every trial runs on the second node, in a
+    working directory without the store; the driver joins through $RAY_ADDRESS (as `ray job submit` sets it) and
+    every record arrives in the driver's store, saying which node trained it."""
     port = "6391"
     # token auth off on both sides: this throwaway cluster is on loopback only
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    start = subprocess.run(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--temp-dir={temp_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert start.returncode == 0, start.stdout + start.stderr
+    head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+                   f"--temp-dir={temp_dir}", env=env)  # fmt: skip
+    assert head.returncode == 0, head.stdout + head.stderr
     try:
+        worker = ray_cli("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", env=env)
+        assert worker.returncode == 0, worker.stdout + worker.stderr
         path = space_file(tmp_path, trials=2)
         out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stabench.cli",
-                "sweep",
-                str(path),
-                "--backend",
-                "ray",
-                "--address",
-                f"127.0.0.1:{port}",
-                "--store",
-                "store",
-                "--ray-dir",
-                "ray",
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
+            [sys.executable, "-m", "stabench.cli", "sweep", str(path), "--backend", "ray", "--store", "store",
+             "--ray-dir", "ray"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+        )  # fmt: skip
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        records = list(Store(tmp_path / "store").records(sweep="t"))
         assert len(by_trial(Store(tmp_path / "store"))) == 2
+        (node,) = {r["device"]["ray_node_id"] for r in records}
+        listing = "import json, ray; ray.init(log_to_driver=False); print(json.dumps({n['NodeID']: " \
+                  "n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']}))"  # fmt: skip
+        cpus = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, timeout=120,
+                              env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"})  # fmt: skip
+        cpus_of = json.loads(cpus.stdout.strip().splitlines()[-1])
+        assert sorted(cpus_of.values()) == [0.0, 2.0]  # the head and the worker node
+        assert cpus_of[node] == 2.0  # the trials ran on the worker node
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=60)
+        ray_cli("stop", "--force", env=env)
 
 
 def test_unreachable_ray_address_is_a_user_error(tmp_path):
