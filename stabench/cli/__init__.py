@@ -119,7 +119,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
 @inception_option
 @wandb_options
 def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, max_failures, study_storage, workers,
-          gpus, address, cpus_per_trial, gpus_per_trial, max_concurrent, ray_dir, **wandb):  # fmt: skip
+          gpus, address, cpus_per_trial, gpus_per_trial, ship_code, max_concurrent, ray_dir, **wandb):  # fmt: skip
     """Search the knobs of SPACE.yaml and record every trial in the store.
 
     Re-running the same command continues the same study. The Optuna storage opens in
@@ -145,7 +145,7 @@ def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, m
     click.echo(f"sweep '{settings.study}' ({backend}): {len(space.space)} knobs, seeds {space.seeds}, "
                f"objectives {objectives}, store {store.root}")  # fmt: skip
     options = dict(workers=workers, gpus=gpus) if backend == "optuna" else dict(
-        address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+        address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, ship_code=ship_code,
         max_concurrent=max_concurrent, ray_dir=ray_dir)  # fmt: skip
     output.sweep_summary(run_sweep(backend, space, store, settings, **options), space)
 
@@ -233,7 +233,7 @@ def _local_backend(ctx, param, value):
 @ray_options
 @inception_option
 @wandb_options
-def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, gpus_per_trial, **wandb):
+def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, gpus_per_trial, ship_code, **wandb):
     """Run the named reference configs of baselines/ over several seeds.
 
     Records are tagged sweep=baselines and baseline=NAME; a (baseline, seed) already in the store is
@@ -253,7 +253,9 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
     check_inputs([c for _, c in jobs], data=not address)
     click.echo(f"{len(names)} baselines x {len(seed_list)} seeds = {len(jobs)} trials -> {store.root}")
     ray = (
-        dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial) if backend == "ray" else {}
+        dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, ship_code=ship_code)
+        if backend == "ray"
+        else {}
     )
     run_baselines(jobs, store, backend, tracking(**wandb, root=store.root), **ray)
 
@@ -268,10 +270,9 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
 @click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
               help="Quality metric (lower is better): fid_digits, kid_digits, fid, kid, "
               "best_probe_loss, ...")  # fmt: skip
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/leaderboard"),
-              show_default=True, metavar="DIR",
-              help="Writes leaderboard.md, .csv, .html and PNG plots here (results/ holds the "
-              "committed one).")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Writes leaderboard.md, .csv, .parquet, .tex, .html and PNG plots here (default: "
+              "<store>/leaderboard; results/ holds the committed ones).")  # fmt: skip
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--wandb", "wandb_mode", type=click.Choice(["online", "offline"]), default=None,
               help="Also log the table and the files to W&B (job_type leaderboard, in the sweep's "
@@ -287,7 +288,7 @@ def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     known_metric(metric)
     store = open_store(store)
     records = select_records(store, sweeps, baseline or None, metric)
-    writable_dir(out, "out")
+    out = writable_dir(out or store.root / "leaderboard", "out")
     studies = [s for s in (load_journal_study(name, store.root) for name in sweeps) if s is not None]
     lb = write_leaderboard(records, out, metric, baseline or None, plots=not no_plots, studies=studies)
     output.leaderboard_top(lb, metric, len(records), out)

@@ -161,7 +161,13 @@ def tracking(wandb_mode: str | None, wandb_project: str | None, wandb_entity: st
 
 
 def ray_options(fn):
-    """--address, --cpus-per-trial, --gpus-per-trial: where and how large Ray trials are."""
+    """--address, --cpus-per-trial, --gpus-per-trial, --ship-code: where and how large Ray trials are."""
+    fn = click.option(
+        "--ship-code",
+        is_flag=True,
+        help="[ray] Send this stabench package to the workers (runtime_env py_modules): the nodes need its "
+        "dependencies installed, not stabench itself.",
+    )(fn)
     fn = click.option(
         "--gpus-per-trial",
         type=click.FloatRange(min=0),

@@ -219,6 +219,7 @@ def run_ray_sweep(
     num_cpus: int | None = None,
     storage_url: str | None = None,
     tracking: TrackingSettings | None = None,
+    ship_code: bool = False,
     log=print,
 ) -> dict:
     """Run (or restore) a sweep with Ray Tune; returns the best config(s). With `storage_url` (a journal file
@@ -229,7 +230,7 @@ def run_ray_sweep(
     storage = ray_dir if "://" in (ray_dir or "") else str(Path(ray_dir or default_ray_dir(store)).absolute())
     experiment = f"{storage}/{name}"
     store.root.mkdir(parents=True, exist_ok=True)
-    with ray_session(address, num_cpus):
+    with ray_session(address, num_cpus, ship_code):
         check_shared({"store": store.root} | ({} if "://" in storage else {"ray_dir": Path(storage)}))
         gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
         log(f"[{name}] {cpus_per_trial:g} CPU(s) and {gpus_per_trial:g} GPU(s) per trial")
@@ -366,11 +367,12 @@ def run_ray_jobs(
     name: str = "baselines",
     num_cpus: int | None = None,
     tracking: TrackingSettings | None = None,
+    ship_code: bool = False,
 ) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
     store.root.mkdir(parents=True, exist_ok=True)
     storage = str(Path(ray_dir or default_ray_dir(store)).absolute())
-    with ray_session(address, num_cpus):
+    with ray_session(address, num_cpus, ship_code):
         check_shared({"store": store.root, "ray_dir": Path(storage)})
         gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
         trainable = tune.with_resources(

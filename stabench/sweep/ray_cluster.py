@@ -41,8 +41,9 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
-    """Connect to (or start) Ray; returns True when this call initialised it."""
+def init_ray(address: str | None, num_cpus: int | None = None, ship_code: bool = False) -> bool:
+    """Connect to (or start) Ray; returns True when this call initialised it. With `ship_code`, this stabench
+    package travels to the workers in the runtime_env (`py_modules`): nodes need its dependencies, not its code."""
     import ray
 
     if ray.is_initialized():
@@ -56,6 +57,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
         "log_to_driver": False,
         "runtime_env": {"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", **env}},
     }
+    if ship_code:
+        kwargs["runtime_env"]["py_modules"] = [str(Path(__file__).resolve().parents[1])]  # the stabench package
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -86,12 +89,12 @@ def trial_device(gpus_per_trial: float) -> str | None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int | None):
+def ray_session(address: str | None, num_cpus: int | None, ship_code: bool = False):
     """Ray for the duration of a sweep: joined or started here (and then shut down here)."""
     import ray
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    started = init_ray(address, num_cpus)
+    started = init_ray(address, num_cpus, ship_code)
     try:
         yield
     finally:

@@ -201,6 +201,13 @@ def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
         cpus_of = json.loads(cpus.stdout.strip().splitlines()[-1])
         assert sorted(cpus_of.values()) == [0.0, 2.0]  # the head and the worker node
         assert cpus_of[node] == 2.0  # the trials ran on the worker node
+        board = subprocess.run(
+            [sys.executable, "-m", "stabench.cli", "leaderboard", "--store", "store", "--sweep", "t",
+             "--metric", "best_probe_loss", "--no-plots"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert board.returncode == 0, board.stderr[-3000:]
+        assert (tmp_path / "store" / "leaderboard" / "leaderboard.md").is_file()
     finally:
         ray_cli("stop", "--force", env=env)
 
