@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import build_config, config_hash, config_to_dict, load_config
+from ..config import TrialConfig, build_config, config_hash, config_to_dict, load_config
 from ..engine import CHECKPOINT, Trial
 from ..errors import ConfigError
-from ..record import Status, Tags, record_value
+from ..record import Status, Tags, atomic_write_text, record_value
 from ..space import CategoricalDist, SearchSpace, scalar_choices, trial_config
 from ..store import Store
 from ..tracking import TrackingSettings
+from .workers import same_machine, this_worker, worker_is_gone
 
 
 class TrialFailed(Exception):
@@ -95,8 +96,9 @@ class ConfigRun:
             tags=tags.to_dict(),
             tracking=self.tracking,
             writer=self.store.write_unique,
-            resume_dir=self._resume_dir(index),
+            resume_dir=self._resume_dir(index) or abandoned_run(self.store, cfg),
         )
+        claim(self.current.run_dir)
         for entry in self.current.run():
             yield Event(index, entry=entry)
         record, self.current = self.current.record, None
@@ -123,6 +125,31 @@ class ConfigRun:
     def values(self) -> list[float]:
         """The objective values of the seeds run so far."""
         return objective_values(self.space, self.records)
+
+
+OWNER = "owner.json"  # who trains a run directory: a retry may take over only once that process is gone
+
+
+def claim(run_dir: Path) -> None:
+    """Mark `run_dir` as trained by this process (host, boot, pid and its start time)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / OWNER, json.dumps(this_worker()))
+
+
+def abandoned_run(store: Store, cfg: TrialConfig) -> Path | None:
+    """A run directory of this config and seed that a process on this machine left mid-seed (dead, with a
+    checkpoint and no record): a retried trial continues it from its last checkpoint step instead of step 0.
+    A directory whose owner may still run (another machine, or alive) is never taken over."""
+    for run_dir in sorted(store.root.glob(f"*-{config_hash(cfg)[:8]}-s{cfg.seed}-*")):
+        if (run_dir / "record.json").exists() or not (run_dir / CHECKPOINT).is_file():
+            continue
+        try:
+            owner = json.loads((run_dir / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if worker_is_gone(owner, heartbeats=False) and same_machine(owner):
+            return run_dir
+    return None
 
 
 def run_config(run: ConfigRun, params: dict[str, Any]) -> list[float]:

@@ -1,5 +1,5 @@
-"""A Ray trial whose worker dies mid-seed resumes at its last checkpoint step and finishes bit for bit like a run
-that was never interrupted."""
+"""A worker that dies mid-seed (a Ray actor, an Optuna worker process) leaves a checkpoint; the trial's restart or
+retry continues that seed from its last checkpoint step and finishes bit for bit like a run never interrupted."""
 
 import os
 
@@ -60,3 +60,46 @@ def test_a_worker_killed_mid_seed_resumes_from_its_checkpoint_step(tmp_path, ray
     assert resumed["curves"]["loss"] == uninterrupted["curves"]["loss"]
     assert resumed["probes"] == uninterrupted["probes"]
     assert resumed["metrics"]["final_probe_loss"] == uninterrupted["metrics"]["final_probe_loss"]
+
+
+def train_until_killed(store_root: str, space_path: str, marker: str) -> None:
+    """A worker process that dies at step KILL_AT_STEP of its seed, as an OOM-killed Optuna worker would."""
+    import torch
+
+    from stabench.record import Tags
+    from stabench.sweep.core import ConfigRun
+    from tests.sweep.faults import kill_once_mid_seed
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # as in the test process, so the halves are comparable
+    os.environ["STABENCH_KILL_MARKER"] = marker
+    kill_once_mid_seed()
+    run = ConfigRun(load_space(space_path), Store(store_root), Tags(sweep="t"))
+    list(run.events(POINT))
+
+
+def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path):
+    import multiprocessing as mp
+
+    from stabench.record import Tags
+    from stabench.sweep.core import ConfigRun
+
+    path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [2e-3]}},
+                      fixed={"eval.every": 5, "checkpoint_every": 5}, trials=1)  # fmt: skip
+    worker = mp.get_context("spawn").Process(
+        target=train_until_killed, args=(str(tmp_path / "store"), str(path), str(tmp_path / "killed"))
+    )
+    worker.start()
+    worker.join(timeout=300)
+    assert worker.exitcode == 1  # died mid-seed, leaving its checkpoint at step 10 and no record
+
+    retry = ConfigRun(load_space(path), Store(tmp_path / "store"), Tags(sweep="t"))  # the retried trial
+    list(retry.events(POINT))
+    (resumed,) = retry.records
+    assert resumed["resumed_from_step"] == 10
+
+    fresh = ConfigRun(load_space(path), Store(tmp_path / "fresh"), Tags(sweep="t"))
+    list(fresh.events(POINT))
+    (whole,) = fresh.records
+    assert whole["resumed_from_step"] is None
+    assert resumed["curves"]["loss"] == whole["curves"]["loss"]
+    assert resumed["metrics"]["final_probe_loss"] == whole["metrics"]["final_probe_loss"]
