@@ -113,3 +113,17 @@ def test_a_node_that_does_not_see_the_drivers_folder_says_so(tmp_path):
     assert probe_shared_dir(str(tmp_path), "probe", "driver") is None
     assert "another token" in probe_shared_dir(str(tmp_path), "probe", "other")
     assert "does not hold" in probe_shared_dir(str(tmp_path / "elsewhere"), "probe", "driver")
+
+
+def test_four_half_gpu_trials_pack_two_per_gpu_and_each_sees_one_device(tmp_path, ray_with_two_fake_gpus):
+    from stabench.sweep.ray import run_ray_jobs
+
+    store = Store(tmp_path / "store")
+    # long enough (80 steps) that the four trials run at the same time: two per fake GPU
+    jobs = [(f"j{s}", tiny_config(f"seed={s}", steps=80), Tags(sweep="pack").to_dict()) for s in range(4)]
+    run_ray_jobs(jobs, store, cpus_per_trial=0.5, gpus_per_trial=0.5, ray_dir=str(tmp_path / "ray"))
+    records = list(store.records())
+    assert len(records) == 4
+    assert all(len(r["device"]["ray_gpu_ids"]) == 1 for r in records)  # each trial sees exactly one GPU
+    assert all(r["device"]["visible_devices"] == r["device"]["ray_gpu_ids"][0] for r in records)
+    assert sorted(r["device"]["ray_gpu_ids"][0] for r in records) == ["0", "0", "1", "1"]  # two share each GPU
