@@ -324,3 +324,15 @@ def test_outside_a_trial_scoring_keeps_torch_fidelitys_default(monkeypatch, test
     with pytest.raises(KeyError):  # the stub returns no metrics: only the call's arguments are under test
         scoring.score(test_digits[:20], test_digits, "stub-reference", cache_dir=cache_dir)
     assert seen == [torch.cuda.is_available()]
+
+
+def test_the_digits_weights_are_read_once_per_process(monkeypatch, test_digits, cache_dir):
+    digits_cnn._weights.cache_clear()
+    reads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    scorer = scoring.ReferenceScorer("digits", test_digits, "digits", 8, cache_dir=cache_dir)
+    scorer.score(test_digits[:20])
+    scorer.score(test_digits[20:40])  # torch-fidelity builds its extractor again for this call
+    weights = str(digits_cnn.WEIGHTS_PATH.resolve())
+    assert reads.count(weights) == 1
