@@ -109,7 +109,7 @@ class ConfigRun:
         if not self.resume or self.resume.get("seed_index") != index:
             return None
         run_dir = Path(self.resume["run_dir"])
-        return run_dir if (run_dir / CHECKPOINT).is_file() and not (run_dir / "record.json").exists() else None
+        return run_dir if interrupted(run_dir) else None
 
     def checkpoint(self) -> dict | None:
         """Save the running seed's state (between two evaluation points) and say where it is, for `resume`."""
@@ -130,6 +130,11 @@ class ConfigRun:
 OWNER = "owner.json"  # who trains a run directory: a retry may take over only once that process is gone
 
 
+def interrupted(run_dir: Path) -> bool:
+    """A run directory that stopped mid-seed and can continue: a checkpoint, and no record yet."""
+    return (run_dir / CHECKPOINT).is_file() and not (run_dir / "record.json").exists()
+
+
 def claim(run_dir: Path) -> None:
     """Mark `run_dir` as trained by this process (host, boot, pid and its start time)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +146,7 @@ def abandoned_run(store: Store, cfg: TrialConfig) -> Path | None:
     checkpoint and no record): a retried trial continues it from its last checkpoint step instead of step 0.
     A directory whose owner may still run (another machine, or alive) is never taken over."""
     for run_dir in sorted(store.root.glob(f"*-{config_hash(cfg)[:8]}-s{cfg.seed}-*")):
-        if (run_dir / "record.json").exists() or not (run_dir / CHECKPOINT).is_file():
+        if not interrupted(run_dir):
             continue
         try:
             owner = json.loads((run_dir / OWNER).read_text())
