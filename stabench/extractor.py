@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from .data import _fixed_split, load_digits_images
+from .data import _fixed_split, digits_arrays, load_digits_images
 
 NAME = "digits-cnn"  # the name torch-fidelity knows it by
 FEATURE_LAYER = "penultimate"
@@ -83,9 +83,7 @@ def to_model_input(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
 
 def _digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 8, 8) in [-1, 1] and labels of data.py's fixed digits split."""
-    from sklearn.datasets import load_digits
-
-    labels = _fixed_split(torch.from_numpy(load_digits().target).long(), split)  # same permutation as the images
+    labels = _fixed_split(torch.from_numpy(digits_arrays()[1]), split)  # same permutation as the images
     return load_digits_images(8, split), labels
 
 

@@ -13,7 +13,8 @@ from tests.helpers import tiny_config
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_each_cpu_precision_trains_and_is_recorded(precision):
-    rec = run_trial(tiny_config(f"engine.precision={precision}", "samples=20", "sampler_steps=4", steps=20))
+    # 10 steps: fp16 convolutions are emulated on the CPU (about 0.5 s a step)
+    rec = run_trial(tiny_config(f"engine.precision={precision}", "samples=20", "sampler_steps=4", steps=10))
     assert rec["status"] == "ok", rec["error"]
     assert rec["engine"]["precision"] == precision
     assert rec["engine"]["loss_scaling"] == (precision == "fp16")
@@ -36,7 +37,7 @@ def test_fp16_counts_skipped_steps_instead_of_diverging():
     mp = pytest.MonkeyPatch()
     mp.setattr(state_mod.Precision, "__init__", huge_scale)
     try:
-        rec = run_trial(tiny_config("engine.precision=fp16", steps=20))
+        rec = run_trial(tiny_config("engine.precision=fp16", steps=6))
     finally:
         mp.undo()
     assert rec["status"] == "ok"

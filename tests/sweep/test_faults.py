@@ -2,7 +2,10 @@
 
 Every scenario ends with the requested number of finished trials, no finished trial missing from the store,
 no (config, seed) recorded twice and no torn record. The default run has one fast instance of each scenario;
-the `slow` instances use two seeds per config and more trials.
+the `slow` instances use two seeds per config and more trials. Two scenarios run only in the slow set, each with a
+small in-process version in the default run: a Ray trial actor killed (tests/sweep/test_resume.py: Tune restarts
+the killed trial and it resumes mid-seed) and the PostgreSQL driver killed with `--resume` (the journal
+instance below: the same retry, another storage).
 """
 
 import collections
@@ -21,7 +24,7 @@ from tests.sweep.faults import audit, cmdline, kill_group, stabench, wait_for_re
 from tests.sweep.postgres import postgres_url  # noqa: F401  (fixture)
 
 RUNNING = optuna.trial.TrialState.RUNNING
-FAST = {"trials": 3, "seeds": (0,)}
+FAST = {"trials": 2, "seeds": (0,)}
 SLOW = {"trials": 6, "seeds": (0, 1)}
 SIZES = [pytest.param(FAST, id="fast"), pytest.param(SLOW, id="slow", marks=pytest.mark.slow)]
 STEPS = {"optim.steps": 150}  # a few seconds per trial: long enough to be killed mid-trial
@@ -86,7 +89,8 @@ def test_optuna_journal_driver_killed_then_resumed(tmp_path, size):
     assert row["records"] == size["trials"] * len(size["seeds"])
 
 
-@pytest.mark.parametrize("how", ["--resume", pytest.param("heartbeat", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["--resume", "heartbeat"])
 def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how):  # noqa: F811
     """`--resume` retries at once; a plain re-run waits for the dead trial's heartbeat to go stale."""
     path = space_file(tmp_path, fixed=STEPS, trials=3)
@@ -186,7 +190,7 @@ def test_optuna_journal_worker_killed(tmp_path, size):
 
 
 def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
-    path = space_file(tmp_path, fixed=STEPS, trials=4)
+    path = space_file(tmp_path, fixed=STEPS, trials=FAST["trials"] + 1)
     args = [
         "sweep",
         str(path),
@@ -208,11 +212,11 @@ def test_optuna_postgres_worker_killed(tmp_path, postgres_url):  # noqa: F811
     assert proc.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()
     assert f"worker pid {killed} died" in (tmp_path / "sweep.log").read_text()
     row, states = optuna_audit(
-        "optuna postgres, 1 of 2 workers killed", tmp_path, load_space(path), postgres_url, "pg-worker", 4
+        "optuna postgres, 1 of 2 workers killed", tmp_path, load_space(path), postgres_url, "pg-worker", 3
     )
-    assert_nothing_lost(row, 4)
+    assert_nothing_lost(row, 3)
     assert states["FAIL"] == 1
-    assert row["records"] == 4
+    assert row["records"] == 3
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,6 +239,7 @@ def ray_audit(scenario, tmp_path, space, requested, sweep="t"):
     return row, trials
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 def test_ray_trial_actor_killed(tmp_path, size):
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
