@@ -72,12 +72,26 @@ class StabenchTrainable(tune.Trainable):
 
         torch.set_num_threads(max(1, threads))
         self.space, self.store, self.tracking, self.device = space, Store(store_root), tracking, device
+        self.sweep, self.named_points = sweep, named_points or {}
+        self._begin(config)
+
+    def reset_config(self, new_config: dict) -> bool:
+        """Tune hands this actor the next trial (`reuse_actors`): the previous trial ends as `cleanup` would end it
+        (a running seed the scheduler stopped is recorded as pruned) and the process, its imports and its device
+        stay warm for the next one."""
+        self.run.stop()
+        self._begin(new_config)
+        return True
+
+    def _begin(self, config: dict) -> None:
+        """This actor's (new) trial: its sampled params, tags and seed loop."""
+        space = self.space
         self.params = dict(config)
         # a --with-baselines point (OptunaSearch's points_to_evaluate) keeps its name, as with Optuna
-        point = next((n for n, p in (named_points or {}).items() if decode_params(space, p) == self.params), None)
+        point = next((n for n, p in self.named_points.items() if decode_params(space, p) == self.params), None)
         # scheduled_unix: the trial's start as its actor sees it (overhead benchmark)
         self.tags = Tags(
-            sweep=sweep, backend="ray", trial_number=self.trial_id, scheduled_unix=time.time(), named_point=point
+            sweep=self.sweep, backend="ray", trial_number=self.trial_id, scheduled_unix=time.time(), named_point=point
         )
         cfg = trial_config(space, self.params, space.seeds[0])
         self.evals_per_seed, self.every, self.budget = evals_per_seed(cfg), cfg.eval.every, eval_budget(space)
@@ -268,7 +282,11 @@ def make_tuner(
     """A new experiment: OptunaSearch proposes, ASHA stops, a failed actor is restarted `max_failures` times."""
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space), num_samples=n_trials),
+        # reuse_actors: a trial's actor trains the next trial too (StabenchTrainable.reset_config), so each trial does
+        # not pay a new process's imports, data loading and device start-up
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=make_scheduler(space), num_samples=n_trials, reuse_actors=True
+        ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,

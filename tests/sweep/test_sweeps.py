@@ -146,6 +146,9 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
     assert len(by_trial(store)) == 4  # 4 Ray trials, each recorded (ok or pruned by ASHA)
     assert {r["status"] for r in records} <= {"ok", "pruned"}
     assert {r["tags"]["backend"] for r in records} == {"ray"}
+    # Tune reuses a trial's actor for the next trial: 4 trials on 2 CPU slots are trained by at most 2 processes
+    owners = {json.loads((store.root / r["run_id"] / "owner.json").read_text())["pid"] for r in records}
+    assert len(owners) <= 2
     # The study holds final values only: a trial ASHA stopped is PRUNED there, not COMPLETE with an early value.
     study = optuna.load_study(study_name="t", storage=make_storage(journal, "t", heartbeats=False)[0])
     states = collections.Counter(t.state.name for t in study.trials)
