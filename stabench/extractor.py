@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -153,20 +152,10 @@ def fit_extractor(
 
 
 def load_classifier(path: str | Path | None = None) -> DigitsCNN:
-    """The trained DigitsCNN in eval mode, from `path` or the committed weights. The file is read once per process
-    (torch-fidelity builds a new extractor for every scoring call); each call gets its own module, since
-    torch-fidelity moves and casts it in place."""
-    path = Path(path or WEIGHTS_PATH)
-    stat = path.stat()
+    """The trained DigitsCNN in eval mode, from `path` or the committed weights."""
     model = DigitsCNN()
-    model.load_state_dict(_weights(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+    model.load_state_dict(torch.load(Path(path or WEIGHTS_PATH), map_location="cpu", weights_only=True))
     return model.eval().requires_grad_(False)
-
-
-@lru_cache(maxsize=8)
-def _weights(path: str, mtime_ns: int, size: int) -> dict:
-    """A weights file's state dict, read once per (path, modification time, size)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ Nothing here knows about configs: callers pass image tensors in [-1, 1] and name
 
 The extractor is part of every metric key, so numbers from the two can never be mixed up.
 
-Reference features and FID statistics are cached by torch-fidelity under `cache_dir` (default
-`$STABENCH_CACHE/fidelity`, else `~/.cache/stabench/fidelity`). torch-fidelity's own cache key is the
+The extractor is built once per process and device, and a reference's features and FID statistics are held
+in the process (the last few references) and cached on disk by torch-fidelity under `cache_dir` (default
+`$STABENCH_CACHE/fidelity`, else `~/.cache/stabench/fidelity`); FID and KID come from torch-fidelity's own
+metric functions, so the numbers are those of its `calculate_metrics`. torch-fidelity's own cache key is the
 input name plus the extractor name only (not its weights, not the sample count), so stabench names each
 reference itself: `reference_name(...)` (dataset, resolution, split, extractor, weights hash) plus the
 reference's size and a hash of its pixels and of the extractor weights, so a stale entry is never read.
@@ -27,6 +29,7 @@ import json
 import os
 import re
 import statistics
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -246,6 +249,66 @@ def _uses_cuda() -> bool:
     return torch.cuda.is_available() if device is None else device.type == "cuda"
 
 
+# Reference features and FID statistics held in this process, most recently used last: a sweep's workers score
+# against the same two references (test split, training images) at every evaluation.
+_REFERENCES: OrderedDict[tuple[str, str, str], tuple[torch.Tensor, dict]] = OrderedDict()
+_REFERENCES_KEPT = 4
+
+
+@lru_cache(maxsize=4)
+def _feature_extractor(fidelity_name: str, feature_layer: str, weights_path: str, weights_sha: str, device: str):
+    """torch-fidelity's extractor, built once per process, weights file and device (torch-fidelity's
+    `calculate_metrics` builds and loads it at every call)."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    fe = create_feature_extractor(
+        fidelity_name, [feature_layer], cuda=False, feature_extractor_weights_path=weights_path, verbose=False
+    )
+    return fe.to(device)
+
+
+def _extractor_here(ext: Extractor):
+    """The process's extractor for `ext` on the scoring device."""
+    device = f"cuda:{torch.cuda.current_device()}" if _uses_cuda() else "cpu"
+    return _feature_extractor(ext.fidelity_name, ext.feature_layer, str(ext.weights_path), ext.weights_sha, device)
+
+
+def _features(images: torch.Tensor, ext: Extractor) -> torch.Tensor:
+    """The extractor's features of uint8 images."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    batch = min(ext.batch_size, len(images))
+    featuresdict = get_featuresdict_from_dataset(
+        ImageDataset(images), _extractor_here(ext), batch, _uses_cuda(), True, False
+    )
+    return featuresdict[ext.feature_layer]
+
+
+def _reference(reference: torch.Tensor, ext: Extractor, cache_name: str | None, cache_dir: Path):
+    """The reference's features and FID statistics: from this process, else from torch-fidelity's disk cache
+    under `cache_name` (its own file names), else computed (and cached when named)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_featuresdict_to_statistics_cached
+    from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
+
+    key = (str(cache_dir), cache_name or "", ext.weights_sha)
+    if cache_name is not None and key in _REFERENCES:
+        _REFERENCES.move_to_end(key)
+        return _REFERENCES[key]
+    if cache_name is None:
+        features = _features(reference, ext)
+        return features, fid_features_to_statistics(features)
+    fe = _extractor_here(ext)
+    disk = dict(cache=True, cache_root=str(cache_dir), verbose=False, cuda=_uses_cuda(), save_cpu_ram=True)
+    featuresdict = extract_featuresdict_from_input_id_cached(
+        2, fe, input2=ImageDataset(reference), input2_cache_name=cache_name, batch_size=ext.batch_size, **disk
+    )
+    stats = fid_featuresdict_to_statistics_cached(featuresdict, cache_name, fe, ext.feature_layer, **disk)
+    _REFERENCES[key] = (featuresdict[ext.feature_layer], stats)
+    while len(_REFERENCES) > _REFERENCES_KEPT:
+        _REFERENCES.popitem(last=False)
+    return _REFERENCES[key]
+
+
 def _calculate(
     images: torch.Tensor,
     reference: torch.Tensor,
@@ -254,36 +317,28 @@ def _calculate(
     cache_dir: Path,
     kid_subsets: int,
 ) -> dict:
-    """One torch-fidelity call on uint8 images; the reference's features are cached when it has a name."""
-    import torch_fidelity
+    """FID and KID of uint8 images against a reference, with torch-fidelity's metric functions (the numbers its
+    `calculate_metrics` gives); the reference's features are cached when it has a name."""
+    from torch_fidelity import KEY_METRIC_FID, KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
 
     if min(len(images), len(reference)) < 2:
         raise UserError(
             f"FID/KID need at least 2 images on each side, got {len(images)} samples "
             f"and {len(reference)} reference images"
         )
-    m = torch_fidelity.calculate_metrics(
-        input1=ImageDataset(images),
-        input2=ImageDataset(reference),
-        input2_cache_name=cache_name,
-        cache=True,
-        cache_root=str(cache_dir),
-        fid=True,
-        kid=True,
-        kid_subsets=kid_subsets,
-        kid_subset_size=kid_subset_size(len(images), len(reference)),
-        batch_size=ext.batch_size,
-        cuda=_uses_cuda(),
-        save_cpu_ram=True,  # no DataLoader worker processes for in-memory images
-        verbose=False,
-        **ext.fidelity_kwargs(),
-    )
+    ref_features, ref_stats = _reference(reference, ext, cache_name, cache_dir)
+    features = _features(images, ext)
+    subset = kid_subset_size(len(images), len(reference))
+    fid = fid_statistics_to_metric(fid_features_to_statistics(features), ref_stats, False)
+    kid = kid_features_to_metric(features, ref_features, kid_subsets=kid_subsets, kid_subset_size=subset, verbose=False)
     return {
-        ext.key("fid"): m[torch_fidelity.KEY_METRIC_FID],
-        ext.key("kid"): m[torch_fidelity.KEY_METRIC_KID_MEAN],
-        ext.key("kid") + "_std": m[torch_fidelity.KEY_METRIC_KID_STD],
+        ext.key("fid"): fid[KEY_METRIC_FID],
+        ext.key("kid"): kid[KEY_METRIC_KID_MEAN],
+        ext.key("kid") + "_std": kid[KEY_METRIC_KID_STD],
         "extractor": ext.fidelity_name,
-        "kid_subset_size": kid_subset_size(len(images), len(reference)),
+        "kid_subset_size": subset,
     }
 
 

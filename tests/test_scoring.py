@@ -45,7 +45,7 @@ def ref_name() -> str:
 
 @pytest.fixture
 def images_seen(monkeypatch) -> list[int]:
-    """Number of images each forward of the digits extractor receives (torch-fidelity builds a fresh one per call)."""
+    """Number of images each forward of the digits extractor receives."""
     seen: list[int] = []
     forward = digits_cnn.DigitsFeatureExtractor.forward
 
@@ -170,6 +170,7 @@ def test_reference_features_are_cached(train_digits, test_digits, ref_name, tmp_
     first = scoring.score(train_digits, test_digits, ref_name, cache_dir=tmp_path, kid_subsets=FEW)
     assert sum(images_seen) == 2 * N
     images_seen.clear()
+    scoring._REFERENCES.clear()  # as in a new process: only the disk cache holds the reference
     second = scoring.score(train_digits, test_digits, ref_name, cache_dir=tmp_path, kid_subsets=FEW)
     assert sum(images_seen) == N  # only the samples
     assert second == first
@@ -307,32 +308,58 @@ def test_inception_scores_from_a_local_file_and_reports_plain_keys(monkeypatch, 
     assert not any(k.endswith("_digits") for k in r)
 
 
+def recording_cuda(monkeypatch, seen: list, then=None):
+    """Record the `cuda` argument of each feature extraction torch-fidelity runs (and run it, or `then`)."""
+    real = torch_fidelity.utils.get_featuresdict_from_dataset
+
+    def extract(input, feat_extractor, batch_size, cuda, save_cpu_ram, verbose):
+        seen.append(cuda)
+        return (then or real)(input, feat_extractor, batch_size, cuda, save_cpu_ram, verbose)
+
+    monkeypatch.setattr(torch_fidelity.utils, "get_featuresdict_from_dataset", extract)
+
+
 def test_a_trial_on_the_cpu_scores_on_the_cpu_even_where_a_gpu_is_visible(monkeypatch, test_digits, cache_dir):
     seen = []
-    real = torch_fidelity.calculate_metrics
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, seen from torch-fidelity's call
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", lambda **kw: seen.append(kw["cuda"]) or real(**kw))
+    recording_cuda(monkeypatch, seen)
     cpu = torch.device("cpu")
     scorer = scoring.ReferenceScorer("digits", test_digits, "digits", 8, cache_dir=cache_dir, device=cpu)
     scorer.score(test_digits[:20])
-    assert seen == [False]
+    assert seen  # the samples' features (and the reference's, unless this process holds them already)
+    assert set(seen) == {False}
 
 
 def test_outside_a_trial_scoring_keeps_torch_fidelitys_default(monkeypatch, test_digits, cache_dir):
     seen = []
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", lambda **kw: seen.append(kw["cuda"]) or {})
-    with pytest.raises(KeyError):  # the stub returns no metrics: only the call's arguments are under test
-        scoring.score(test_digits[:20], test_digits, "stub-reference", cache_dir=cache_dir)
+
+    def stop(*args):
+        raise KeyError("only the call's arguments are under test")
+
+    recording_cuda(monkeypatch, seen, then=stop)
+    with pytest.raises(KeyError):
+        scoring.score(test_digits[:20], test_digits[:30], "stub-reference", cache_dir=cache_dir)
     assert seen == [torch.cuda.is_available()]
 
 
-def test_the_digits_weights_are_read_once_per_process(monkeypatch, test_digits, cache_dir):
-    digits_cnn._weights.cache_clear()
-    reads = []
-    real = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+def test_the_extractor_is_built_once_per_process(monkeypatch, test_digits, cache_dir):
+    scoring._feature_extractor.cache_clear()
+    built = []
+    real = torch_fidelity.utils.create_feature_extractor
+    monkeypatch.setattr(
+        torch_fidelity.utils, "create_feature_extractor", lambda *a, **k: built.append(a) or real(*a, **k)
+    )
     scorer = scoring.ReferenceScorer("digits", test_digits, "digits", 8, cache_dir=cache_dir)
     scorer.score(test_digits[:20])
-    scorer.score(test_digits[20:40])  # torch-fidelity builds its extractor again for this call
-    weights = str(digits_cnn.WEIGHTS_PATH.resolve())
-    assert reads.count(weights) == 1
+    scorer.score(test_digits[20:40])
+    assert len(built) == 1
+
+
+def test_reference_statistics_are_held_in_the_process(train_digits, test_digits, ref_name, tmp_path, images_seen):
+    first = scoring.score(train_digits, test_digits, ref_name, cache_dir=tmp_path, kid_subsets=FEW)
+    for cached in tmp_path.iterdir():  # the disk cache is gone: only the process's copy can serve the reference
+        cached.unlink()
+    images_seen.clear()
+    second = scoring.score(train_digits, test_digits, ref_name, cache_dir=tmp_path, kid_subsets=FEW)
+    assert sum(images_seen) == N  # only the samples
+    assert second == first

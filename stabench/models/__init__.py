@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from ..config import TrialConfig, WorkloadConfig
 from ..errors import ConfigError
+from .layers import Knobs
 from .unet import UNet
 from .uvit import UViT
 
@@ -26,21 +27,13 @@ UVIT_PRESETS = {
 def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
     """The backbone of a trial, with its dropout, drop-path, activation, norm and LSC knobs applied."""
     w, m = cfg.workload, cfg.model
-    knobs = dict(
-        dropout=m.dropout,
-        stochastic_depth=m.stochastic_depth,
-        activation=m.activation,
-        norm=m.norm,
-        lsc_mode=cfg.lsc.mode,
-        kappa=cfg.lsc.kappa,
-    )
+    knobs = Knobs(m.dropout, m.stochastic_depth, m.activation, m.norm, cfg.lsc.mode, cfg.lsc.kappa, cfg.lsc.placement)
     check_resolution(w)
     if w.backbone == "unet":
-        knobs["lsc_placement"] = cfg.lsc.placement
         preset = {**UNET_PRESETS[w.preset], **({"channels": w.width} if w.width else {})}
-        return UNet(in_channels, w.resolution, **preset, **knobs)
+        return UNet(in_channels, w.resolution, **preset, knobs=knobs)
     preset = {**UVIT_PRESETS[w.preset], **({"dim": w.width} if w.width else {})}
-    return UViT(in_channels, w.resolution, **preset, **knobs)
+    return UViT(in_channels, w.resolution, **preset, knobs=knobs)
 
 
 def resolution_step(w: WorkloadConfig) -> int:

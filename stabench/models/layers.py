@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The stabilisation knobs a backbone is built with: config `model.*` and `lsc.*` (docs/knobs.md)."""
+
+    dropout: float = 0.0
+    stochastic_depth: float = 0.0  # drop-path rate of every residual block
+    activation: str = "silu"
+    norm: str = "group"
+    lsc_mode: str = "none"
+    kappa: float = 0.5
+    lsc_placement: str = "concat"  # the UNet's: where a skip's scale applies
+
+    def block(self) -> dict:
+        """The keyword arguments every residual block takes from the knobs."""
+        return dict(dropout=self.dropout, drop_path=self.stochastic_depth, act=self.activation, norm=self.norm)
 
 
 def conv_norm(kind: str, channels: int) -> nn.Module:

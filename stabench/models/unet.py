@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, ChannelGate, LongSkips, SkipScaler, TimestepEmbedder, conv_norm, drop_path
+from .layers import ACTIVATIONS, ChannelGate, Knobs, LongSkips, SkipScaler, TimestepEmbedder, conv_norm, drop_path
 
 
 class ResBlock(nn.Module):
@@ -112,19 +112,14 @@ class UNet(nn.Module):
         mult: tuple[int, ...],
         num_res_blocks: int,
         attn_resolutions: tuple[int, ...],
-        dropout: float,
-        stochastic_depth: float,
-        activation: str,
-        norm: str,
-        lsc_mode: str,
-        kappa: float,
-        lsc_placement: str = "concat",
+        knobs: Knobs,
     ):
         super().__init__()
-        self.post_norm = lsc_placement == "post_norm" and lsc_mode != "none"
+        norm = knobs.norm
+        self.post_norm = knobs.lsc_placement == "post_norm" and knobs.lsc_mode != "none"
         emb_dim = 4 * channels
-        self.time_embed = TimestepEmbedder(channels, emb_dim, activation)
-        block = dict(emb_dim=emb_dim, dropout=dropout, drop_path=stochastic_depth, act=activation, norm=norm)
+        self.time_embed = TimestepEmbedder(channels, emb_dim, knobs.activation)
+        block = dict(emb_dim=emb_dim, **knobs.block())
 
         # Encoder: every module in self.down produces one long skip.
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
@@ -157,10 +152,10 @@ class UNet(nn.Module):
                     res *= 2
                 self.up.append(Stage(*layers))
 
-        self.out_norm, self.out_act = conv_norm(norm, ch), ACTIVATIONS[activation]()
+        self.out_norm, self.out_act = conv_norm(norm, ch), ACTIVATIONS[knobs.activation]()
         self.out = nn.Conv2d(ch, in_channels, 3, padding=1)
         self.num_skips, self.skip_channels = len(skip_channels), skip_channels  # skip i = 1 is the stem output
-        self.skip_scaler = SkipScaler(lsc_mode, kappa, skip_channels, lambda c: ChannelGate(c))
+        self.skip_scaler = SkipScaler(knobs.lsc_mode, knobs.kappa, skip_channels, lambda c: ChannelGate(c))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
         """(B, C, H, W) noisy images, (B,) timesteps -> (B, C, H, W) prediction (and features if return_features)."""

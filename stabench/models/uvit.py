@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, LongSkips, SkipScaler, TimestepEmbedder, TokenGate, drop_path, token_norm
+from .layers import ACTIVATIONS, Knobs, LongSkips, SkipScaler, TimestepEmbedder, TokenGate, drop_path, token_norm
 
 
 class Attention(nn.Module):
@@ -74,39 +74,27 @@ class UViT(nn.Module):
         depth: int,
         heads: int,
         mlp_ratio: float,
-        dropout: float,
-        stochastic_depth: float,
-        activation: str,
-        norm: str,
-        lsc_mode: str,
-        kappa: float,
+        knobs: Knobs,
     ):
         super().__init__()
         assert resolution % patch == 0, "resolution must be divisible by the patch size"
         self.patch, self.in_channels, self.grid = patch, in_channels, resolution // patch
         num_tokens = self.grid**2 + 1  # patches + time token
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
-        self.time_embed = TimestepEmbedder(dim, dim, activation)
+        self.time_embed = TimestepEmbedder(dim, dim, knobs.activation)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-        block = dict(
-            dim=dim,
-            heads=heads,
-            mlp_ratio=mlp_ratio,
-            dropout=dropout,
-            drop_path=stochastic_depth,
-            act=activation,
-            norm=norm,
-        )
+        block = dict(dim=dim, heads=heads, mlp_ratio=mlp_ratio, **knobs.block())
         self.in_blocks = nn.ModuleList(Block(**block) for _ in range(depth // 2))
         self.mid_block = Block(**block)
         self.out_blocks = nn.ModuleList(Block(**block, skip=True) for _ in range(depth // 2))
-        self.norm = token_norm(norm, dim)
+        self.norm = token_norm(knobs.norm, dim)
         self.head = nn.Linear(dim, patch * patch * in_channels)
 
         self.num_skips = depth // 2
-        self.skip_scaler = SkipScaler(lsc_mode, kappa, [num_tokens] * self.num_skips, lambda n: TokenGate(n))
+        skip_sizes = [num_tokens] * self.num_skips
+        self.skip_scaler = SkipScaler(knobs.lsc_mode, knobs.kappa, skip_sizes, lambda n: TokenGate(n))
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, grid*grid, patch*patch*C) patch tokens -> (B, C, grid*patch, grid*patch) images."""
