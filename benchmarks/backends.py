@@ -19,6 +19,7 @@ import yaml
 
 from stabench.space import load_space
 from stabench.store import Store
+from stabench.sweep.backend import SweepSettings
 from stabench.sweep.optuna import run_optuna_sweep
 
 
@@ -59,7 +60,9 @@ def main() -> None:
 
         t0 = time.time()
         store = Store(tmp / "optuna")
-        run_optuna_sweep(space, store, storage_url=str(tmp / "j.journal"), log=lambda s: None)
+        run_optuna_sweep(
+            space, store, SweepSettings.of(space, study_storage=str(tmp / "j.journal")), log=lambda s: None
+        )
         optuna_wall = time.time() - t0
         optuna_gaps = [r["first_step_unix"] - r["tags"]["scheduled_unix"] for r in store.records()]
 

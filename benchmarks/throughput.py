@@ -11,6 +11,11 @@ one trial per core (`--workers <cores>`), each in a fresh store and study.
 
     python benchmarks/throughput.py [--presets unet/small/8/128,uvit/deep/16/64] [--modes fp32,bf16]
                                     [--steps 10] [--sweep-trials 4 | --no-sweep]
+    python benchmarks/throughput.py --profile unet/deep/16/64:bf16 [--steps 5]
+
+`--profile unet/deep/16/64:bf16` prints, instead, where one preset's step spends its time in one mode: the
+profiler's self time per kind of op (convolutions, matmuls, norms, activations and other elementwise ops, dtype
+casts and copies, the optimizer), which says what bounds a mode that stays far below the matmul peak.
 
 Runs unchanged on a GPU (`--device cuda`): there `tf32` is a mode too, and the peak is measured on the GPU.
 """
@@ -18,6 +23,7 @@ Runs unchanged on a GPU (`--device cuda`): there `tf32` is a mode too, and the p
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import subprocess
 import sys
@@ -101,6 +107,57 @@ def steps_per_second(cfg, images: torch.Tensor, device: torch.device, steps: int
     return steps / (time.perf_counter() - start), state.forward.info()
 
 
+# Kinds of op, by a substring of the profiler's op name (first match wins; the rest is "other").
+OP_KINDS = (
+    ("optimizer", ("adam", "_foreach_")),
+    ("convolution", ("conv",)),
+    ("matmul / attention", ("mm", "matmul", "linear", "attention", "softmax")),
+    ("norm", ("norm",)),
+    ("dtype casts, copies", ("copy_", "_to_copy", "aten::to", "clone", "contiguous", "cat")),
+    ("activation", ("silu", "gelu", "relu", "sigmoid")),
+    ("other elementwise", ("add", "mul", "sub", "div", "pow", "sqrt", "rsqrt", "where", "fill", "zero", "neg",
+                           "exp", "mean", "sum", "randn", "rand", "dropout", "bernoulli", "index", "gather")),
+)  # fmt: skip
+
+
+def op_kind(name: str) -> str:
+    """The kind of a profiler op name such as 'aten::native_group_norm_backward'."""
+    low = name.lower()
+    return next((kind for kind, keys in OP_KINDS if any(k in low for k in keys)), "other")
+
+
+def op_profile(cfg, images: torch.Tensor, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
+    """Self time (s) per kind of op over `steps` engine steps, after `warmup` untimed ones."""
+    from torch.profiler import ProfilerActivity, profile
+
+    state = TrainState(cfg, images, device)
+    diffusion = Diffusion(cfg.diffusion, cfg.timestep_weighting).to(device)
+    state.precision.set_flags()
+    for _ in range(warmup):
+        train_step(state, diffusion, cfg.optim.clip_norm)
+    sync(device)
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(steps):
+            train_step(state, diffusion, cfg.optim.clip_norm)
+        sync(device)
+    totals: dict[str, float] = collections.defaultdict(float)
+    for event in prof.key_averages():
+        if event.key.startswith("aten::") or cuda:  # leaf aten ops: their self times add up without overlap
+            totals[op_kind(event.key)] += (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e6
+    return dict(totals)
+
+
+def print_profile(spec_mode: str, device: torch.device, steps: int, warmup: int) -> None:
+    spec, _, mode = spec_mode.partition(":")
+    cfg = preset_config(spec, mode or "fp32", str(device))
+    totals = op_profile(cfg, load_images(cfg.workload, "train"), device, steps, warmup)
+    whole = sum(totals.values())
+    print(f"\n{spec} {mode or 'fp32'}: self time per kind of op over {steps} steps ({whole / steps * 1e3:.0f} ms/step)")
+    for kind, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<22} {seconds / steps * 1e3:>8.1f} ms/step {seconds / whole:>6.0%}")
+
+
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
     """FLOP/s of the best of `reps` n x n matmuls: this machine's own ceiling in that arithmetic."""
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
@@ -162,6 +219,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sweep-trials", type=int, default=4, help="trials per end-to-end sweep")
     ap.add_argument("--no-sweep", action="store_true", help="skip the end-to-end trials/hour comparison")
+    ap.add_argument("--profile", metavar="PRESET:MODE", help="only the time per kind of op of one preset and mode")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -171,6 +229,11 @@ def main() -> None:
     if unknown:
         ap.error(f"--modes: unknown {', '.join(unknown)}; allowed: {', '.join(MODES)}")
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} timed steps")
+    if args.profile:
+        if args.profile.partition(":")[2] not in ("", *MODES):
+            ap.error(f"--profile: unknown mode in '{args.profile}'; allowed: {', '.join(MODES)}")
+        print_profile(args.profile, device, args.steps, args.warmup)
+        return
     if args.presets:  # --presets "" measures only the end-to-end sweep
         preset_table(args.presets.split(","), modes, device, args.steps, args.warmup)
 

@@ -342,8 +342,9 @@ def _calculate(
     }
 
 
-def _resolve(extractor: str | Extractor, inception_weights: str | Path | None) -> Extractor:
-    return extractor if isinstance(extractor, Extractor) else get_extractor(extractor, inception_weights)
+def _resolve(extractor: str | Extractor) -> Extractor:
+    """An extractor given by name (the Inception weights file from $STABENCH_INCEPTION_WEIGHTS) or as itself."""
+    return extractor if isinstance(extractor, Extractor) else get_extractor(extractor)
 
 
 def score(
@@ -351,7 +352,6 @@ def score(
     reference: torch.Tensor,
     reference_name: str,
     extractor: str | Extractor = "digits",
-    inception_weights: str | Path | None = None,
     cache_dir: str | Path | None = None,
     kid_subsets: int = 100,
 ) -> dict:
@@ -360,7 +360,7 @@ def score(
     Returns e.g. {'fid_digits', 'kid_digits', 'kid_digits_std', 'n_samples', 'n_reference', 'extractor',
     'kid_subset_size'}. The reference's features and statistics are computed once per cache entry.
     """
-    ext = _resolve(extractor, inception_weights)
+    ext = _resolve(extractor)
     ref = images_to_uint8(reference)
     cache_name = _cache_name(reference_name, ref, ext)
     metrics = _calculate(
@@ -372,14 +372,13 @@ def score(
 def fid_floor(
     reference: torch.Tensor,
     reference_name: str,
+    real: torch.Tensor | None = None,
+    n: int | None = None,
     extractor: str | Extractor = "digits",
-    inception_weights: str | Path | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
     splits: int = 5,
     kid_subsets: int = 100,
-    real: torch.Tensor | None = None,
-    n: int | None = None,
 ) -> dict:
     """FID/KID of real images scored like samples: the floor of the metric, averaged over `splits` seeded draws.
 
@@ -390,7 +389,7 @@ def fid_floor(
     Returns the mean as `fid_digits`/`kid_digits` (or `fid`/`kid`), the spread as `*_std`, each draw's FID,
     and `n`. Computed once and stored as JSON next to the cached reference statistics.
     """
-    ext = _resolve(extractor, inception_weights)
+    ext = _resolve(extractor)
     ref = images_to_uint8(reference)
     cache_dir = Path(cache_dir or default_cache_dir())
     ref_cache = _cache_name(reference_name, ref, ext)
@@ -471,5 +470,5 @@ class ReferenceScorer:
     def floor(self, n: int | None = None) -> float:
         """The metric's floor: `n` training images against the reference (two halves without training images)."""
         with scoring_on(self.device):
-            floor = fid_floor(self.reference, self.name, self.ext, cache_dir=self.cache_dir, real=self.real, n=n)
+            floor = fid_floor(self.reference, self.name, self.real, n, self.ext, self.cache_dir)
         return floor[self.fid_key]

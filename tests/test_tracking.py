@@ -5,6 +5,7 @@ import pytest
 from stabench.engine import run_trial
 from stabench.space import load_space
 from stabench.store import Store
+from stabench.sweep.backend import SweepSettings
 from stabench.sweep.optuna import run_optuna_sweep
 from stabench.tracking import TrackingSettings
 from tests.helpers import space_file, tiny_config
@@ -41,7 +42,12 @@ def test_the_leaderboard_run_names_every_record_artifact_it_ranks(tmp_path, monk
     store = Store(tmp_path / "store")
     space = load_space(space_file(tmp_path, trials=2))
     tracking = TrackingSettings(dir=str(store.root))
-    run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), tracking=tracking, log=lambda s: None)
+    run_optuna_sweep(
+        space,
+        store,
+        SweepSettings.of(space, study_storage=str(tmp_path / "j.journal"), tracking=tracking),
+        log=lambda s: None,
+    )
     trial_runs = [read_offline_run(d) for d in offline_runs(store.root)]
     logged = {a["name"]: a["digest"] for run in trial_runs for a in run["artifacts"]}
     args = ["leaderboard", "--store", str(store.root), "--sweep", "t", "--metric", "best_probe_loss", "--no-plots",
@@ -60,13 +66,11 @@ def test_the_leaderboard_run_names_every_record_artifact_it_ranks(tmp_path, monk
 def test_two_trial_optuna_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     store = Store(tmp_path / "store")
-    run_optuna_sweep(
-        load_space(space_file(tmp_path, trials=2)),
-        store,
-        storage_url=str(tmp_path / "j.journal"),
-        tracking=TrackingSettings(dir=str(store.root)),
-        log=lambda s: None,
+    two = load_space(space_file(tmp_path, trials=2))
+    settings = SweepSettings.of(
+        two, study_storage=str(tmp_path / "j.journal"), tracking=TrackingSettings(dir=str(store.root))
     )
+    run_optuna_sweep(two, store, settings, log=lambda s: None)
     check_runs(offline_runs(store.root), 2)
 
 
@@ -79,9 +83,9 @@ def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
     run_ray_sweep(
         space,
         store,
+        SweepSettings.of(space, tracking=TrackingSettings(mode="offline", dir=str(store.root))),
         ray_dir=str(tmp_path / "ray"),
         num_cpus=2,
-        tracking=TrackingSettings(mode="offline", dir=str(store.root)),
         log=lambda s: None,
     )
     check_runs(offline_runs(store.root), 2)

@@ -185,6 +185,11 @@ class TrialConfig(_Section):
             data = {**data, "model": {**model, "norm": "layer" if backbone == "uvit" else "group"}}
         return data
 
+    def on_device(self, device: str | None) -> TrialConfig:
+        """This config placed on `device` (a worker's GPU, or cpu on a GPU-less slot); None keeps it. The device
+        is not hashed: the copy is the same config."""
+        return self.model_copy(update={"device": device}) if device else self
+
     @property
     def extractor(self) -> str:
         """The FID/KID extractor this trial uses ('digits' or 'inception')."""

@@ -31,6 +31,11 @@ class SweepSettings:
     study_storage: str | None = None  # Optuna journal file or RDB URL (default: a journal file per study)
     tracking: TrackingSettings | None = None
 
+    @classmethod
+    def of(cls, space: SearchSpace, **fields: Any) -> SweepSettings:
+        """The settings of a sweep over `space`: named after it, with its trial budget, unless `fields` say."""
+        return cls(**{"study": space.name, "n_trials": space.budget.trials, **fields})
+
     def __post_init__(self) -> None:
         # The study name becomes file names (journal, lock, Ray experiment): no separators, no leading dot.
         if not STUDY_NAME.fullmatch(self.study):
@@ -44,29 +49,16 @@ class Backend(Protocol):
     def __call__(self, space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict: ...
 
 
-def _settings_kwargs(settings: SweepSettings) -> dict[str, Any]:
-    """The settings as the keyword arguments every backend's run function takes."""
-    return dict(
-        study_name=settings.study,
-        storage_url=settings.study_storage,
-        n_trials=settings.n_trials,
-        resume=settings.resume,
-        max_failures=settings.max_failures,
-        named_points=settings.named_points,
-        tracking=settings.tracking,
-    )
-
-
 def _optuna(space: SearchSpace, store: Store, settings: SweepSettings, *, workers: int = 1, gpus=None, **_) -> dict:
     from .optuna import run_optuna_sweep
 
-    return run_optuna_sweep(space, store, workers=workers, gpus=gpus, **_settings_kwargs(settings))
+    return run_optuna_sweep(space, store, settings, workers=workers, gpus=gpus)
 
 
 def _ray(space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict:
     from .ray import run_ray_sweep
 
-    return run_ray_sweep(space, store, **_settings_kwargs(settings), **options)
+    return run_ray_sweep(space, store, settings, **options)
 
 
 BACKENDS: dict[str, Backend] = {"optuna": _optuna, "ray": _ray}  # imported on use: Ray is slow to import

@@ -80,8 +80,7 @@ class ConfigRun:
     def _seed(self, index: int, seed: int, params: dict[str, Any]) -> Iterator[Event]:
         """Train one seed (or find it in the store); returns its record."""
         try:
-            cfg = trial_config(self.space, params, seed)
-            cfg = cfg.model_copy(update={"device": self.device}) if self.device else cfg
+            cfg = trial_config(self.space, params, seed).on_device(self.device)
         except ConfigError as e:  # values valid one by one but not together: this trial fails, the sweep goes on
             raise TrialFailed(str(e)) from None
         found = self.store.find(config_hash(cfg), seed, sweep=self.tags.sweep)

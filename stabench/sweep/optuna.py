@@ -21,6 +21,7 @@ from ..record import Tags, eval_value, record_value
 from ..space import SearchSpace, suggest
 from ..store import Store
 from ..tracking import TrackingSettings
+from .backend import SweepSettings
 from .core import ConfigRun, Event, TrialFailed, TrialPruned
 from .study import (
     check_same_space,
@@ -221,22 +222,17 @@ def _worker_entry(kwargs: dict) -> None:
 def run_optuna_sweep(
     space: SearchSpace,
     store: Store,
+    settings: SweepSettings | None = None,
     *,
-    study_name: str | None = None,
-    storage_url: str | None = None,
-    n_trials: int | None = None,
     workers: int = 1,
     gpus: list[int] | None = None,
-    resume: bool = False,
-    max_failures: int = 3,
-    named_points: dict[str, dict] | None = None,
-    tracking: TrackingSettings | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run (or continue) a sweep with Optuna in this process or `workers` supervised local processes; returns a
-    summary with the best trial(s). `named_points` (name -> params) run first, labelled `<name>@<sweep>`."""
-    name = study_name or space.name
-    n_trials = n_trials or space.budget.trials
+    summary with the best trial(s). The settings' named points (name -> params) run first, labelled
+    `<name>@<sweep>`; without settings, the space's name and trial budget."""
+    settings = settings or SweepSettings.of(space)
+    name, storage_url = settings.study, settings.study_storage
     placed = worker_gpus(gpus, workers)  # before the study opens: a GPU that is not there fails first
     if storage_url is None:
         if note := legacy_journal_note(store.root, name):
@@ -245,19 +241,19 @@ def run_optuna_sweep(
     study = open_study(space, name, storage_url)
     check_same_space(study, space, storage_url)
     describe_study(study, space, "optuna")
-    if resume:
+    if settings.resume:
         retry_interrupted(study, store, log)
-    for point, params in (named_points or {}).items():
+    for point, params in settings.named_points.items():
         study.enqueue_trial(params, user_attrs={"baseline_point": point}, skip_if_exists=True)
     kwargs = dict(
         space=space,
         store_root=str(store.root),
         sweep=name,
         storage_url=storage_url,
-        n_trials=n_trials,
-        max_failures=max_failures,
+        n_trials=settings.n_trials,
+        max_failures=settings.max_failures,
         timeout_s=space.budget.timeout_s,
-        tracking=tracking,
+        tracking=settings.tracking,
         gpus=placed,
     )
     if placed:
@@ -265,9 +261,9 @@ def run_optuna_sweep(
     if workers <= 1:
         optuna_worker(**kwargs, log=log)
     else:
-        supervise(_worker_entry, kwargs, workers, max_failures, on_death=requeue_dead_worker(study, log))
+        supervise(_worker_entry, kwargs, workers, settings.max_failures, on_death=requeue_dead_worker(study, log))
     c = counts(study)
-    if c["waiting"] and c["complete"] + c["pruned"] < n_trials:
+    if c["waiting"] and c["complete"] + c["pruned"] < settings.n_trials:
         log(
             f"[{name}] {c['waiting']} queued trial(s) did not run (the workers stopped); "
             "run the same command again to finish them"

@@ -7,6 +7,7 @@ in `cleanup()`: Ray calls it between two `step()`s, never in the middle of train
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -22,6 +23,7 @@ from ..record import Status, Tags, eval_value, worst
 from ..space import SearchSpace, decode_params, suggest, trial_config
 from ..store import Store
 from ..tracking import TrackingSettings
+from .backend import SweepSettings
 from .core import ConfigRun, Event, TrialFailed
 from .ray_cluster import check_shared, gpus_per_trial_default, ray_session, trial_device
 from .study import fail_orphaned, make_sampler, make_storage
@@ -30,6 +32,35 @@ from .study import fail_orphaned, make_sampler, make_storage
 def default_ray_dir(store: Store) -> Path:
     """Ray Tune's experiment folder when none is given: under the store, which every node must share anyway."""
     return store.root / "ray"
+
+
+def ray_folder(store: Store, ray_dir: str | None) -> str:
+    """Ray Tune's storage path: a URI as given (s3://, gs://, ...), else an absolute folder (default: under the
+    store)."""
+    if "://" in (ray_dir or ""):
+        return ray_dir
+    return str(Path(ray_dir or default_ray_dir(store)).absolute())
+
+
+@contextlib.contextmanager
+def ray_for(store: Store, ray_dir: str | None, address: str | None, num_cpus: int | None, ship_code: bool):
+    """Ray joined or started for a run over `store`, every node checked to share the store (and Ray's folder,
+    unless it is a URI); yields Ray Tune's storage path."""
+    storage = ray_folder(store, ray_dir)
+    store.root.mkdir(parents=True, exist_ok=True)
+    with ray_session(address, num_cpus, ship_code):
+        check_shared({"store": store.root} | ({} if "://" in storage else {"ray_dir": Path(storage)}))
+        yield storage
+
+
+def placed(trainable, store: Store, cpus_per_trial: float, gpus_per_trial: float, **params):
+    """`trainable` with its parameters and its resources per trial: torch threads from its CPUs, its device from
+    its GPUs (cpu without one)."""
+    threads, device = max(1, int(cpus_per_trial)), trial_device(gpus_per_trial)
+    return tune.with_resources(
+        tune.with_parameters(trainable, store_root=str(store.root), threads=threads, device=device, **params),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+    )
 
 
 def _define_by_run(trial, space: SearchSpace) -> dict:
@@ -219,55 +250,39 @@ def make_scheduler(space: SearchSpace):
 def run_ray_sweep(
     space: SearchSpace,
     store: Store,
+    settings: SweepSettings | None = None,
     *,
-    study_name: str | None = None,
-    n_trials: int | None = None,
     address: str | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float | None = None,
     max_concurrent: int | None = None,
     ray_dir: str | None = None,
-    resume: bool = False,
-    max_failures: int = 3,
-    named_points: dict[str, dict] | None = None,
     num_cpus: int | None = None,
-    storage_url: str | None = None,
-    tracking: TrackingSettings | None = None,
     ship_code: bool = False,
     log=print,
 ) -> dict:
-    """Run (or restore) a sweep with Ray Tune; returns the best config(s). With `storage_url` (a journal file
-    or an RDB URL such as PostgreSQL) the OptunaSearch study lives there too, e.g. for optuna-dashboard."""
+    """Run (or restore) a sweep with Ray Tune; returns the best config(s). With a study storage in the settings (a
+    journal file or an RDB URL such as PostgreSQL) the OptunaSearch study lives there too, e.g. for
+    optuna-dashboard; without settings, the space's name and trial budget."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
-    name, n_trials = study_name or space.name, n_trials or space.budget.trials
-    study_storage = make_storage(storage_url, name, heartbeats=False)[0] if storage_url else None  # fail fast
-    storage = ray_dir if "://" in (ray_dir or "") else str(Path(ray_dir or default_ray_dir(store)).absolute())
-    experiment = f"{storage}/{name}"
-    store.root.mkdir(parents=True, exist_ok=True)
-    with ray_session(address, num_cpus, ship_code):
-        check_shared({"store": store.root} | ({} if "://" in storage else {"ray_dir": Path(storage)}))
+    settings = settings or SweepSettings.of(space)
+    name, n_trials, url = settings.study, settings.n_trials, settings.study_storage
+    study_storage = make_storage(url, name, heartbeats=False)[0] if url else None  # fail fast
+    with ray_for(store, ray_dir, address, num_cpus, ship_code) as storage:
+        experiment = f"{storage}/{name}"
         gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
         log(f"[{name}] {cpus_per_trial:g} CPU(s) and {gpus_per_trial:g} GPU(s) per trial")
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                StabenchTrainable,
-                space=space,
-                store_root=str(store.root),
-                sweep=name,
-                threads=max(1, int(cpus_per_trial)),
-                tracking=tracking,
-                named_points=named_points,
-                device=trial_device(gpus_per_trial),
-            ),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
-        )
+        trainable = placed(
+            StabenchTrainable, store, cpus_per_trial, gpus_per_trial,
+            space=space, sweep=name, tracking=settings.tracking, named_points=settings.named_points,
+        )  # fmt: skip
         progress = ProgressCallback(name, n_trials, space, log)
-        if resume and tune.Tuner.can_restore(experiment):
+        if settings.resume and tune.Tuner.can_restore(experiment):
             log(f"[{name}] restoring Ray Tune experiment from {experiment}")
             tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
         else:
-            searcher = make_searcher(space, name, named_points, study_storage, max_concurrent)
-            tuner = make_tuner(trainable, space, searcher, n_trials, name, storage, [progress], max_failures)
+            searcher = make_searcher(space, name, settings.named_points, study_storage, max_concurrent)
+            tuner = make_tuner(trainable, space, searcher, n_trials, name, storage, [progress], settings.max_failures)
         results = tuner.fit()
     # Once the sweep has ended none of its study's trials can still run; trials a killed driver asked after its
     # last experiment checkpoint would stay RUNNING in the study otherwise.
@@ -293,7 +308,10 @@ def make_tuner(
             verbose=0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1),
+            # Every checkpoint is kept: a restored driver reads the experiment state its killed predecessor saved
+            # last, which may name a checkpoint already superseded (and deleted, with num_to_keep=1) when it died.
+            # Each is a few bytes (which seed, which run directory; the train state lives in the store).
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=None),
         ),
     )
 
@@ -369,7 +387,7 @@ def _run_job(
 
     torch.set_num_threads(max(1, threads))
     name, cfg, tags = jobs[config["job"]]
-    cfg = cfg.model_copy(update={"device": device}) if device else cfg
+    cfg = cfg.on_device(device)
     rec = run_trial(cfg, store_root, tags=tags, tracking=tracking)
     tune.report({"status_ok": rec["status"] == Status.OK, "done": True})
 
@@ -388,22 +406,9 @@ def run_ray_jobs(
     ship_code: bool = False,
 ) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
-    store.root.mkdir(parents=True, exist_ok=True)
-    storage = str(Path(ray_dir or default_ray_dir(store)).absolute())
-    with ray_session(address, num_cpus, ship_code):
-        check_shared({"store": store.root, "ray_dir": Path(storage)})
+    with ray_for(store, ray_dir, address, num_cpus, ship_code) as storage:
         gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                _run_job,
-                jobs=jobs,
-                store_root=str(store.root),
-                threads=max(1, int(cpus_per_trial)),
-                tracking=tracking,
-                device=trial_device(gpus_per_trial),
-            ),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
-        )
+        trainable = placed(_run_job, store, cpus_per_trial, gpus_per_trial, jobs=jobs, tracking=tracking)
         tune.Tuner(
             trainable,
             param_space={"job": tune.grid_search(list(range(len(jobs))))},

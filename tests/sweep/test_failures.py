@@ -10,6 +10,7 @@ import pytest
 
 from stabench.space import load_space
 from stabench.store import Store
+from stabench.sweep.backend import SweepSettings
 from stabench.sweep.optuna import run_optuna_sweep
 from tests.helpers import space_file
 from tests.sweep.faults import OOM_LR, simulate_oom
@@ -42,7 +43,10 @@ def test_optuna_sweep_goes_on_after_a_failed_trial_and_diverged_is_a_result(tmp_
     store = Store(tmp_path / "store")
     points = {"oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}  # run first
     summary = run_optuna_sweep(
-        space, store, storage_url=str(tmp_path / "j.journal"), named_points=points, max_failures=3, log=lambda s: None
+        space,
+        store,
+        SweepSettings.of(space, study_storage=str(tmp_path / "j.journal"), named_points=points, max_failures=3),
+        log=lambda s: None,
     )
     c = summary["counts"]
     assert c["complete"] == 3
@@ -69,7 +73,10 @@ def test_max_failures_stops_the_sweep(tmp_path, oom):
     space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [OOM_LR]}}, trials=5))
     lines = []
     summary = run_optuna_sweep(
-        space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"), max_failures=1, log=lines.append
+        space,
+        Store(tmp_path / "store"),
+        SweepSettings.of(space, study_storage=str(tmp_path / "j.journal"), max_failures=1),
+        log=lines.append,
     )
     assert summary["counts"]["fail"] == 2
     assert summary["counts"]["complete"] == 0
@@ -96,7 +103,11 @@ def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_pa
     )
     try:
         summary = run_ray_sweep(
-            space, store, ray_dir=str(tmp_path / "ray"), max_failures=1, named_points=points, log=lambda s: None
+            space,
+            store,
+            SweepSettings.of(space, max_failures=1, named_points=points),
+            ray_dir=str(tmp_path / "ray"),
+            log=lambda s: None,
         )
     finally:
         ray.shutdown()

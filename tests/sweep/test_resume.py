@@ -7,6 +7,7 @@ import pytest
 
 from stabench.space import load_space
 from stabench.store import Store
+from stabench.sweep.backend import SweepSettings
 from tests.helpers import space_file
 from tests.sweep.faults import KILL_AT_STEP
 
@@ -40,8 +41,8 @@ def sweep_once(tmp_path, sweep: str) -> dict:
     space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [2e-3]}},
                                   fixed={"eval.every": 5}, trials=1))  # fmt: skip
     store = Store(tmp_path / "store")
-    run_ray_sweep(space, store, study_name=sweep, ray_dir=str(tmp_path / "ray"), max_failures=1,
-                  named_points={"p": POINT}, log=lambda s: None)  # fmt: skip
+    settings = SweepSettings.of(space, study=sweep, max_failures=1, named_points={"p": POINT})
+    run_ray_sweep(space, store, settings, ray_dir=str(tmp_path / "ray"), log=lambda s: None)
     (record,) = store.records(sweep=sweep)
     return record
 

@@ -14,6 +14,7 @@ import pytest
 from stabench.space import load_space
 from stabench.store import Store
 from stabench.sweep import confirm
+from stabench.sweep.backend import SweepSettings
 from stabench.sweep.optuna import run_optuna_sweep
 from tests.helpers import space_file
 
@@ -25,7 +26,9 @@ def by_trial(store, sweep="t"):
 def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     space = load_space(space_file(tmp_path, seeds=(0, 1)))
     store = Store(tmp_path / "store")
-    summary = run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
+    summary = run_optuna_sweep(
+        space, store, SweepSettings.of(space, study_storage=str(tmp_path / "j.journal")), log=lambda s: None
+    )
     assert summary["counts"]["complete"] == 4
     assert summary["best"]["params"]
     records = list(store.records(sweep="t"))
@@ -54,7 +57,9 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
 
     assert write_importance(study, tmp_path).endswith("importance.png")  # knob importance for the leaderboard
     # re-running the same sweep continues the study: nothing new to do, nothing recorded twice
-    run_optuna_sweep(space, store, storage_url=str(tmp_path / "j.journal"), log=lambda s: None)
+    run_optuna_sweep(
+        space, store, SweepSettings.of(space, study_storage=str(tmp_path / "j.journal")), log=lambda s: None
+    )
     assert len(list(store.records(sweep="t"))) == 8
     # confirm: the 2 best configs get a third seed; seeds 0 and 1 are reused, not re-run
     best = sorted(study.trials, key=lambda t: t.value)[:2]
@@ -102,7 +107,10 @@ def test_median_pruner_prunes_a_deliberately_bad_trial(tmp_path):
     store = Store(tmp_path / "store")
     points = {"a": {"optim.lr": 3e-3}, "b": {"optim.lr": 2e-3}, "frozen": {"optim.lr": 1e-9}}  # cannot learn
     summary = run_optuna_sweep(
-        space, store, storage_url=str(tmp_path / "j.journal"), named_points=points, log=lambda s: None
+        space,
+        store,
+        SweepSettings.of(space, study_storage=str(tmp_path / "j.journal"), named_points=points),
+        log=lambda s: None,
     )
     assert summary["counts"]["pruned"] == 1
     assert summary["counts"]["complete"] == 2
@@ -123,7 +131,10 @@ def test_two_objectives_report_a_pareto_front(tmp_path):
         )
     )
     summary = run_optuna_sweep(
-        space, Store(tmp_path / "store"), storage_url=str(tmp_path / "j.journal"), log=lambda s: None
+        space,
+        Store(tmp_path / "store"),
+        SweepSettings.of(space, study_storage=str(tmp_path / "j.journal")),
+        log=lambda s: None,
     )
     front = summary["pareto_front"]
     assert front
@@ -141,7 +152,14 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
 
     space = load_space(space_file(tmp_path, trials=4, pruner="median"))
     store, journal = Store(tmp_path / "store"), str(tmp_path / "ray.journal")
-    run_ray_sweep(space, store, ray_dir=str(tmp_path / "ray"), num_cpus=2, storage_url=journal, log=lambda s: None)
+    run_ray_sweep(
+        space,
+        store,
+        SweepSettings.of(space, study_storage=journal),
+        ray_dir=str(tmp_path / "ray"),
+        num_cpus=2,
+        log=lambda s: None,
+    )
     records = list(store.records(sweep="t"))
     assert len(by_trial(store)) == 4  # 4 Ray trials, each recorded (ok or pruned by ASHA)
     assert {r["status"] for r in records} <= {"ok", "pruned"}
@@ -156,11 +174,9 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
     finals = {r["metrics"]["best_probe_loss"] for r in records if r["status"] == "ok"}
     assert {t.value for t in study.trials if t.state.name == "COMPLETE"} <= finals
     optuna_record = Store(tmp_path / "o").root
+    one = load_space(space_file(tmp_path, trials=1))
     ref = run_optuna_sweep(
-        load_space(space_file(tmp_path, trials=1)),
-        Store(optuna_record),
-        storage_url=str(tmp_path / "j.journal"),
-        log=lambda s: None,
+        one, Store(optuna_record), SweepSettings.of(one, study_storage=str(tmp_path / "j.journal")), log=lambda s: None
     )
     assert ref["counts"]["complete"] == 1
     (opt,) = Store(optuna_record).records()
