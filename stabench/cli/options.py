@@ -212,3 +212,16 @@ gpus_option = click.option(
     callback=_gpu_list,
     help="[optuna] GPU indices the workers take in turn, e.g. 0,1 (default: every visible GPU when --workers > 1).",
 )
+
+
+def workers_count(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """`--workers K|auto`: a positive count, or None for `auto` (the sweep decides: one per GPU, else per core)."""
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise click.BadParameter(f"'{value}' is not a worker count; allowed: a whole number >= 1, or auto")
+    return count

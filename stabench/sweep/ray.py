@@ -7,12 +7,10 @@ in `cleanup()`: Ray calls it between two `step()`s, never in the middle of train
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -25,42 +23,8 @@ from ..store import Store
 from ..tracking import TrackingSettings
 from .backend import SweepSettings
 from .core import ConfigRun, Event, TrialFailed
-from .ray_cluster import check_shared, gpus_per_trial_default, ray_session, trial_device
+from .ray_cluster import gpus_per_trial_default, placed, ray_for
 from .study import fail_orphaned, make_sampler, make_storage
-
-
-def default_ray_dir(store: Store) -> Path:
-    """Ray Tune's experiment folder when none is given: under the store, which every node must share anyway."""
-    return store.root / "ray"
-
-
-def ray_folder(store: Store, ray_dir: str | None) -> str:
-    """Ray Tune's storage path: a URI as given (s3://, gs://, ...), else an absolute folder (default: under the
-    store)."""
-    if "://" in (ray_dir or ""):
-        return ray_dir
-    return str(Path(ray_dir or default_ray_dir(store)).absolute())
-
-
-@contextlib.contextmanager
-def ray_for(store: Store, ray_dir: str | None, address: str | None, num_cpus: int | None, ship_code: bool):
-    """Ray joined or started for a run over `store`, every node checked to share the store (and Ray's folder,
-    unless it is a URI); yields Ray Tune's storage path."""
-    storage = ray_folder(store, ray_dir)
-    store.root.mkdir(parents=True, exist_ok=True)
-    with ray_session(address, num_cpus, ship_code):
-        check_shared({"store": store.root} | ({} if "://" in storage else {"ray_dir": Path(storage)}))
-        yield storage
-
-
-def placed(trainable, store: Store, cpus_per_trial: float, gpus_per_trial: float, **params):
-    """`trainable` with its parameters and its resources per trial: torch threads from its CPUs, its device from
-    its GPUs (cpu without one)."""
-    threads, device = max(1, int(cpus_per_trial)), trial_device(gpus_per_trial)
-    return tune.with_resources(
-        tune.with_parameters(trainable, store_root=str(store.root), threads=threads, device=device, **params),
-        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
-    )
 
 
 def _define_by_run(trial, space: SearchSpace) -> dict:

@@ -1,4 +1,5 @@
-"""Joining a Ray cluster, or starting a local Ray, for the duration of a sweep; fails fast and says why."""
+"""Joining a Ray cluster, or starting a local Ray, for the duration of a run (fails fast and says why); the run's
+Ray folder, the check that every node shares it and the store, and trainables placed on their resources."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..store import Store
 
 # What the workers need of the driver's environment: data and cache locations, and W&B's mode, credentials and
 # destination (a worker on another node has none of them).
@@ -147,3 +149,44 @@ def check_shared(paths: dict[str, Path]) -> None:
                 key=key,
                 allowed="a folder every node mounts at the same path (NFS, a cluster filesystem)",
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's Ray: its folder, the session, and trainables placed on their resources
+# ---------------------------------------------------------------------------------------------
+
+
+def default_ray_dir(store: Store) -> Path:
+    """Ray Tune's experiment folder when none is given: under the store, which every node must share anyway."""
+    return store.root / "ray"
+
+
+def ray_folder(store: Store, ray_dir: str | None) -> str:
+    """Ray Tune's storage path: a URI as given (s3://, gs://, ...), else an absolute folder (default: under the
+    store)."""
+    if "://" in (ray_dir or ""):
+        return ray_dir
+    return str(Path(ray_dir or default_ray_dir(store)).absolute())
+
+
+@contextlib.contextmanager
+def ray_for(store: Store, ray_dir: str | None, address: str | None, num_cpus: int | None, ship_code: bool):
+    """Ray joined or started for a run over `store`, every node checked to share the store (and Ray's folder,
+    unless it is a URI); yields Ray Tune's storage path."""
+    storage = ray_folder(store, ray_dir)
+    store.root.mkdir(parents=True, exist_ok=True)
+    with ray_session(address, num_cpus, ship_code):
+        check_shared({"store": store.root} | ({} if "://" in storage else {"ray_dir": Path(storage)}))
+        yield storage
+
+
+def placed(trainable, store: Store, cpus_per_trial: float, gpus_per_trial: float, **params):
+    """`trainable` with its parameters and its resources per trial: torch threads from its CPUs, its device from
+    its GPUs (cpu without one)."""
+    from ray import tune
+
+    threads, device = max(1, int(cpus_per_trial)), trial_device(gpus_per_trial)
+    return tune.with_resources(
+        tune.with_parameters(trainable, store_root=str(store.root), threads=threads, device=device, **params),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+    )

@@ -197,6 +197,11 @@ CASES = [
         ["--study-storage", "127.0.0.1:1"],
     ),
     (
+        "sweep-workers-not-a-count",
+        lambda t: ["sweep", space(t), "--workers", "0", "--store", str(t / "s")],
+        ["--workers", "'0'", "auto"],
+    ),
+    (
         "sweep-unreachable-address",
         lambda t: ["sweep", space(t), "--backend", "ray", "--address", "127.0.0.1:1", "--store", str(t / "s")],
         ["--address", "127.0.0.1:1"],

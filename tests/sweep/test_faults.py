@@ -68,7 +68,8 @@ def assert_nothing_lost(row, requested, interrupted=True):
 @pytest.mark.parametrize("size", SIZES)
 def test_optuna_journal_driver_killed_then_resumed(tmp_path, size):
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"], seeds=size["seeds"])
-    args = ["sweep", str(path), "--store", "store", "--study-storage", "j.journal", "--wandb", "disabled"]
+    args = ["sweep", str(path), "--store", "store", "--study-storage", "j.journal", "--workers", "1", "--wandb",
+            "disabled"]  # fmt: skip
     proc = stabench(*args, cwd=tmp_path)
     wait_for_records(tmp_path / "store", 1)
     wait_for_training(tmp_path / "store")
@@ -105,6 +106,8 @@ def test_optuna_postgres_driver_killed_then_rerun(tmp_path, postgres_url, how): 
         postgres_url,
         "--study",
         study,
+        "--workers",
+        "1",
         "--wandb",
         "disabled",
     ]

@@ -1,6 +1,8 @@
 """Where trials run: one GPU per Ray trial on a cluster with GPUs (Ray's fake GPU resources here), the CPU for a
 zero-GPU trial, Optuna workers taking GPUs in turn, and the placement written into each record."""
 
+import os
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -12,8 +14,17 @@ from stabench.record import Tags
 from stabench.space import load_space, trial_config
 from stabench.store import Store
 from stabench.sweep.core import ConfigRun
-from stabench.sweep.optuna import worker_gpus
+from stabench.sweep.optuna import default_workers, worker_gpus
 from tests.helpers import space_file, tiny_config
+
+
+def test_auto_workers_are_one_per_gpu_else_one_per_core_at_most_the_trials(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert default_workers(10) == 4
+    assert default_workers(3) == 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert default_workers(10) == 2
 
 
 def test_one_worker_leaves_the_device_to_the_config():
