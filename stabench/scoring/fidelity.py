@@ -1,24 +1,6 @@
-"""Sample quality: FID and KID computed by torch-fidelity, with reference statistics cached on disk.
-
-Nothing here knows about configs: callers pass image tensors in [-1, 1] and names. Two extractors:
-
-- `digits`: stabench's small CNN (`stabench.extractor`, torch-fidelity name `digits-cnn`), penultimate
-  features. Keys `fid_digits`, `kid_digits`, `kid_digits_std`.
-- `inception`: torch-fidelity's `inception-v3-compat` (standard FID) from a LOCAL weights file, never
-  downloaded. Keys `fid`, `kid`, `kid_std`.
-
-The extractor is part of every metric key, so numbers from the two can never be mixed up.
-
-The extractor is built once per process and device, and a reference's features and FID statistics are held
-in the process (the last few references) and cached on disk by torch-fidelity under `cache_dir` (default
-`$STABENCH_CACHE/fidelity`, else `~/.cache/stabench/fidelity`); FID and KID come from torch-fidelity's own
-metric functions, so the numbers are those of its `calculate_metrics`. torch-fidelity's own cache key is the
-input name plus the extractor name only (not its weights, not the sample count), so stabench names each
-reference itself: `reference_name(...)` (dataset, resolution, split, extractor, weights hash) plus the
-reference's size and a hash of its pixels and of the extractor weights, so a stale entry is never read.
-
-torch_fidelity (slow to import) and stabench.extractor are imported on first use, so the CLI can call
-`resolve_inception_weights` to fail fast before training without paying for them.
+"""FID and KID through torch-fidelity: images in its format, its extractor built once per process and device, a
+reference's features and statistics held in the process over torch-fidelity's disk cache, and the metrics from
+its own functions (the numbers its `calculate_metrics` gives). torch-fidelity is imported on first use.
 """
 
 from __future__ import annotations
@@ -27,27 +9,21 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import statistics
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from .errors import UserError
-from .record import atomic_write_text
+from ..errors import UserError
+from ..record import atomic_write_text
+from .extractors import Extractor, get_extractor
 
-EXTRACTORS = ("digits", "inception")
-INCEPTION_ENV = "STABENCH_INCEPTION_WEIGHTS"
 CACHE_ENV = "STABENCH_CACHE"
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-# torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3 (0.4.0), quoted so the error needs no import.
-INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size
 
 
@@ -83,113 +59,6 @@ class ImageDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
-# Extractors
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Extractor:
-    """One torch-fidelity feature extractor, its weights file, and the suffix its metric keys carry."""
-
-    name: str  # stabench's name: "digits" | "inception"
-    fidelity_name: str  # torch-fidelity's registered name
-    feature_layer: str  # features used for both FID and KID
-    weights_path: Path
-    key_suffix: str  # "_digits" -> fid_digits; "" -> fid
-    batch_size: int = 64
-
-    @property
-    def weights_sha(self) -> str:
-        """The weights file's sha256 prefix: reference caches are keyed by it."""
-        return file_sha256(self.weights_path)[:16]
-
-    def key(self, metric: str) -> str:
-        """'fid' -> 'fid_digits' for the digits extractor, 'fid' for inception."""
-        return f"{metric}{self.key_suffix}"
-
-    def reference_name(self, dataset: str, resolution: int, split: str) -> str:
-        """The cache name of a reference split's statistics under these weights."""
-        return reference_name(dataset, resolution, split, self.fidelity_name, self.weights_sha)
-
-    def fidelity_kwargs(self) -> dict:
-        """The torch-fidelity arguments that select this extractor and layer."""
-        return dict(
-            feature_extractor=self.fidelity_name,
-            feature_layer_fid=self.feature_layer,
-            feature_layer_kid=self.feature_layer,
-            feature_extractor_weights_path=str(self.weights_path),
-        )
-
-
-def get_extractor(
-    name: str = "digits", inception_weights: str | Path | None = None, digits_weights: str | Path | None = None
-) -> Extractor:
-    """The extractor called `name` ('digits' or 'inception'), registered with torch-fidelity and ready to use."""
-    if name == "digits":
-        from . import extractor as digits  # imports torch_fidelity
-
-        return Extractor(
-            "digits",
-            digits.register(),
-            digits.FEATURE_LAYER,
-            Path(digits_weights or digits.WEIGHTS_PATH),
-            key_suffix="_digits",
-            batch_size=500,
-        )
-    if name == "inception":
-        # pool3 features, the standard FID layer
-        return Extractor(
-            "inception", "inception-v3-compat", "2048", resolve_inception_weights(inception_weights), key_suffix=""
-        )
-    raise UserError(f"eval.extractor: unknown extractor '{name}'; allowed: {', '.join(EXTRACTORS)}")
-
-
-def _inception_help(problem: str) -> str:
-    return (
-        f"{problem}. FID with the 'inception' extractor needs torch-fidelity's InceptionV3 weights file "
-        f"{INCEPTION_FILE}, which is never downloaded at run time. Download it on a machine with internet "
-        f"from {INCEPTION_URL} and pass its path with --inception-weights PATH, the config key "
-        f"eval.inception_weights, or the environment variable {INCEPTION_ENV}=PATH."
-    )
-
-
-def resolve_inception_weights(path: str | Path | None = None) -> Path:
-    """The local InceptionV3 weights file: `path`, else $STABENCH_INCEPTION_WEIGHTS; UserError if neither exists.
-
-    Cheap (no torch-fidelity import): call it before training so a missing file fails fast.
-    """
-    source = "--inception-weights / eval.inception_weights"
-    if not path:
-        path, source = os.environ.get(INCEPTION_ENV) or None, f"${INCEPTION_ENV}"
-    if not path:
-        raise UserError(_inception_help("eval.inception_weights: no Inception weights file given"))
-    resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise UserError(
-            _inception_help(
-                f"eval.inception_weights: Inception weights file '{resolved}' (from {source}) does not exist"
-            )
-        )
-    return resolved
-
-
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime): the Inception weights are ~100 MB."""
-    path = Path(path).resolve()
-    st = path.stat()
-    return _sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
-# ---------------------------------------------------------------------------------------------
 # Cache names
 # ---------------------------------------------------------------------------------------------
 
@@ -198,12 +67,6 @@ def default_cache_dir() -> Path:
     """$STABENCH_CACHE/fidelity, else ~/.cache/stabench/fidelity."""
     root = os.environ.get(CACHE_ENV)
     return (Path(root) if root else Path.home() / ".cache" / "stabench").expanduser() / "fidelity"
-
-
-def reference_name(dataset: str, resolution: int, split: str, extractor: str, weights_sha: str) -> str:
-    """A readable cache name for a reference set, e.g. 'digits-8px-test-digits-cnn-64df0185c66a'."""
-    name = f"{dataset}-{resolution}px-{split}-{extractor}-{weights_sha[:12]}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)  # becomes part of a file name
 
 
 def _cache_name(name: str, reference: torch.Tensor, ext: Extractor) -> str:
@@ -428,47 +291,3 @@ def fid_floor(
     }
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return result
-
-
-class ReferenceScorer:
-    """Scores sample batches of one trial against its workload's held-out reference split, with the
-    reference statistics cached on disk (computed by the first scoring, reused by every later one).
-
-    With the training images (`real`), it also gives the floor at a trial's sample count and a selection
-    FID against the training images, so that choosing among weight sets never looks at the reported reference.
-    """
-
-    def __init__(
-        self,
-        extractor: str,
-        reference: torch.Tensor,
-        dataset: str,
-        resolution: int,
-        split: str = "test",
-        inception_weights: str | Path | None = None,
-        cache_dir: str | Path | None = None,
-        real: torch.Tensor | None = None,
-        device: torch.device | None = None,
-    ):
-        self.ext = get_extractor(extractor, inception_weights)
-        self.reference, self.real, self.cache_dir, self.device = reference, real, cache_dir, device
-        self.name = self.ext.reference_name(dataset, resolution, split)
-        self.selection_name = self.ext.reference_name(dataset, resolution, "train")
-        self.fid_key, self.kid_key = self.ext.key("fid"), self.ext.key("kid")
-
-    def score(self, samples: torch.Tensor) -> dict:
-        """FID/KID of `samples` against the reported reference."""
-        with scoring_on(self.device):
-            return score(samples, self.reference, self.name, self.ext, cache_dir=self.cache_dir)
-
-    def selection_fid(self, samples: torch.Tensor) -> float:
-        """FID of `samples` against the training images (for choosing weights; never reported as quality)."""
-        assert self.real is not None, "selection needs the training images"
-        with scoring_on(self.device):
-            return score(samples, self.real, self.selection_name, self.ext, cache_dir=self.cache_dir)[self.fid_key]
-
-    def floor(self, n: int | None = None) -> float:
-        """The metric's floor: `n` training images against the reference (two halves without training images)."""
-        with scoring_on(self.device):
-            floor = fid_floor(self.reference, self.name, self.real, n, self.ext, self.cache_dir)
-        return floor[self.fid_key]
