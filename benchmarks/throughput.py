@@ -149,6 +149,7 @@ def op_profile(cfg, images: torch.Tensor, device: torch.device, steps: int, warm
 
 
 def print_profile(spec_mode: str, device: torch.device, steps: int, warmup: int) -> None:
+    """`--profile PRESET:MODE`: the step's time per kind of op, largest first."""
     spec, _, mode = spec_mode.partition(":")
     cfg = preset_config(spec, mode or "fp32", str(device))
     totals = op_profile(cfg, load_images(cfg.workload, "train"), device, steps, warmup)
