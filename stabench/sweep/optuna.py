@@ -201,14 +201,18 @@ def ask_next(
         return trial
 
 
-def default_workers(n_trials: int) -> int:
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(n_trials: int, gpus: list[int] | None = None) -> int:
     """`--workers auto`: one worker per visible GPU, else one per CPU core this process may use, never more than
     the trials wanted. On a 2-core CPU, one trial per core ran the quickstart sweep at 1.32x (4 trials) and 1.19x
     (2 trials) the trials/hour of one trial on both cores (`benchmarks/throughput.py`)."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(torch.cuda.device_count() or cores, n_trials))
+    return max(1, min(len(gpus) if gpus else torch.cuda.device_count() or usable_cores(), n_trials))
 
 
 def worker_gpus(gpus: list[int] | None, workers: int) -> tuple[int, ...]:
@@ -245,7 +249,7 @@ def run_optuna_sweep(
     `<name>@<sweep>`; without settings, the space's name and trial budget."""
     settings = settings or SweepSettings.of(space)
     name, storage_url = settings.study, settings.study_storage
-    workers = workers or default_workers(settings.n_trials)
+    workers = workers or default_workers(settings.n_trials, gpus)
     placed = worker_gpus(gpus, workers)  # before the study opens: a GPU that is not there fails first
     if storage_url is None:
         if note := legacy_journal_note(store.root, name):

@@ -58,7 +58,8 @@ def supervise(
     """Run `workers` processes of `target(kwargs)` (each with its share of the cores and its index). When one
     dies (OOM killer, kill -9), `on_death(pid, exit code)` is called and a replacement with the same index (so the
     same GPU) starts, at most `max_restarts` times."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)  # the cores this process may use, as `--workers auto` counts them
     ctx = mp.get_context("spawn")
 
     def start(i: int) -> mp.Process:

@@ -19,12 +19,13 @@ from tests.helpers import space_file, tiny_config
 
 
 def test_auto_workers_are_one_per_gpu_else_one_per_core_at_most_the_trials(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert default_workers(10) == 4
     assert default_workers(3) == 3
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert default_workers(10) == 2
+    assert default_workers(10, gpus=[0]) == 1
 
 
 def test_one_worker_leaves_the_device_to_the_config():
