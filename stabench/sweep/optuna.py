@@ -6,7 +6,6 @@ With `study` (storage, sampler, pruner, trial bookkeeping), the only modules tha
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from .study import (
     summarize_study,
     trial_failures,
 )
-from .workers import same_machine, supervise, this_worker, worker_is_gone
+from .workers import same_machine, supervise, this_worker, usable_cores, worker_is_gone
 
 
 def sweep_lock(store: Store, name: str):
@@ -201,11 +200,6 @@ def ask_next(
         return trial
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def default_workers(n_trials: int, gpus: list[int] | None = None) -> int:
     """`--workers auto`: one worker per visible GPU, else one per CPU core this process may use, never more than
     the trials wanted. On a 2-core CPU, one trial per core ran the quickstart sweep at 1.32x (4 trials) and 1.19x
@@ -244,9 +238,8 @@ def run_optuna_sweep(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run (or continue) a sweep with Optuna in this process or `workers` supervised local processes (None: one
-    per GPU, else per core, `default_workers`); returns a
-    summary with the best trial(s). The settings' named points (name -> params) run first, labelled
-    `<name>@<sweep>`; without settings, the space's name and trial budget."""
+    per GPU, else per core, `default_workers`); returns a summary with the best trial(s). The settings' named
+    points (name -> params) run first, labelled `<name>@<sweep>`; without settings, the space's name and budget."""
     settings = settings or SweepSettings.of(space)
     name, storage_url = settings.study, settings.study_storage
     workers = workers or default_workers(settings.n_trials, gpus)

@@ -48,6 +48,11 @@ def worker_is_gone(worker: dict | None, heartbeats: bool) -> bool:
     return stat is None or stat[0] == "Z" or stat[1] != worker.get("start")
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def supervise(
     target: Callable[[dict], None],
     kwargs: dict,
@@ -58,8 +63,7 @@ def supervise(
     """Run `workers` processes of `target(kwargs)` (each with its share of the cores and its index). When one
     dies (OOM killer, kill -9), `on_death(pid, exit code)` is called and a replacement with the same index (so the
     same GPU) starts, at most `max_restarts` times."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // workers)  # the cores this process may use, as `--workers auto` counts them
+    threads = max(1, usable_cores() // workers)  # the cores `--workers auto` counts
     ctx = mp.get_context("spawn")
 
     def start(i: int) -> mp.Process:
