@@ -24,6 +24,11 @@ class UserError(ValueError):
         text = f"{prefix}: {self.message}" if prefix else self.message
         return f"{text}; allowed: {self.allowed}" if self.allowed else text
 
+    @classmethod
+    def caused_by(cls, error: BaseException, what: str, **parts) -> UserError:
+        """`what` went wrong because of a caught library `error`: its type and text end the message."""
+        return cls(f"{what}: {type(error).__name__}: {error}", **parts)
+
 
 class ConfigError(UserError):
     """A config file or `--set` override is invalid."""

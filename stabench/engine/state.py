@@ -149,7 +149,7 @@ def read_checkpoint(path: Path, key: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated, not a torch file, unpicklable: torch raises many kinds
-        raise UserError(f"'{path}' is not a readable checkpoint ({type(e).__name__}: {e})", key=key) from None
+        raise UserError.caused_by(e, f"'{path}' is not a readable checkpoint", key=key) from None
     if not isinstance(state, dict) or not {"record_head", "loop"} <= set(state):
         raise UserError(f"'{path}' is a torch file but not a stabench checkpoint (no record_head/loop)", key=key)
     return state

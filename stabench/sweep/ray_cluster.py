@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import UserError
 from ..store import Store
 
+RAY_ADDRESSES = "omit it for a local Ray, 'auto' for the cluster this machine belongs to, host:port or ray://host:port"
 # What the workers need of the driver's environment: data and cache locations, and W&B's mode, credentials and
 # destination (a worker on another node has none of them).
 FORWARDED_ENV = (
@@ -35,12 +36,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except (OSError, ValueError) as e:
-        raise UserError(
-            f"cannot reach Ray at '{address}' ({e})",
-            key="address",
-            allowed="omit it for a local Ray, 'auto' for the cluster this machine belongs to, host:port or "
-            "ray://host:port",
-        ) from None
+        raise UserError(f"cannot reach Ray at '{address}' ({e})", key="address", allowed=RAY_ADDRESSES) from None
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, ship_code: bool = False) -> bool:
@@ -67,11 +63,8 @@ def init_ray(address: str | None, num_cpus: int | None = None, ship_code: bool =
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
     except Exception as e:  # unreachable address, version mismatch, ...
-        raise UserError(
-            f"cannot connect to Ray at '{address}': {type(e).__name__}: {e}",
-            key="address",
-            allowed="omit it for a local Ray, 'auto' for a running cluster, or ray://host:port",
-        ) from None
+        failed = f"cannot connect to Ray at '{address}'"
+        raise UserError.caused_by(e, failed, key="address", allowed=RAY_ADDRESSES) from None
     return True
 
 

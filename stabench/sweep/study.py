@@ -65,6 +65,7 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 
 HEARTBEAT_INTERVAL_S = int(os.environ.get("STABENCH_HEARTBEAT_S", "60"))
 HEARTBEAT_GRACE_S = int(os.environ.get("STABENCH_HEARTBEAT_GRACE_S", "180"))
+STORAGES = "a journal file path, or an RDB URL such as postgresql://user:pw@host/db"
 MAX_RETRY = 2  # a trial whose worker died is retried this many times (RDB storages, via heartbeats)
 
 
@@ -116,11 +117,7 @@ def make_storage(url: str, study_name: str, heartbeats: bool = True) -> tuple[op
             )
         return storage, url
     except Exception as e:  # bad dialect, unreachable server, ...
-        raise UserError(
-            f"cannot open '{url}': {type(e).__name__}: {e}",
-            key="study_storage",
-            allowed="a journal file path, or an RDB URL such as postgresql://user:pw@host/db",
-        ) from None
+        raise UserError.caused_by(e, f"cannot open '{url}'", key="study_storage", allowed=STORAGES) from None
 
 
 def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> optuna.Study:

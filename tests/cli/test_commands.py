@@ -30,8 +30,8 @@ def test_readme_train_command_200_steps(tmp_path):
 
 def test_readme_train_command_writes_a_record_full_of_stability_metrics(tmp_path):
     """The README's train command, shortened (its 200-step run is the slow test above)."""
-    rec, proc = train_ddpm(tmp_path, "steps=60", "eval.samples=100", "eval.probe_every=5")
-    assert rec["steps_completed"] == 60
+    rec, proc = train_ddpm(tmp_path, "steps=30", "eval.samples=100", "eval.probe_every=5")
+    assert rec["steps_completed"] == 30
     for key in [
         "clip_frac",
         "grad_norm_cv",

@@ -1,11 +1,15 @@
 """kill -9 of a worker and of the driver, on each backend (Optuna on a journal file and on PostgreSQL, Ray Tune).
 
 Every scenario ends with the requested number of finished trials, no finished trial missing from the store,
-no (config, seed) recorded twice and no torn record. The default run has one fast instance of each scenario;
-the `slow` instances use two seeds per config and more trials. Two scenarios run only in the slow set, each with a
-small in-process version in the default run: a Ray trial actor killed (tests/sweep/test_resume.py: Tune restarts
-the killed trial and it resumes mid-seed) and the PostgreSQL driver killed with `--resume` (the journal
-instance below: the same retry, another storage).
+no (config, seed) recorded twice and no torn record. The default run has a fast instance of three scenarios
+(Optuna's driver killed on a journal, one of two Optuna workers killed on PostgreSQL, the interrupted-trial checks);
+the `slow` instances use two seeds per config and more trials. The rest run only in the slow set, each with a smaller
+version in the default run:
+- a Ray trial actor killed: tests/sweep/test_resume.py (Tune restarts the killed trial and it resumes mid-seed);
+- the PostgreSQL driver killed with `--resume`: the journal instance below (the same retry, another storage);
+- one of two workers killed on a journal: the PostgreSQL instance below (the same supervisor, another storage);
+- the Ray driver killed and its experiment restored: tests/sweep/test_sweeps.py restores a finished Ray experiment
+  in-process (`--resume` finds it, Tune restores it, nothing is trained or recorded twice).
 """
 
 import collections
@@ -158,6 +162,7 @@ def kill_one_worker(proc, tmp_path, storage, study_name) -> int:
     raise AssertionError("no worker with a running trial found")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 def test_optuna_journal_worker_killed(tmp_path, size):
     path = space_file(tmp_path, fixed=STEPS, trials=size["trials"] + 1, seeds=size["seeds"])
@@ -265,6 +270,7 @@ def test_ray_trial_actor_killed(tmp_path, size):
     assert sum(t.num_failures for t in trials) == 1  # Tune restarted the killed trial
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 def test_ray_driver_killed_then_restored(tmp_path, size, postgres_url):  # noqa: F811
     """The OptunaSearch study lives in PostgreSQL here (`--storage`), as on a cluster."""

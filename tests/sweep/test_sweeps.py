@@ -10,7 +10,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from click.testing import CliRunner
 
+from stabench.cli import main
 from stabench.space import load_space
 from stabench.store import Store
 from stabench.sweep import confirm
@@ -173,6 +175,20 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
     assert states["PRUNED"] == sum(r["status"] == "pruned" for r in records)
     finals = {r["metrics"]["best_probe_loss"] for r in records if r["status"] == "ok"}
     assert {t.value for t in study.trials if t.state.name == "COMPLETE"} <= finals
+    # --resume restores the experiment (the small version of the slow "Ray driver killed" scenario): Tune finds every
+    # trial ended, so nothing is trained or recorded again
+    lines = []
+    again = run_ray_sweep(
+        space,
+        store,
+        SweepSettings.of(space, study_storage=journal, resume=True),
+        ray_dir=str(tmp_path / "ray"),
+        num_cpus=2,
+        log=lines.append,
+    )
+    assert any("restoring Ray Tune experiment" in line for line in lines)
+    assert again["trials"] == 4
+    assert len(list(store.records(sweep="t"))) == len(records)
     optuna_record = Store(tmp_path / "o").root
     one = load_space(space_file(tmp_path, trials=1))
     ref = run_optuna_sweep(
@@ -220,12 +236,11 @@ def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
         cpus_of = json.loads(cpus.stdout.strip().splitlines()[-1])
         assert sorted(cpus_of.values()) == [0.0, 2.0]  # the head and the worker node
         assert cpus_of[node] == 2.0  # the trials ran on the worker node
-        board = subprocess.run(
-            [sys.executable, "-m", "stabench.cli", "leaderboard", "--store", "store", "--sweep", "t",
-             "--metric", "best_probe_loss", "--no-plots"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+        board = CliRunner().invoke(
+            main, ["leaderboard", "--store", str(tmp_path / "store"), "--sweep", "t", "--metric", "best_probe_loss",
+                   "--no-plots"],
         )  # fmt: skip
-        assert board.returncode == 0, board.stderr[-3000:]
+        assert board.exit_code == 0, board.output[-3000:]
         assert (tmp_path / "store" / "leaderboard" / "leaderboard.md").is_file()
     finally:
         ray_cli("stop", "--force", env=env)
