@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from tests.helpers import tiny_config
+from tests.helpers import shared_ray, stop_ray, tiny_config
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -11,6 +11,22 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+@pytest.fixture(scope="session")
+def ray_kill_marker(tmp_path_factory):
+    """The file that says the shared Ray's one kill mid-seed has happened (tests/sweep/faults.py)."""
+    yield tmp_path_factory.mktemp("ray-hooks") / "killed"
+    stop_ray()
+
+
+@pytest.fixture
+def local_ray(ray_kill_marker):
+    """The local Ray shared by the in-process Ray tests (started at the first such test, kept for the next);
+    yields its kill marker."""
+    pytest.importorskip("ray")
+    shared_ray(ray_kill_marker)
+    return ray_kill_marker
 
 
 def pytest_terminal_summary(terminalreporter):

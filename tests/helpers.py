@@ -1,4 +1,5 @@
-"""What several test modules share: the one definition of a tiny trial, and a sweep space file built from it."""
+"""What several test modules share: the one definition of a tiny trial, a sweep space file built from it, and the
+local Ray the in-process Ray tests run on."""
 
 from pathlib import Path
 
@@ -48,3 +49,36 @@ def space_file(tmp_path: Path, space=None, objectives=None, seeds=(0,), trials=4
     p = tmp_path / "space.yaml"
     p.write_text(yaml.safe_dump(body, sort_keys=False))
     return p
+
+
+REPO = str(Path(__file__).resolve().parents[1])  # Ray workers import tests.sweep.faults from here
+_shared_ray = {"up": False}
+
+
+def shared_ray(kill_marker: Path) -> None:
+    """Start the local Ray (2 CPUs) that the in-process Ray tests share, unless it is up: one start serves them all.
+    Its workers run tests.sweep.faults.ray_worker_hooks (a simulated OOM, a kill mid-seed marked by `kill_marker`),
+    which act only on trials with their own learning rates."""
+    import ray
+
+    if _shared_ray["up"] and ray.is_initialized():
+        return
+    ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "worker_process_setup_hook": "tests.sweep.faults.ray_worker_hooks",
+            "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONPATH": REPO, "STABENCH_KILL_MARKER": str(kill_marker)},
+        },
+    )
+    _shared_ray["up"] = True
+
+
+def stop_ray() -> None:
+    """Shut Ray down (the shared one too): for a test that starts Ray with a runtime_env or resources of its own."""
+    import ray
+
+    ray.shutdown()
+    _shared_ray["up"] = False

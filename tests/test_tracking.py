@@ -74,7 +74,7 @@ def test_two_trial_optuna_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
     check_runs(offline_runs(store.root), 2)
 
 
-def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
+def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch, local_ray):
     from stabench.sweep.ray import run_ray_sweep
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -154,11 +154,12 @@ def simulate_oom() -> None:
 
 
 KILL_AT_STEP = 12  # between the evaluation (and Ray checkpoint) at step 10 and the next at 15
+KILL_LR = 2.22e-3  # the learning rate that marks the trial kill_once_mid_seed targets
 
 
 def kill_once_mid_seed() -> None:
-    """Ray `worker_process_setup_hook`: the first trial to reach step KILL_AT_STEP exits its worker process, as a
-    preempted node would; once only, marked by the file $STABENCH_KILL_MARKER (which holds the killed pid)."""
+    """Make the first trial with lr == KILL_LR to reach step KILL_AT_STEP exit its worker process, as a preempted
+    node would; once only, marked by the file $STABENCH_KILL_MARKER (which holds the killed pid)."""
     marker = os.environ.get("STABENCH_KILL_MARKER")
     import stabench.engine.trial as trial_mod
 
@@ -166,9 +167,16 @@ def kill_once_mid_seed() -> None:
 
     def step(forward, params, diffusion, optimizer, *args, **kwargs):
         calls[id(optimizer)] += 1
-        if marker and calls[id(optimizer)] == KILL_AT_STEP and not os.path.exists(marker):
+        due = optimizer.defaults["lr"] == KILL_LR and calls[id(optimizer)] == KILL_AT_STEP
+        if marker and due and not os.path.exists(marker):
             Path(marker).write_text(str(os.getpid()))
             os._exit(1)
         return real(forward, params, diffusion, optimizer, *args, **kwargs)
 
     trial_mod.optimization_step = step
+
+
+def ray_worker_hooks() -> None:
+    """The shared test Ray's `worker_process_setup_hook`: both faults above, each acting only on its own trials."""
+    simulate_oom()
+    kill_once_mid_seed()

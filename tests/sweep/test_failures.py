@@ -3,7 +3,6 @@ the sweep goes on; `--max-failures` bounds it; a diverged trial is a result, not
 
 import collections
 import math
-from pathlib import Path
 
 import optuna
 import pytest
@@ -16,7 +15,6 @@ from tests.helpers import space_file
 from tests.sweep.faults import OOM_LR, simulate_oom
 
 LR_CHOICES = {"optim.lr": {"type": "categorical", "choices": [3e-3, 2e-3, OOM_LR, 50.0]}}
-REPO = str(Path(__file__).resolve().parents[2])  # Ray workers import tests.sweep.faults from here
 NO_CLIP = {"optim.clip_norm": None, "optim.steps": 60}  # lr 50 without clipping diverges
 
 
@@ -84,33 +82,19 @@ def test_max_failures_stops_the_sweep(tmp_path, oom):
     assert len(list(Store(tmp_path / "store").records(sweep="t"))) == 2
 
 
-def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_path):
-    import ray
-
+def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_path, local_ray):
     from stabench.sweep.ray import run_ray_sweep
 
     space = load_space(space_file(tmp_path, space=LR_CHOICES, fixed=NO_CLIP, trials=3))
     points = {"ok": {"optim.lr": 3e-3}, "oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}
     store = Store(tmp_path / "store")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={
-            "worker_process_setup_hook": "tests.sweep.faults.simulate_oom",
-            "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONPATH": REPO},
-        },
+    summary = run_ray_sweep(  # on the shared Ray, whose workers simulate the OOM (tests/sweep/faults.py)
+        space,
+        store,
+        SweepSettings.of(space, max_failures=1, named_points=points),
+        ray_dir=str(tmp_path / "ray"),
+        log=lambda s: None,
     )
-    try:
-        summary = run_ray_sweep(
-            space,
-            store,
-            SweepSettings.of(space, max_failures=1, named_points=points),
-            ray_dir=str(tmp_path / "ray"),
-            log=lambda s: None,
-        )
-    finally:
-        ray.shutdown()
     assert summary["trials"] == 3
     assert summary["errors"] == 1
     by_status = collections.defaultdict(list)

@@ -15,7 +15,7 @@ from stabench.space import load_space, trial_config
 from stabench.store import Store
 from stabench.sweep.core import ConfigRun
 from stabench.sweep.optuna import default_workers, worker_gpus
-from tests.helpers import space_file, tiny_config
+from tests.helpers import space_file, stop_ray, tiny_config
 
 
 def test_auto_workers_are_one_per_gpu_else_one_per_core_at_most_the_trials(monkeypatch):
@@ -77,6 +77,7 @@ def test_a_placed_device_overrides_the_config_but_not_its_hash(tmp_path):
 @pytest.fixture(scope="module")
 def ray_with_two_fake_gpus():
     ray = pytest.importorskip("ray")
+    stop_ray()  # the shared test Ray, if up: this module's Ray has GPUs
     ray.init(
         num_cpus=2,
         num_gpus=2,  # Ray schedules fake GPUs on a CPU machine: placement is Ray's, training runs on the CPU
@@ -85,7 +86,7 @@ def ray_with_two_fake_gpus():
         runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}},
     )
     yield ray
-    ray.shutdown()
+    stop_ray()
 
 
 def run_one_job(tmp_path, gpus_per_trial):

@@ -9,7 +9,9 @@ import pytest
 def test_shipped_code_and_the_wandb_variables_reach_the_workers(monkeypatch):
     ray = pytest.importorskip("ray")
     from stabench.sweep.ray_cluster import init_ray
+    from tests.helpers import stop_ray
 
+    stop_ray()  # the shared test Ray, if up: this test starts Ray as the CLI does
     monkeypatch.setenv("WANDB_ENTITY", "my-team")
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert init_ray(None, num_cpus=1, ship_code=True)

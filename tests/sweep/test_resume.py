@@ -3,42 +3,19 @@ retry continues that seed from its last checkpoint step and finishes bit for bit
 
 import os
 
-import pytest
-
 from stabench.space import load_space
 from stabench.store import Store
 from stabench.sweep.backend import SweepSettings
 from tests.helpers import space_file
-from tests.sweep.faults import KILL_AT_STEP
+from tests.sweep.faults import KILL_AT_STEP, KILL_LR
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-POINT = {"optim.lr": 2e-3}
-
-
-@pytest.fixture
-def ray_that_kills_once(tmp_path):
-    ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={
-            "worker_process_setup_hook": "tests.sweep.faults.kill_once_mid_seed",
-            "env_vars": {
-                "RAY_CHDIR_TO_TRIAL_DIR": "0",
-                "PYTHONPATH": REPO,
-                "STABENCH_KILL_MARKER": str(tmp_path / "killed"),
-            },
-        },
-    )
-    yield tmp_path / "killed"
-    ray.shutdown()
+POINT = {"optim.lr": KILL_LR}  # the learning rate whose trial tests/sweep/faults.py kills once
 
 
 def sweep_once(tmp_path, sweep: str) -> dict:
     from stabench.sweep.ray import run_ray_sweep
 
-    space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [2e-3]}},
+    space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [KILL_LR]}},
                                   fixed={"eval.every": 5}, trials=1))  # fmt: skip
     store = Store(tmp_path / "store")
     settings = SweepSettings.of(space, study=sweep, max_failures=1, named_points={"p": POINT})
@@ -47,9 +24,9 @@ def sweep_once(tmp_path, sweep: str) -> dict:
     return record
 
 
-def test_a_worker_killed_mid_seed_resumes_from_its_checkpoint_step(tmp_path, ray_that_kills_once):
-    resumed = sweep_once(tmp_path, "killed")
-    assert ray_that_kills_once.exists()  # the worker did die, at step KILL_AT_STEP
+def test_a_worker_killed_mid_seed_resumes_from_its_checkpoint_step(tmp_path, local_ray):
+    resumed = sweep_once(tmp_path, "killed")  # on the shared Ray, whose workers kill this trial once
+    assert local_ray.exists()  # the worker did die, at step KILL_AT_STEP
     assert resumed["status"] == "ok"
     assert resumed["resumed_from_step"] == 10
     assert resumed["resumed_from_step"] < KILL_AT_STEP
@@ -84,7 +61,7 @@ def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path)
     from stabench.record import Tags
     from stabench.sweep.core import ConfigRun
 
-    path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [2e-3]}},
+    path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [KILL_LR]}},
                       fixed={"eval.every": 5, "checkpoint_every": 5}, trials=1)  # fmt: skip
     worker = mp.get_context("spawn").Process(
         target=train_until_killed, args=(str(tmp_path / "store"), str(path), str(tmp_path / "killed"))

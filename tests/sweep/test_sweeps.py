@@ -18,7 +18,7 @@ from stabench.store import Store
 from stabench.sweep import confirm
 from stabench.sweep.backend import SweepSettings
 from stabench.sweep.optuna import run_optuna_sweep
-from tests.helpers import space_file
+from tests.helpers import space_file, stop_ray
 
 
 def by_trial(store, sweep="t"):
@@ -148,7 +148,7 @@ def test_two_objectives_report_a_pareto_front(tmp_path):
         )
 
 
-def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path):
+def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path, local_ray):
     from stabench.sweep.ray import run_ray_sweep
     from stabench.sweep.study import make_storage
 
@@ -209,6 +209,7 @@ def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
     """`ray start` on two nodes (one machine): the head has no CPUs, so every trial runs on the second node, in a
     working directory without the store; the driver joins through $RAY_ADDRESS (as `ray job submit` sets it) and
     every record arrives in the driver's store, saying which node trained it."""
+    stop_ray()  # the shared test Ray, if up: `ray stop` below ends every Ray on this machine, its driver too
     port = "6391"
     # token auth off on both sides: this throwaway cluster is on loopback only
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
