@@ -85,7 +85,6 @@ def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch, loca
         store,
         SweepSettings.of(space, tracking=TrackingSettings(mode="offline", dir=str(store.root))),
         ray_dir=str(tmp_path / "ray"),
-        num_cpus=2,
         log=lambda s: None,
     )
     check_runs(offline_runs(store.root), 2)

@@ -159,7 +159,6 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path, lo
         store,
         SweepSettings.of(space, study_storage=journal),
         ray_dir=str(tmp_path / "ray"),
-        num_cpus=2,
         log=lambda s: None,
     )
     records = list(store.records(sweep="t"))
@@ -183,7 +182,6 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path, lo
         store,
         SweepSettings.of(space, study_storage=journal, resume=True),
         ray_dir=str(tmp_path / "ray"),
-        num_cpus=2,
         log=lines.append,
     )
     assert any("restoring Ray Tune experiment" in line for line in lines)
