@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     args = ap.parse_args()
     from stabench.sweep.ray import run_ray_sweep
+    from stabench.sweep.ray_cluster import RayCluster
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -68,7 +69,8 @@ def main() -> None:
 
         t0 = time.time()
         store = Store(tmp / "ray")
-        summary = run_ray_sweep(space, store, ray_dir=str(tmp / "ray_state"), cpus_per_trial=1, log=lambda s: None)
+        cluster = RayCluster(ray_dir=str(tmp / "ray_state"))
+        summary = run_ray_sweep(space, store, SweepSettings.of(space), cluster, log=lambda s: None)
         ray_wall = time.time() - t0
         started = summary["trial_started_unix"]
         ray_gaps = [

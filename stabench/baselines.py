@@ -66,9 +66,10 @@ def run_baselines(
     """Run the jobs the store lacks: one after another in this process (`local`), or as Ray Tune trials."""
     if backend == "ray":
         from .sweep.ray import run_ray_jobs
+        from .sweep.ray_cluster import RayCluster
 
         todo = [(n, c, Tags(sweep=SWEEP, reference=n, backend="ray").to_dict()) for n, c in pending(jobs, store)]
-        run_ray_jobs(todo, store, tracking=tracking, **ray_options)
+        run_ray_jobs(todo, store, RayCluster(**ray_options), tracking=tracking)
     else:
         run_baselines_local(jobs, store, log=log, tracking=tracking)
 

@@ -76,6 +76,7 @@ def test_two_trial_optuna_sweep_leaves_two_offline_runs(tmp_path, monkeypatch):
 
 def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch, local_ray):
     from stabench.sweep.ray import run_ray_sweep
+    from stabench.sweep.ray_cluster import RayCluster
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     store = Store(tmp_path / "store")
@@ -84,7 +85,7 @@ def test_two_trial_ray_sweep_leaves_two_offline_runs(tmp_path, monkeypatch, loca
         space,
         store,
         SweepSettings.of(space, tracking=TrackingSettings(mode="offline", dir=str(store.root))),
-        ray_dir=str(tmp_path / "ray"),
+        RayCluster(ray_dir=str(tmp_path / "ray")),
         log=lambda s: None,
     )
     check_runs(offline_runs(store.root), 2)

@@ -55,10 +55,11 @@ def _optuna(space: SearchSpace, store: Store, settings: SweepSettings, *, worker
     return run_optuna_sweep(space, store, settings, workers=workers, gpus=gpus)
 
 
-def _ray(space: SearchSpace, store: Store, settings: SweepSettings, **options: Any) -> dict:
+def _ray(space: SearchSpace, store: Store, settings: SweepSettings, *, max_concurrent=None, **cluster: Any) -> dict:
     from .ray import run_ray_sweep
+    from .ray_cluster import RayCluster
 
-    return run_ray_sweep(space, store, settings, **options)
+    return run_ray_sweep(space, store, settings, RayCluster(**cluster), max_concurrent=max_concurrent)
 
 
 BACKENDS: dict[str, Backend] = {"optuna": _optuna, "ray": _ray}  # imported on use: Ray is slow to import

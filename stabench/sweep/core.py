@@ -41,6 +41,26 @@ class Event:
     record: dict | None = None
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a backend's worker trains and what it records to: the store, the device (a worker's GPU, cpu on a
+    GPU-less Ray slot; None: the config's own, not hashed), torch's thread count (None: torch's default) and
+    tracking. Small and picklable: Ray and the local worker processes receive it whole."""
+
+    store_root: str
+    device: str | None = None
+    threads: int | None = None
+    tracking: TrackingSettings | None = None
+
+    def enter(self) -> Store:
+        """Give this process its thread count; the store the worker records to."""
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(max(1, self.threads))
+        return Store(self.store_root)
+
+
 @dataclass
 class ConfigRun:
     """Runs one sampled config for every seed of the space, reusing records already in the store.
@@ -51,16 +71,17 @@ class ConfigRun:
     """
 
     space: SearchSpace
-    store: Store
     tags: Tags
-    tracking: TrackingSettings | None = None
-    device: str | None = None  # the placement's device (a worker's GPU, or cpu on a GPU-less Ray slot); not hashed
+    placement: Placement
     resume: dict | None = None  # {"seed_index", "run_dir"}: the interrupted seed resumes from that checkpoint
     records: list[dict] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)  # run ids found in the store instead of trained again
     current: Trial | None = None
     current_index: int | None = None
     stopped: bool = False
+
+    def __post_init__(self):
+        self.store = Store(self.placement.store_root)
 
     def events(self, params: dict[str, Any]) -> Iterator[Event]:
         """Train every seed of `params`; yields events, returns the objective values."""
@@ -80,7 +101,7 @@ class ConfigRun:
     def _seed(self, index: int, seed: int, params: dict[str, Any]) -> Iterator[Event]:
         """Train one seed (or find it in the store); returns its record."""
         try:
-            cfg = trial_config(self.space, params, seed).on_device(self.device)
+            cfg = trial_config(self.space, params, seed).on_device(self.placement.device)
         except ConfigError as e:  # values valid one by one but not together: this trial fails, the sweep goes on
             raise TrialFailed(str(e)) from None
         found = self.store.find(config_hash(cfg), seed, sweep=self.tags.sweep)
@@ -93,7 +114,7 @@ class ConfigRun:
             cfg,
             self.store.root,
             tags=tags.to_dict(),
-            tracking=self.tracking,
+            tracking=self.placement.tracking,
             writer=self.store.write_unique,
             resume_dir=self._resume_dir(index) or abandoned_run(self.store, cfg),
         )

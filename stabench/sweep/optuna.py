@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -20,9 +20,8 @@ from ..errors import UserError
 from ..record import Tags, eval_value, record_value
 from ..space import SearchSpace, suggest
 from ..store import Store
-from ..tracking import TrackingSettings
 from .backend import SweepSettings
-from .core import ConfigRun, Event, TrialFailed, TrialPruned
+from .core import ConfigRun, Event, Placement, TrialFailed, TrialPruned
 from .study import (
     check_same_space,
     counts,
@@ -76,23 +75,17 @@ def run_with_pruner(run: ConfigRun, params: dict[str, Any], trial: optuna.Trial,
 
 
 def run_one_optuna_trial(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    space: SearchSpace,
-    store: Store,
-    sweep: str,
-    tracking: TrackingSettings | None = None,
-    device: str | None = None,
+    study: optuna.Study, trial: optuna.Trial, space: SearchSpace, placement: Placement
 ) -> tuple[TrialState, list[float] | None]:
     """Train one asked trial over every seed and tell the study how it ended."""
     tags = Tags(
-        sweep=sweep,
+        sweep=study.study_name,
         backend="optuna",
         trial_number=trial.number,
         scheduled_unix=time.time(),
         named_point=trial.user_attrs.get("baseline_point"),
     )
-    run = ConfigRun(space, store, tags, tracking, device=device)
+    run = ConfigRun(space, tags, placement)
     try:
         values = run_with_pruner(run, suggest(trial, space), trial, space)
         trial.set_user_attr("run_ids", [r["run_id"] for r in run.records])  # the records behind the values
@@ -134,32 +127,28 @@ def progress_line(study: optuna.Study, n_trials: int, space: SearchSpace) -> str
 
 def optuna_worker(
     space: SearchSpace,
-    store_root: str,
     sweep: str,
     storage_url: str | None,
     n_trials: int,
     max_failures: int,
     timeout_s: float | None,
+    placement: Placement,
     threads: int | None = None,
     worker_index: int = 0,
-    tracking: TrackingSettings | None = None,
     gpus: tuple[int, ...] = (),
     log: Callable[[str], None] = print,
 ) -> None:
     """Ask/run/tell until the study holds `n_trials` finished trials, too many failures or the timeout. With
-    `gpus`, worker k trains on GPU gpus[k % len(gpus)] (round-robin)."""
+    `gpus`, worker k trains on GPU gpus[k % len(gpus)] (round-robin); `threads` is its share of the cores."""
     device = f"cuda:{gpus[worker_index % len(gpus)]}" if gpus else None
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    placement = replace(placement, device=device, threads=threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store, study = Store(store_root), open_study(space, sweep, storage_url)
+    store, study = placement.enter(), open_study(space, sweep, storage_url)
     study.sampler = make_sampler(space, seed_offset=1000 * len(study.trials) + worker_index)
     limits = WorkerLimits(n_trials, max_failures, timeout_s, trial_failures(study), time.monotonic())
     while (trial := ask_next(study, store, sweep, limits, log)) is not None:
         with get_heartbeat_thread(trial._trial_id, study._storage):  # no-op for journal files
-            state, values = run_one_optuna_trial(study, trial, space, store, sweep, tracking, device)
+            state, values = run_one_optuna_trial(study, trial, space, placement)
         shown = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values)) if values else ""
         if values and state != TrialState.COMPLETE:
             shown += " (finished after a heartbeat check had failed it; its retry reuses these records)"
@@ -257,13 +246,12 @@ def run_optuna_sweep(
         study.enqueue_trial(params, user_attrs={"baseline_point": point}, skip_if_exists=True)
     kwargs = dict(
         space=space,
-        store_root=str(store.root),
         sweep=name,
         storage_url=storage_url,
         n_trials=settings.n_trials,
         max_failures=settings.max_failures,
         timeout_s=space.budget.timeout_s,
-        tracking=settings.tracking,
+        placement=Placement(str(store.root), tracking=settings.tracking),
         gpus=placed,
     )
     if placed:

@@ -22,8 +22,8 @@ from ..space import SearchSpace, decode_params, suggest, trial_config
 from ..store import Store
 from ..tracking import TrackingSettings
 from .backend import SweepSettings
-from .core import ConfigRun, Event, TrialFailed
-from .ray_cluster import gpus_per_trial_default, placed, ray_for
+from .core import ConfigRun, Event, Placement, TrialFailed
+from .ray_cluster import LOCAL_RAY, RayCluster, placed, ray_for
 from .study import fail_orphaned, make_sampler, make_storage
 
 
@@ -51,23 +51,10 @@ def eval_budget(space: SearchSpace) -> int:
 class StabenchTrainable(tune.Trainable):
     """One sampled config: a `ConfigRun` over every seed of the space, one `step()` per evaluation point."""
 
-    def setup(
-        self,
-        config: dict,
-        space: SearchSpace = None,
-        store_root: str = "",
-        sweep: str = "",
-        threads: int = 1,
-        tracking: TrackingSettings | None = None,
-        named_points: dict | None = None,
-        device: str | None = None,
-    ):
+    def setup(self, config: dict, space: SearchSpace, sweep: str, placement: Placement, named_points: dict):
         """Tune's start of a trial: `config` is its sampled params, the rest comes from `with_parameters`."""
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-        self.space, self.store, self.tracking, self.device = space, Store(store_root), tracking, device
-        self.sweep, self.named_points = sweep, named_points or {}
+        placement.enter()
+        self.space, self.sweep, self.placement, self.named_points = space, sweep, placement, named_points
         self._begin(config)
 
     def reset_config(self, new_config: dict) -> bool:
@@ -95,7 +82,7 @@ class StabenchTrainable(tune.Trainable):
     def _start(self, resume: dict | None = None) -> None:
         """Start (again) from the first seed: seeds already finished are found in the store, never recorded twice;
         the seed a checkpoint names (`resume`) continues from its checkpoint step."""
-        self.run = ConfigRun(self.space, self.store, self.tags, self.tracking, device=self.device, resume=resume)
+        self.run = ConfigRun(self.space, self.tags, self.placement, resume=resume)
         self.events = self.run.events(self.params)
 
     def step(self) -> dict:
@@ -214,31 +201,24 @@ def make_scheduler(space: SearchSpace):
 def run_ray_sweep(
     space: SearchSpace,
     store: Store,
-    settings: SweepSettings | None = None,
+    settings: SweepSettings,
+    cluster: RayCluster = LOCAL_RAY,
     *,
-    address: str | None = None,
-    cpus_per_trial: float = 1,
-    gpus_per_trial: float | None = None,
     max_concurrent: int | None = None,
-    ray_dir: str | None = None,
-    num_cpus: int | None = None,
-    ship_code: bool = False,
     log=print,
 ) -> dict:
     """Run (or restore) a sweep with Ray Tune; returns the best config(s). With a study storage in the settings (a
     journal file or an RDB URL such as PostgreSQL) the OptunaSearch study lives there too, e.g. for
-    optuna-dashboard; without settings, the space's name and trial budget."""
+    optuna-dashboard. `cluster` says where the trials run and how large each is (default: a local Ray)."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # tiny checkpoints
-    settings = settings or SweepSettings.of(space)
     name, n_trials, url = settings.study, settings.n_trials, settings.study_storage
     study_storage = make_storage(url, name, heartbeats=False)[0] if url else None  # fail fast
-    with ray_for(store, ray_dir, address, num_cpus, ship_code) as storage:
+    with ray_for(store, cluster) as storage:
         experiment = f"{storage}/{name}"
-        gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
-        log(f"[{name}] {cpus_per_trial:g} CPU(s) and {gpus_per_trial:g} GPU(s) per trial")
+        log(f"[{name}] {'{:g} CPU(s) and {:g} GPU(s)'.format(*cluster.per_trial())} per trial")
         trainable = placed(
-            StabenchTrainable, store, cpus_per_trial, gpus_per_trial,
-            space=space, sweep=name, tracking=settings.tracking, named_points=settings.named_points,
+            StabenchTrainable, store, cluster, settings.tracking,
+            space=space, sweep=name, named_points=settings.named_points,
         )  # fmt: skip
         progress = ProgressCallback(name, n_trials, space, log)
         if settings.resume and tune.Tuner.can_restore(experiment):
@@ -339,40 +319,26 @@ class ProgressCallback(tune.Callback):
         self.log(f"ray trial {trial.trial_id} errored  {self._line(trials)}")
 
 
-def _run_job(
-    config: dict,
-    jobs: list = None,
-    store_root: str = "",
-    threads: int = 1,
-    tracking: TrackingSettings | None = None,
-    device: str | None = None,
-) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
+def _run_job(config: dict, jobs: list, placement: Placement) -> None:
+    """One fixed job of `run_ray_jobs`: the grid's value says which."""
+    placement.enter()
     name, cfg, tags = jobs[config["job"]]
-    cfg = cfg.on_device(device)
-    rec = run_trial(cfg, store_root, tags=tags, tracking=tracking)
+    cfg = cfg.on_device(placement.device)
+    rec = run_trial(cfg, placement.store_root, tags=tags, tracking=placement.tracking)
     tune.report({"status_ok": rec["status"] == Status.OK, "done": True})
 
 
 def run_ray_jobs(
     jobs: list[tuple[str, Any, dict]],
     store: Store,
+    cluster: RayCluster = LOCAL_RAY,
     *,
-    address: str | None = None,
-    cpus_per_trial: float = 1,
-    gpus_per_trial: float | None = None,
-    ray_dir: str | None = None,
     name: str = "baselines",
-    num_cpus: int | None = None,
     tracking: TrackingSettings | None = None,
-    ship_code: bool = False,
 ) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices)."""
-    with ray_for(store, ray_dir, address, num_cpus, ship_code) as storage:
-        gpus_per_trial = gpus_per_trial_default(gpus_per_trial)
-        trainable = placed(_run_job, store, cpus_per_trial, gpus_per_trial, jobs=jobs, tracking=tracking)
+    with ray_for(store, cluster) as storage:
+        trainable = placed(_run_job, store, cluster, tracking, jobs=jobs)
         tune.Tuner(
             trainable,
             param_space={"job": tune.grid_search(list(range(len(jobs))))},

@@ -7,11 +7,13 @@ import contextlib
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..store import Store
+from .core import Placement
 
 RAY_ADDRESSES = "omit it for a local Ray, 'auto' for the cluster this machine belongs to, host:port or ray://host:port"
 # What the workers need of the driver's environment: data and cache locations, and W&B's mode, credentials and
@@ -68,13 +70,29 @@ def init_ray(address: str | None, num_cpus: int | None = None, ship_code: bool =
     return True
 
 
-def gpus_per_trial_default(requested: float | None) -> float:
-    """GPUs per trial: as asked; by default one per trial on a cluster that has GPUs, else none."""
-    if requested is not None:
-        return requested
-    import ray
+@dataclass(frozen=True)
+class RayCluster:
+    """Where Ray trials run and how large each is: the cluster (`address`; None starts a local Ray of `num_cpus`,
+    None: every core), Ray Tune's folder (`ray_dir`; None: under the store), the resources of one trial, and
+    whether this checkout's stabench travels to the workers (`ship_code`)."""
 
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    address: str | None = None
+    ray_dir: str | None = None
+    num_cpus: int | None = None
+    cpus_per_trial: float = 1
+    gpus_per_trial: float | None = None  # None: one per trial on a cluster that has GPUs, else none
+    ship_code: bool = False
+
+    def per_trial(self) -> tuple[float, float]:
+        """(CPUs, GPUs) of one trial, once Ray is up: the GPUs as asked, or the default."""
+        if self.gpus_per_trial is not None:
+            return self.cpus_per_trial, self.gpus_per_trial
+        import ray
+
+        return self.cpus_per_trial, 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+LOCAL_RAY = RayCluster()  # a local Ray on every core, one CPU per trial
 
 
 def trial_device(gpus_per_trial: float) -> str | None:
@@ -163,23 +181,22 @@ def ray_folder(store: Store, ray_dir: str | None) -> str:
 
 
 @contextlib.contextmanager
-def ray_for(store: Store, ray_dir: str | None, address: str | None, num_cpus: int | None, ship_code: bool):
+def ray_for(store: Store, cluster: RayCluster):
     """Ray joined or started for a run over `store`, every node checked to share the store (and Ray's folder,
     unless it is a URI); yields Ray Tune's storage path."""
-    storage = ray_folder(store, ray_dir)
+    storage = ray_folder(store, cluster.ray_dir)
     store.root.mkdir(parents=True, exist_ok=True)
-    with ray_session(address, num_cpus, ship_code):
+    with ray_session(cluster.address, cluster.num_cpus, cluster.ship_code):
         check_shared({"store": store.root} | ({} if "://" in storage else {"ray_dir": Path(storage)}))
         yield storage
 
 
-def placed(trainable, store: Store, cpus_per_trial: float, gpus_per_trial: float, **params):
-    """`trainable` with its parameters and its resources per trial: torch threads from its CPUs, its device from
-    its GPUs (cpu without one)."""
+def placed(trainable, store: Store, cluster: RayCluster, tracking, **params):
+    """`trainable` with its parameters and the cluster's resources per trial; its `Placement`: torch threads from
+    its CPUs, its device from its GPUs (cpu without one), the store and tracking."""
     from ray import tune
 
-    threads, device = max(1, int(cpus_per_trial)), trial_device(gpus_per_trial)
-    return tune.with_resources(
-        tune.with_parameters(trainable, store_root=str(store.root), threads=threads, device=device, **params),
-        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
-    )
+    cpus, gpus = cluster.per_trial()
+    placement = Placement(str(store.root), trial_device(gpus), max(1, int(cpus)), tracking)
+    resources = {"cpu": cpus, "gpu": gpus}
+    return tune.with_resources(tune.with_parameters(trainable, placement=placement, **params), resources)

@@ -84,6 +84,7 @@ def test_max_failures_stops_the_sweep(tmp_path, oom):
 
 def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_path, local_ray):
     from stabench.sweep.ray import run_ray_sweep
+    from stabench.sweep.ray_cluster import RayCluster
 
     space = load_space(space_file(tmp_path, space=LR_CHOICES, fixed=NO_CLIP, trials=3))
     points = {"ok": {"optim.lr": 3e-3}, "oom": {"optim.lr": OOM_LR}, "diverges": {"optim.lr": 50.0}}
@@ -92,7 +93,7 @@ def test_ray_trial_failure_is_an_errored_trial_retried_max_failures_times(tmp_pa
         space,
         store,
         SweepSettings.of(space, max_failures=1, named_points=points),
-        ray_dir=str(tmp_path / "ray"),
+        RayCluster(ray_dir=str(tmp_path / "ray")),
         log=lambda s: None,
     )
     assert summary["trials"] == 3

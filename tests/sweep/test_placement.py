@@ -13,7 +13,7 @@ from stabench.errors import UserError
 from stabench.record import Tags
 from stabench.space import load_space, trial_config
 from stabench.store import Store
-from stabench.sweep.core import ConfigRun
+from stabench.sweep.core import ConfigRun, Placement
 from stabench.sweep.optuna import default_workers, worker_gpus
 from tests.helpers import space_file, stop_ray, tiny_config
 
@@ -67,7 +67,7 @@ def test_a_gpu_list_that_is_not_one_exits_2(tmp_path):
 
 def test_a_placed_device_overrides_the_config_but_not_its_hash(tmp_path):
     space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [1e-3]}}))
-    run = ConfigRun(space, Store(tmp_path / "store"), Tags(sweep="t"), device="cpu")
+    run = ConfigRun(space, Tags(sweep="t"), Placement(str(tmp_path / "store"), device="cpu"))
     list(run.events({"optim.lr": 1e-3}))
     (record,) = run.records
     assert record["config"]["device"] == "cpu"
@@ -91,10 +91,11 @@ def ray_with_two_fake_gpus():
 
 def run_one_job(tmp_path, gpus_per_trial):
     from stabench.sweep.ray import run_ray_jobs
+    from stabench.sweep.ray_cluster import RayCluster
 
     store = Store(tmp_path / "store")
     job = ("tiny", tiny_config(), Tags(sweep="placement").to_dict())
-    run_ray_jobs([job], store, gpus_per_trial=gpus_per_trial, ray_dir=str(tmp_path / "ray"))
+    run_ray_jobs([job], store, RayCluster(ray_dir=str(tmp_path / "ray"), gpus_per_trial=gpus_per_trial))
     (record,) = store.records()
     return record
 
@@ -130,11 +131,12 @@ def test_a_node_that_does_not_see_the_drivers_folder_says_so(tmp_path):
 
 def test_four_half_gpu_trials_pack_two_per_gpu_and_each_sees_one_device(tmp_path, ray_with_two_fake_gpus):
     from stabench.sweep.ray import run_ray_jobs
+    from stabench.sweep.ray_cluster import RayCluster
 
     store = Store(tmp_path / "store")
     # long enough (80 steps) that the four trials run at the same time: two per fake GPU
     jobs = [(f"j{s}", tiny_config(f"seed={s}", steps=80), Tags(sweep="pack").to_dict()) for s in range(4)]
-    run_ray_jobs(jobs, store, cpus_per_trial=0.5, gpus_per_trial=0.5, ray_dir=str(tmp_path / "ray"))
+    run_ray_jobs(jobs, store, RayCluster(ray_dir=str(tmp_path / "ray"), cpus_per_trial=0.5, gpus_per_trial=0.5))
     records = list(store.records())
     assert len(records) == 4
     assert all(len(r["device"]["ray_gpu_ids"]) == 1 for r in records)  # each trial sees exactly one GPU

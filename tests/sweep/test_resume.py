@@ -14,12 +14,13 @@ POINT = {"optim.lr": KILL_LR}  # the learning rate whose trial tests/sweep/fault
 
 def sweep_once(tmp_path, sweep: str) -> dict:
     from stabench.sweep.ray import run_ray_sweep
+    from stabench.sweep.ray_cluster import RayCluster
 
     space = load_space(space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [KILL_LR]}},
                                   fixed={"eval.every": 5}, trials=1))  # fmt: skip
     store = Store(tmp_path / "store")
     settings = SweepSettings.of(space, study=sweep, max_failures=1, named_points={"p": POINT})
-    run_ray_sweep(space, store, settings, ray_dir=str(tmp_path / "ray"), log=lambda s: None)
+    run_ray_sweep(space, store, settings, RayCluster(ray_dir=str(tmp_path / "ray")), log=lambda s: None)
     (record,) = store.records(sweep=sweep)
     return record
 
@@ -45,13 +46,13 @@ def train_until_killed(store_root: str, space_path: str, marker: str) -> None:
     import torch
 
     from stabench.record import Tags
-    from stabench.sweep.core import ConfigRun
+    from stabench.sweep.core import ConfigRun, Placement
     from tests.sweep.faults import kill_once_mid_seed
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # as in the test process, so the halves are comparable
     os.environ["STABENCH_KILL_MARKER"] = marker
     kill_once_mid_seed()
-    run = ConfigRun(load_space(space_path), Store(store_root), Tags(sweep="t"))
+    run = ConfigRun(load_space(space_path), Tags(sweep="t"), Placement(store_root))
     list(run.events(POINT))
 
 
@@ -59,7 +60,7 @@ def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path)
     import multiprocessing as mp
 
     from stabench.record import Tags
-    from stabench.sweep.core import ConfigRun
+    from stabench.sweep.core import ConfigRun, Placement
 
     path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [KILL_LR]}},
                       fixed={"eval.every": 5, "checkpoint_every": 5}, trials=1)  # fmt: skip
@@ -70,12 +71,12 @@ def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path)
     worker.join(timeout=300)
     assert worker.exitcode == 1  # died mid-seed, leaving its checkpoint at step 10 and no record
 
-    retry = ConfigRun(load_space(path), Store(tmp_path / "store"), Tags(sweep="t"))  # the retried trial
+    retry = ConfigRun(load_space(path), Tags(sweep="t"), Placement(str(tmp_path / "store")))  # the retried trial
     list(retry.events(POINT))
     (resumed,) = retry.records
     assert resumed["resumed_from_step"] == 10
 
-    fresh = ConfigRun(load_space(path), Store(tmp_path / "fresh"), Tags(sweep="t"))
+    fresh = ConfigRun(load_space(path), Tags(sweep="t"), Placement(str(tmp_path / "fresh")))
     list(fresh.events(POINT))
     (whole,) = fresh.records
     assert whole["resumed_from_step"] is None

@@ -150,6 +150,7 @@ def test_two_objectives_report_a_pareto_front(tmp_path):
 
 def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path, local_ray):
     from stabench.sweep.ray import run_ray_sweep
+    from stabench.sweep.ray_cluster import RayCluster
     from stabench.sweep.study import make_storage
 
     space = load_space(space_file(tmp_path, trials=4, pruner="median"))
@@ -158,7 +159,7 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path, lo
         space,
         store,
         SweepSettings.of(space, study_storage=journal),
-        ray_dir=str(tmp_path / "ray"),
+        RayCluster(ray_dir=str(tmp_path / "ray")),
         log=lambda s: None,
     )
     records = list(store.records(sweep="t"))
@@ -181,7 +182,7 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path, lo
         space,
         store,
         SweepSettings.of(space, study_storage=journal, resume=True),
-        ray_dir=str(tmp_path / "ray"),
+        RayCluster(ray_dir=str(tmp_path / "ray")),
         log=lines.append,
     )
     assert any("restoring Ray Tune experiment" in line for line in lines)
