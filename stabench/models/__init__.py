@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch.nn as nn
 
 from ..config import TrialConfig, WorkloadConfig
 from ..errors import ConfigError
 from .layers import Knobs
-from .unet import UNet
-from .uvit import UViT
+from .unet import UNet, UNetArch
+from .uvit import UViT, UViTArch
 
 # Width/depth are workload settings, not knobs. `deep` is where long-skip scaling shows on CPU
 # (4 levels x 2 blocks, the stem and 3 downsamples = 12 long skips at 16x16; docs/knobs.md "Backbones and presets").
 UNET_PRESETS = {
-    "tiny": dict(channels=16, mult=(1, 2), num_res_blocks=1, attn_resolutions=()),
-    "small": dict(channels=24, mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=()),
-    "deep": dict(channels=32, mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(4,)),
+    "tiny": UNetArch(channels=16, mult=(1, 2), num_res_blocks=1),
+    "small": UNetArch(channels=24, mult=(1, 2, 2), num_res_blocks=2),
+    "deep": UNetArch(channels=32, mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(4,)),
 }
 UVIT_PRESETS = {
-    "tiny": dict(patch=2, dim=32, depth=4, heads=2, mlp_ratio=2.0),
-    "small": dict(patch=2, dim=64, depth=8, heads=4, mlp_ratio=2.0),
-    "deep": dict(patch=2, dim=128, depth=16, heads=4, mlp_ratio=4.0),
+    "tiny": UViTArch(patch=2, dim=32, depth=4, heads=2, mlp_ratio=2.0),
+    "small": UViTArch(patch=2, dim=64, depth=8, heads=4, mlp_ratio=2.0),
+    "deep": UViTArch(patch=2, dim=128, depth=16, heads=4, mlp_ratio=4.0),
 }
 
 
@@ -30,18 +32,18 @@ def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
     knobs = Knobs(m.dropout, m.stochastic_depth, m.activation, m.norm, cfg.lsc.mode, cfg.lsc.kappa, cfg.lsc.placement)
     check_resolution(w)
     if w.backbone == "unet":
-        preset = {**UNET_PRESETS[w.preset], **({"channels": w.width} if w.width else {})}
-        return UNet(in_channels, w.resolution, **preset, knobs=knobs)
-    preset = {**UVIT_PRESETS[w.preset], **({"dim": w.width} if w.width else {})}
-    return UViT(in_channels, w.resolution, **preset, knobs=knobs)
+        arch = UNET_PRESETS[w.preset]
+        return UNet(replace(arch, channels=w.width) if w.width else arch, in_channels, w.resolution, knobs)
+    arch = UVIT_PRESETS[w.preset]
+    return UViT(replace(arch, dim=w.width) if w.width else arch, in_channels, w.resolution, knobs)
 
 
 def resolution_step(w: WorkloadConfig) -> int:
     """What the resolution must be a multiple of: the UNet halves it at each level but the last, the U-ViT
     cuts it into patches."""
     if w.backbone == "unet":
-        return 2 ** (len(UNET_PRESETS[w.preset]["mult"]) - 1)
-    return UVIT_PRESETS[w.preset]["patch"]
+        return 2 ** (len(UNET_PRESETS[w.preset].mult) - 1)
+    return UVIT_PRESETS[w.preset].patch
 
 
 def check_resolution(w: WorkloadConfig) -> None:

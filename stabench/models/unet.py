@@ -6,6 +6,8 @@ reverse order and concatenates each, after `SkipScaler`, with its own feature.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -100,21 +102,25 @@ class Stage(nn.Sequential):
         return x
 
 
+@dataclass(frozen=True)
+class UNetArch:
+    """A UNet's size: base width, width multiplier per level, residual blocks per level, resolutions with
+    self-attention."""
+
+    channels: int
+    mult: tuple[int, ...]
+    num_res_blocks: int
+    attn_resolutions: tuple[int, ...] = ()
+
+
 class UNet(nn.Module):
     """ADM-style UNet for eps/v prediction. `forward(..., return_features=True)` also returns the
     (scaled) skip features entering the decoder, outermost first, and the decoder's output feature."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        resolution: int,
-        channels: int,
-        mult: tuple[int, ...],
-        num_res_blocks: int,
-        attn_resolutions: tuple[int, ...],
-        knobs: Knobs,
-    ):
+    def __init__(self, arch: UNetArch, in_channels: int, resolution: int, knobs: Knobs):
         super().__init__()
+        channels, mult = arch.channels, arch.mult
+        num_res_blocks, attn_resolutions = arch.num_res_blocks, arch.attn_resolutions
         norm = knobs.norm
         self.post_norm = knobs.lsc_placement == "post_norm" and knobs.lsc_mode != "none"
         emb_dim = 4 * channels

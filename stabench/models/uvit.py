@@ -6,6 +6,8 @@ in block depth//2 - j + 1, scaled by `SkipScaler` first (ScaleLong's U-ViT setti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,22 +63,24 @@ class Block(nn.Module):
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
+@dataclass(frozen=True)
+class UViTArch:
+    """A U-ViT's size: patch side, token width, blocks (half of them feed long skips), heads, MLP width ratio."""
+
+    patch: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_ratio: float
+
+
 class UViT(nn.Module):
     """U-ViT for eps/v prediction; `return_features=True` also returns the scaled skips (outermost first)
     and the last block's output tokens."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        resolution: int,
-        patch: int,
-        dim: int,
-        depth: int,
-        heads: int,
-        mlp_ratio: float,
-        knobs: Knobs,
-    ):
+    def __init__(self, arch: UViTArch, in_channels: int, resolution: int, knobs: Knobs):
         super().__init__()
+        patch, dim, depth, heads, mlp_ratio = arch.patch, arch.dim, arch.depth, arch.heads, arch.mlp_ratio
         assert resolution % patch == 0, "resolution must be divisible by the patch size"
         self.patch, self.in_channels, self.grid = patch, in_channels, resolution // patch
         num_tokens = self.grid**2 + 1  # patches + time token
