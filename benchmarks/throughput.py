@@ -53,8 +53,8 @@ PEAK_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloa
 REPO = Path(__file__).resolve().parents[1]
 
 
-def preset_config(spec: str, mode: str, device: str):
-    """A trial config for 'backbone/preset/resolution/batch[/width]' in an engine mode."""
+def preset_config(spec: str, mode: str, device: str, overrides: list[str] = ()):
+    """A trial config for 'backbone/preset/resolution/batch[/width]' in an engine mode, with `--set` overrides."""
     backbone, preset, resolution, batch, *width = spec.split("/")
     precision, compile_ = MODES[mode]
     return load_config(
@@ -68,6 +68,7 @@ def preset_config(spec: str, mode: str, device: str):
             f"engine.compile={str(compile_).lower()}",
             f"device={device}",
             *([f"workload.width={width[0]}"] if width else []),
+            *overrides,
         ],
     )
 
@@ -126,8 +127,9 @@ def op_kind(name: str) -> str:
     return next((kind for kind, keys in OP_KINDS if any(k in low for k in keys)), "other")
 
 
-def op_profile(cfg, images: torch.Tensor, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
-    """Self time (s) per kind of op over `steps` engine steps, after `warmup` untimed ones."""
+def op_profile(cfg, images: torch.Tensor, device: torch.device, steps: int, warmup: int) -> tuple[dict, list]:
+    """Self time (s) per kind of op over `steps` engine steps, after `warmup` untimed ones; and the largest ops,
+    as (seconds, name, input shapes)."""
     from torch.profiler import ProfilerActivity, profile
 
     state = TrainState(cfg, images, device)
@@ -137,26 +139,34 @@ def op_profile(cfg, images: torch.Tensor, device: torch.device, steps: int, warm
         train_step(state, diffusion, cfg.optim.clip_norm)
     sync(device)
     cuda = device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []), record_shapes=True
+    ) as prof:
         for _ in range(steps):
             train_step(state, diffusion, cfg.optim.clip_norm)
         sync(device)
     totals: dict[str, float] = collections.defaultdict(float)
-    for event in prof.key_averages():
+    largest = []
+    for event in prof.key_averages(group_by_input_shape=True):
         if event.key.startswith("aten::") or cuda:  # leaf aten ops: their self times add up without overlap
-            totals[op_kind(event.key)] += (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e6
-    return dict(totals)
+            seconds = (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e6
+            totals[op_kind(event.key)] += seconds
+            largest.append((seconds, event.key, event.input_shapes))
+    return dict(totals), sorted(largest, key=lambda t: -t[0])[:8]
 
 
-def print_profile(spec_mode: str, device: torch.device, steps: int, warmup: int) -> None:
-    """`--profile PRESET:MODE`: the step's time per kind of op, largest first."""
+def print_profile(spec_mode: str, device: torch.device, steps: int, warmup: int, overrides: list[str]) -> None:
+    """`--profile PRESET:MODE`: the step's time per kind of op, largest first, then the largest single ops."""
     spec, _, mode = spec_mode.partition(":")
-    cfg = preset_config(spec, mode or "fp32", str(device))
-    totals = op_profile(cfg, load_images(cfg.workload, "train"), device, steps, warmup)
+    cfg = preset_config(spec, mode or "fp32", str(device), overrides)
+    totals, largest = op_profile(cfg, load_images(cfg.workload, "train"), device, steps, warmup)
     whole = sum(totals.values())
     print(f"\n{spec} {mode or 'fp32'}: self time per kind of op over {steps} steps ({whole / steps * 1e3:.0f} ms/step)")
     for kind, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<22} {seconds / steps * 1e3:>8.1f} ms/step {seconds / whole:>6.0%}")
+    print("largest ops (name, input shapes):")
+    for seconds, name, shapes in largest:
+        print(f"  {seconds / steps * 1e3:>8.1f} ms/step {seconds / whole:>6.0%}  {name} {str(shapes)[:80]}")
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
@@ -174,11 +184,13 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: i
     return 2 * n**3 / best
 
 
-def preset_table(presets: list[str], modes: list[str], device: torch.device, steps: int, warmup: int) -> None:
+def preset_table(
+    presets: list[str], modes: list[str], device: torch.device, steps: int, warmup: int, overrides: list[str]
+) -> None:
     peaks: dict[str, float] = {}
     print(f"\n{'preset':<22} {'mode':<13} {'GFLOP/step':>10} {'steps/s':>8} {'x fp32':>7} {'GFLOP/s':>8} {'util':>6}")
     for spec in presets:
-        base_cfg = preset_config(spec, "fp32", str(device))
+        base_cfg = preset_config(spec, "fp32", str(device), overrides)
         images = load_images(base_cfg.workload, "train")
         flops = step_flops(base_cfg, images, device)
         reference = None
@@ -186,7 +198,9 @@ def preset_table(presets: list[str], modes: list[str], device: torch.device, ste
             precision = MODES[mode][0]
             if precision not in peaks:
                 peaks[precision] = matmul_peak(PEAK_DTYPES[precision], device)
-            rate, info = steps_per_second(preset_config(spec, mode, str(device)), images, device, steps, warmup)
+            rate, info = steps_per_second(
+                preset_config(spec, mode, str(device), overrides), images, device, steps, warmup
+            )
             reference = reference or rate
             note = f"  (fell back to eager: {info['fallback']})" if info["fallback"] else ""
             print(
@@ -221,6 +235,8 @@ def main() -> None:
     ap.add_argument("--sweep-trials", type=int, default=4, help="trials per end-to-end sweep")
     ap.add_argument("--no-sweep", action="store_true", help="skip the end-to-end trials/hour comparison")
     ap.add_argument("--profile", metavar="PRESET:MODE", help="only the time per kind of op of one preset and mode")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every preset, e.g. --set model.dropout=0 (repeatable)")  # fmt: skip
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -229,14 +245,15 @@ def main() -> None:
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         ap.error(f"--modes: unknown {', '.join(unknown)}; allowed: {', '.join(MODES)}")
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} timed steps")
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} timed steps"
+          + (f", overrides {' '.join(args.overrides)}" if args.overrides else ""))  # fmt: skip
     if args.profile:
         if args.profile.partition(":")[2] not in ("", *MODES):
             ap.error(f"--profile: unknown mode in '{args.profile}'; allowed: {', '.join(MODES)}")
-        print_profile(args.profile, device, args.steps, args.warmup)
+        print_profile(args.profile, device, args.steps, args.warmup, args.overrides)
         return
     if args.presets:  # --presets "" measures only the end-to-end sweep
-        preset_table(args.presets.split(","), modes, device, args.steps, args.warmup)
+        preset_table(args.presets.split(","), modes, device, args.steps, args.warmup, args.overrides)
 
     if not args.no_sweep:
         cores = os.cpu_count() or 1

@@ -198,6 +198,12 @@ def default_workers(n_trials: int, gpus: list[int] | None = None) -> int:
     return max(1, min(len(gpus) if gpus else torch.cuda.device_count() or usable_cores(), n_trials))
 
 
+def trials_left(study: optuna.Study, n_trials: int) -> int:
+    """Trials still to run for the study to hold `n_trials` (a resumed sweep needs fewer workers); at least 1."""
+    c = counts(study)
+    return max(1, n_trials - c["complete"] - c["pruned"] - c["running"])
+
+
 def worker_gpus(gpus: list[int] | None, workers: int) -> tuple[int, ...]:
     """The GPUs the workers take in turn: the ones asked for (each must exist), else every visible GPU when there
     are several workers; () leaves `device` to the config (one worker, or no GPU)."""
@@ -231,8 +237,8 @@ def run_optuna_sweep(
     points (name -> params) run first, labelled `<name>@<sweep>`; without settings, the space's name and budget."""
     settings = settings or SweepSettings.of(space)
     name, storage_url = settings.study, settings.study_storage
-    workers = workers or default_workers(settings.n_trials, gpus)
-    placed = worker_gpus(gpus, workers)  # before the study opens: a GPU that is not there fails first
+    if gpus:
+        worker_gpus(gpus, len(gpus))  # before the study opens: a listed GPU that is not there fails first
     if storage_url is None:
         if note := legacy_journal_note(store.root, name):
             log(f"[{name}] note: {note}")
@@ -244,6 +250,8 @@ def run_optuna_sweep(
         retry_interrupted(study, store, log)
     for point, params in settings.named_points.items():
         study.enqueue_trial(params, user_attrs={"baseline_point": point}, skip_if_exists=True)
+    workers = workers or default_workers(trials_left(study, settings.n_trials), gpus)
+    placed = worker_gpus(gpus, workers)
     kwargs = dict(
         space=space,
         sweep=name,

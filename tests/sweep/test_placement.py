@@ -28,6 +28,20 @@ def test_auto_workers_are_one_per_gpu_else_one_per_core_at_most_the_trials(monke
     assert default_workers(10, gpus=[0]) == 1
 
 
+def test_auto_workers_on_resume_count_only_the_trials_left():
+    import optuna
+
+    from stabench.sweep.optuna import trials_left
+
+    study = optuna.create_study()
+    for _ in range(3):
+        study.tell(study.ask(), 1.0)
+    study.ask()  # one running
+    assert trials_left(study, 5) == 1
+    assert trials_left(study, 4) == 1  # never fewer than one
+    assert trials_left(optuna.create_study(), 4) == 4
+
+
 def test_one_worker_leaves_the_device_to_the_config():
     assert worker_gpus(None, 1) == ()
 
