@@ -20,8 +20,41 @@ def test_each_cpu_precision_trains_and_is_recorded(precision):
     assert rec["engine"]["loss_scaling"] == (precision == "fp16")
     assert rec["engine"]["matmul_fp32_precision"] == "ieee"
     assert rec["engine"]["cudnn_conv_fp32_precision"] == "ieee"  # no silent TF32 convolutions
+    assert rec["engine"]["attention"] == ("auto" if precision == "fp32" else "math")
     assert rec["metrics"]["final_probe_loss"] < rec["metrics"]["initial_probe_loss"]
     assert 0.0 <= rec["metrics"]["skipped_frac"] < 1.0
+
+
+def attention_kernels(precision: str) -> set[str]:
+    """The aten attention ops a tiny U-ViT's forward and backward call under `precision` on the CPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from stabench.engine.precision import Precision
+    from stabench.models import build_model
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = build_model(tiny_config("workload.backbone=uvit", "model.dropout=0"), in_channels=1)
+    x, t = torch.randn(2, 1, 8, 8), torch.randint(0, 100, (2,))
+    calls = Calls()
+    with calls, Precision(precision, torch.device("cpu")).autocast():
+        model(x, t).float().square().mean().backward()
+    return {n for n in calls.names if "attention" in n or n.startswith("bmm") or n.startswith("_softmax")}
+
+
+def test_low_precision_attention_on_cpu_takes_the_math_path():
+    # torch's fused CPU flash-attention kernel runs a bf16 backward several times slower than the math path
+    assert any("flash_attention" in n for n in attention_kernels("fp32"))
+    bf16 = attention_kernels("bf16")
+    assert not any("flash_attention" in n for n in bf16)
+    assert any(n.startswith("_softmax") for n in bf16)
 
 
 def test_fp16_counts_skipped_steps_instead_of_diverging():
