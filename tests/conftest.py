@@ -29,6 +29,16 @@ def local_ray(ray_kill_marker):
     return ray_kill_marker
 
 
+def pytest_collection_modifyitems(items):
+    """The tests on the shared Ray run one after another (where the first of them stands), so that Ray starts once
+    for all of them rather than again after each module that needs a Ray of its own."""
+    shared = [item for item in items if "local_ray" in getattr(item, "fixturenames", ())]
+    if shared:
+        first, on_shared = items.index(shared[0]), set(shared)
+        rest = [item for item in items if item not in on_shared]
+        items[:] = rest[:first] + shared + rest[first:]
+
+
 def pytest_terminal_summary(terminalreporter):
     from tests.sweep.faults import ROWS, format_table
 

@@ -76,7 +76,7 @@ class EvalNet:
     def __init__(self, model: nn.Module, cfg: TrialConfig, device: torch.device):
         self.net = copy.deepcopy(model).eval().requires_grad_(False)
         self.forward = Compiled(self.net, cfg.engine.compile)
-        self.precision = Precision(cfg.engine.precision, device)
+        self.precision = Precision(cfg.engine.precision, device, cfg.engine.compile)
 
     def load(self, params: list[torch.Tensor]) -> EvalNet:
         """Carry `params` (in `parameters()` order); returns itself."""

@@ -33,7 +33,7 @@ def check_precision(name: str, device: torch.device) -> None:
 class Precision:
     """One trial's precision: the fp32 matmul/conv mode, the autocast context and the fp16 loss scaler."""
 
-    def __init__(self, name: str, device: torch.device):
+    def __init__(self, name: str, device: torch.device, compiled: bool = False):
         check_precision(name, device)
         self.name, self.device = name, device
         self.dtype = AUTOCAST_DTYPES.get(name)
@@ -41,8 +41,10 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
         # On CPU, torch's fused flash-attention kernel runs its bf16/fp16 backward several times slower than
         # SDPA's math path (U-ViT small, dropout 0: 4.7 vs 17.7 steps/s, benchmarks/throughput.py); CUDA keeps
-        # the fused kernels. Attention with dropout takes the math path on CPU in any case.
-        self.attention = "math" if self.dtype is not None and device.type == "cpu" else "auto"
+        # the fused kernels. Attention with dropout takes the math path on CPU in any case. A compiled model is
+        # left to torch.compile's own lowering (which the kernel choice does not steer), recorded as `auto`.
+        low_on_cpu = self.dtype is not None and device.type == "cpu"
+        self.attention = "math" if low_on_cpu and not compiled else "auto"
 
     def set_flags(self) -> None:
         """TF32 for fp32 matmuls and convolutions only under `tf32` (cuDNN would otherwise use it silently)."""

@@ -75,7 +75,7 @@ class TrainState:
             eps=o.eps,
             fused=device.type in ("cpu", "cuda"),  # one kernel per step, no host sync (CPU step counters)
         )
-        self.precision = Precision(cfg.engine.precision, device)
+        self.precision = Precision(cfg.engine.precision, device, cfg.engine.compile)
         self.forward = Compiled(self.model, cfg.engine.compile)
         self.batches = BatchStream(images.to(device), o.batch_size, stream_seed(cfg.seed, "data"), cfg.augment.hflip)
         self.noise_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, "noise"))

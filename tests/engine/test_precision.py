@@ -63,8 +63,8 @@ def test_fp16_counts_skipped_steps_instead_of_diverging():
 
     original = state_mod.Precision.__init__
 
-    def huge_scale(self, name, device):
-        original(self, name, device)
+    def huge_scale(self, name, device, compiled=False):
+        original(self, name, device, compiled)
         self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**40)
 
     mp = pytest.MonkeyPatch()
