@@ -12,10 +12,12 @@ one trial per core (`--workers <cores>`), each in a fresh store and study.
     python benchmarks/throughput.py [--presets unet/small/8/128,uvit/deep/16/64] [--modes fp32,bf16]
                                     [--steps 10] [--sweep-trials 4 | --no-sweep]
     python benchmarks/throughput.py --profile unet/deep/16/64:bf16 [--steps 5]
+    python benchmarks/throughput.py --presets uvit/deep/16/64 --set model.dropout=0   # any config override
 
 `--profile unet/deep/16/64:bf16` prints, instead, where one preset's step spends its time in one mode: the
 profiler's self time per kind of op (convolutions, matmuls, norms, activations and other elementwise ops, dtype
-casts and copies, the optimizer), which says what bounds a mode that stays far below the matmul peak.
+casts and copies, the optimizer) and the largest single ops with their shapes, which says what bounds a mode
+that stays far below the matmul peak.
 
 Runs unchanged on a GPU (`--device cuda`): there `tf32` is a mode too, and the peak is measured on the GPU.
 """
