@@ -26,7 +26,7 @@ import torch
 
 from . import __version__
 from .config import TrialConfig, config_hash, config_to_dict
-from .metrics import METRICS
+from .metrics import METRICS, TEXT_METRICS
 
 SCHEMA_VERSION = 2  # 2: decoder-side probe readout, probe gradient norm, weighting-free instability
 
@@ -75,7 +75,6 @@ _FIELDS = set(Tags.__dataclass_fields__)
 
 
 REQUIRED_FIELDS = {"run_id": str, "config_hash": str, "seed": int, "status": str, "config": dict}
-TEXT_METRICS = ("best_weights", "best_weights_by")  # the only metrics that are not numbers
 
 
 def record_problem(record: Any) -> str | None:
@@ -193,9 +192,16 @@ def cuda_driver_version() -> str | None:
     return f"{v // 1000}.{v % 1000 // 10}"
 
 
+# A run id: `<created %Y%m%d-%H%M%S>-<config hash[:8]>-s<seed>-<6 random hex>`: unique, sorted by creation time,
+# and findable by (config, seed) from the folder name alone. Built and matched only here.
 def new_run_id(cfg: TrialConfig) -> str:
     """A unique, sortable run id that carries the config hash prefix and the seed."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg)[:8]}-s{cfg.seed}-{uuid.uuid4().hex[:6]}"
+
+
+def run_id_glob(config_hash: str, seed: int) -> str:
+    """The glob pattern of the run folders of one (config, seed), whatever their time and suffix."""
+    return f"*-{config_hash[:8]}-s{seed}-*"
 
 
 def new_record(cfg: TrialConfig, device: torch.device) -> dict:
@@ -238,24 +244,36 @@ def _json_safe(x: Any) -> Any:
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through `write(file)` to a temp file in the same directory, fsync, rename over `path`, fsync
-    the directory: readers see the old file or the whole new one, even if this process is killed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    the directory: readers see the old file or the whole new one, even if this process is killed. The file gets
+    the mode of any new file (0666 less the umask: 0644 under umask 022, 0664 under 002), not mkstemp's 0600.
+    A write the filesystem refuses (full, read-only, permission, stale NFS handle) raises a `StorageFault` naming
+    `path`, with nothing left behind and the previous file intact."""
+    from .errors import storage_fault
+
+    path, tmp, written = Path(path), None, None
+    umask = os.umask(0o022)  # read it back (os has no getter); restored at once
+    os.umask(umask)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            written = os.path.getsize(tmp)
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, Exception) and (fault := storage_fault(e, path, written)) is not None:
+            raise fault from e
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -280,14 +298,27 @@ def write_record(record: dict, run_dir: Path) -> Path:
     return path
 
 
+def direction_of(metric: str) -> str:
+    """Which way `metric` is better, from the registry ("minimize" for a name it does not hold)."""
+    registered = METRICS.get(metric)
+    return registered.direction if registered else "minimize"
+
+
+def best(values: list[float], direction: str) -> float:
+    """The best of `values` in `direction`: the smallest when minimised, the largest when maximised."""
+    return min(values) if direction == "minimize" else max(values)
+
+
 def eval_value(entry: dict, metric: str) -> float | None:
-    """The best weight set's value of `metric` at one evaluation point, if measured there."""
+    """The best weight set's value of `metric` at one evaluation point (best in the metric's direction), if
+    measured there; the worst value when no weight set has a finite one."""
     registered = METRICS.get(metric)
     values = entry.get(registered.eval_key if registered else metric)
     if not isinstance(values, dict) or not values:
         return None
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
-    return min(finite) if finite else math.inf
+    direction = direction_of(metric)
+    return best(finite, direction) if finite else worst(direction)
 
 
 def worst(direction: str) -> float:
@@ -295,8 +326,10 @@ def worst(direction: str) -> float:
     return math.inf if direction == "minimize" else -math.inf
 
 
-def record_value(record: dict, metric: str, direction: str = "minimize") -> float:
-    """A record's final value of `metric`; diverged (or missing, or non-finite) counts as the worst value."""
+def record_value(record: dict, metric: str, direction: str | None = None) -> float:
+    """A record's final value of `metric`; diverged (or missing, or non-finite) counts as the worst value in
+    `direction` (by default the metric's registered one)."""
+    direction = direction or direction_of(metric)
     if record["status"] == Status.DIVERGED:
         return worst(direction)
     value = metrics_of(record).get(metric)

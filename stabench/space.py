@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import TrialConfig, apply_values, build_config, read_yaml, resolve_key
 from .errors import ConfigError
-from .metrics import METRICS
+from .metrics import METRICS, NUMERIC_METRICS
 
 UNSEARCHABLE = ("seed", "device")
 
@@ -245,9 +245,15 @@ def _resolve_conditions(space: dict[str, Any], names: dict[str, str], src: str) 
 def _check_objectives_and_sampler(sp: SearchSpace, space: dict[str, Any], src: str) -> None:
     """Known objective metrics, a sampler that handles their number, and steps on floats for a grid."""
     for o in sp.objectives:
-        if o.metric not in METRICS:
+        if o.metric not in NUMERIC_METRICS:
             raise ConfigError(
-                f"{src}: key 'objectives.metric': unknown metric '{o.metric}'; allowed: " + ", ".join(METRICS)
+                f"{src}: key 'objectives.metric': unknown metric '{o.metric}'; allowed: " + ", ".join(NUMERIC_METRICS)
+            )
+        if o.direction != METRICS[o.metric].direction:  # the registry says which way is better, once
+            raise ConfigError(
+                f"{src}: key 'objectives.direction': '{o.metric}' is better when it is "
+                f"{'lower' if METRICS[o.metric].direction == 'minimize' else 'higher'}; allowed: "
+                f"{METRICS[o.metric].direction}"
             )
     if len(sp.objectives) > 1 and sp.sampler.name == "cmaes":
         raise ConfigError(

@@ -21,7 +21,7 @@ import polars as pl
 
 from .config import flatten
 from .errors import UserError
-from .record import FINISHED, Status, metrics_of, record_problem, tags_of, write_record
+from .record import FINISHED, Status, metrics_of, record_problem, run_id_glob, tags_of, write_record
 
 DEFAULT_STORE = Path(os.environ.get("STABENCH_STORE", "runs"))
 LOCK_TIMEOUT_S = float(os.environ.get("STABENCH_LOCK_TIMEOUT", "300"))
@@ -100,7 +100,7 @@ class Store:
     def find(self, config_hash: str, seed: int, statuses: frozenset[str] = FINISHED, **tags) -> dict | None:
         """A record of this config and seed with one of `statuses` and these tags, if one exists.
         Run ids carry the hash prefix and seed, so only matching directories are read."""
-        paths = sorted(self.root.glob(f"*-{config_hash[:8]}-s{seed}-*/record.json"))
+        paths = sorted(self.root.glob(f"{run_id_glob(config_hash, seed)}/record.json"))
         return next(
             (
                 rec

@@ -198,6 +198,21 @@ def instability_score(parts: dict, diverged: bool) -> float:
     return sum(parts.get(k) or 0.0 for k in INSTABILITY_PARTS)
 
 
+# The unweighted eps-MSE of predicting zero noise is E[eps^2] = 1. A run whose final probe loss is at least half of
+# that has not learned to denoise: it collapsed back to the trivial predictor, or never left it. A result, reported
+# beside `diverged` (the divergence rule cannot see it: the loss stays finite and below 10x its minimum).
+ZERO_PREDICTOR_LOSS = 1.0
+COLLAPSE_FRACTION = 0.5
+
+
+def collapsed(final_probe_loss: float | None, diverged: bool) -> float | None:
+    """1.0 when a finished run's final probe loss is at the zero-predictor level, else 0.0; None when it diverged
+    (its own status) or has no finite probe loss."""
+    if diverged or final_probe_loss is None or not math.isfinite(final_probe_loss):
+        return None
+    return float(final_probe_loss >= COLLAPSE_FRACTION * ZERO_PREDICTOR_LOSS)
+
+
 def summarize(log: StepLog, probes: dict, warmup: int, spike_factor: float, spike_window: int, diverged: bool) -> dict:
     """Scalar stability metrics of a finished (or stopped) trial."""
     gn = np.asarray(log.grad_norm, dtype=np.float64)
@@ -230,4 +245,5 @@ def summarize(log: StepLog, probes: dict, warmup: int, spike_factor: float, spik
     growth = parts.get("decoder_norm_growth")
     parts["decoder_norm_log_growth"] = max(0.0, math.log(growth)) if growth else None
     parts["instability"] = instability_score(parts, diverged)
+    parts["collapsed"] = collapsed(probes["probe_loss"][-1] if probes["probe_loss"] else None, diverged)
     return parts

@@ -18,7 +18,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .record import Status, label, metrics_of, tags_of
+from .metrics import METRICS
+from .record import Status, best, label, metrics_of, tags_of
 
 MODES = ("online", "offline", "disabled")
 
@@ -204,7 +205,8 @@ class WandbTracker(Tracker):
             import wandb
 
             m = metrics_of(record)
-            self.run.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float, str))})
+            # every registered metric under its own name (docs/metrics.md); nothing else is a summary metric
+            self.run.summary.update({k: v for k, v in m.items() if k in METRICS and isinstance(v, int | float | str)})
             self.run.summary.update(best_of_evals(record))
             self.run.summary["status"] = str(record["status"])  # the value ("ok"), not the enum member
             if record.get("run_dir"):  # the stored record and its config, as this run's output
@@ -220,16 +222,23 @@ class WandbTracker(Tracker):
 
 
 def best_of_evals(record: dict) -> dict[str, float]:
-    """`best/<metric>`: the lowest value any weight set reached at any evaluation (FID/KID, probe loss)."""
-    best: dict[str, float] = {}
+    """`best/<key>`: the best value any weight set reached at any evaluation (FID/KID, probe loss), best in the
+    direction of the registered metric the evaluation key belongs to."""
+    best_seen: dict[str, float] = {}
     for entry in record.get("evals") or []:
-        for metric, per_weights in entry.items():
-            values = (
-                [v for v in per_weights.values() if isinstance(v, int | float)] if isinstance(per_weights, dict) else []
-            )
+        for key, per_weights in entry.items():
+            if not isinstance(per_weights, dict):
+                continue
+            values = [v for v in per_weights.values() if isinstance(v, int | float)]
+            if f"best/{key}" in best_seen:
+                values.append(best_seen[f"best/{key}"])
             if values:
-                best[f"best/{metric}"] = min(values + [best.get(f"best/{metric}", float("inf"))])
-    return best
+                best_seen[f"best/{key}"] = best(values, EVAL_DIRECTIONS.get(key.removesuffix("_train"), "minimize"))
+    return best_seen
+
+
+# An evaluation entry's key -> the direction of the registered metric stored under it.
+EVAL_DIRECTIONS = {m.eval_key: m.direction for m in METRICS.values() if m.eval_key}
 
 
 def make_tracker(settings: TrackingSettings | None, record: dict) -> Tracker:

@@ -80,6 +80,13 @@ MALFORMED = [
         {"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, "objectives": [{"metric": "fidd"}]},
         "objectives.metric",
     ),
+    (
+        {
+            "space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+            "objectives": [{"metric": "fid_digits", "direction": "maximize"}],
+        },
+        "objectives.direction",
+    ),  # fmt: skip
     ({"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "bounds": 3}}}, "space.lr"),
     ({"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, "sampler": {"name": "annealing"}}, "sampler.name"),
 ]

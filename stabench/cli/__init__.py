@@ -177,7 +177,7 @@ def score(run_dir, samples, extractor, inception_weights):
               help="Seeds 0..N-1 for each of them (seeds already recorded are not re-run).")  # fmt: skip
 @deprecated_alias("--seeds", "n_seeds", type=click.IntRange(min=1))
 @click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
-              help="Ranks the sweep's configs (lower is better; diverged = worst).")  # fmt: skip
+              help="Ranks the sweep's configs in the metric's direction (diverged = worst).")  # fmt: skip
 @store_option()
 @wandb_options
 def confirm(sweep_name, top, n_seeds, metric, store, **wandb):
@@ -271,8 +271,8 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
 @click.option("--baseline", default="ddpm", show_default=True, metavar="NAME",
               help="Baseline for deltas, steps-to-target and speedup ('' for none).")  # fmt: skip
 @click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
-              help="Quality metric (lower is better): fid_digits, kid_digits, fid, kid, "
-              "best_probe_loss, ...")  # fmt: skip
+              help="Ranks the configs, in the metric's own direction: any numeric metric of "
+              "docs/metrics.md (fid_digits, kid_digits, fid, kid, best_probe_loss, instability, ...).")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Writes leaderboard.md, .csv, .parquet, .tex, .html and PNG plots here (default: "
               "<store>/leaderboard; results/ holds the committed ones).")  # fmt: skip

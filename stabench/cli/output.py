@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import click
 
-TRIAL_ROWS = (
-    ("best weights", "best_weights"),
-    *((k, k) for k in ("fid_digits", "kid_digits", "fid", "kid", "fid_digits_floor", "fid_floor")),
-    ("instability", "instability"),
-    ("grad norm cv", "grad_norm_cv"),
-    ("grad spikes / 1k", "grad_spike_rate"),
-    ("clip frac", "clip_frac"),
-    ("probe loss osc", "probe_loss_osc"),
-    ("feature norm max", "feature_norm_max"),
-    ("feature norm growth", "feature_norm_growth"),
-)
+from ..metrics import METRICS
+
+# The summary table's metric rows: every registered metric marked for it, in the registry's order.
+TRIAL_ROWS = tuple((name.replace("_", " "), name) for name, m in METRICS.items() if m.summary)
 
 
 def trial_summary(record: dict) -> None:
@@ -74,8 +67,8 @@ def leaderboard_top(lb, metric: str, n_records: int, out) -> None:
     """Where the leaderboard went, and its first five rows."""
     click.echo(f"leaderboard of {len(lb.rows)} configs ({n_records} records) -> {out}/leaderboard.md")
     for r in lb.rows[:5]:
-        click.echo(f"  {r['rank']}. {r['config']}: {metric} {r['q_mean']:.4g} (n={r['n']}, diverged {r['diverged']})")
-    if lb.baseline and not any(r["config"] == lb.baseline for r in lb.rows):
-        labels = ", ".join(r["config"] for r in lb.rows[:8])
+        click.echo(f"  {r.rank}. {r.config}: {metric} {r.quality.mean:.4g} (n={r.n}, diverged {r.diverged})")
+    if lb.baseline and not any(r.config == lb.baseline for r in lb.rows):
+        labels = ", ".join(r.config for r in lb.rows[:8])
         click.echo(f"Warning: baseline '{lb.baseline}' has no records here, so the table has no deltas, targets or "
                    f"speedups; pass --baseline with one of: {labels}", err=True)  # fmt: skip

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from ..config import build_config
 from ..engine import run_trial
-from ..record import FINISHED, Tags, metrics_of, record_value
+from ..record import FINISHED, Tags, direction_of, metrics_of, record_value
 from ..store import Store
 from ..tracking import TrackingSettings
 
@@ -19,8 +19,10 @@ def top_configs(store: Store, sweep: str, metric: str, top: int) -> list[dict]:
         if rec["status"] in FINISHED:
             groups.setdefault(rec["config_hash"], []).append(rec)
 
+    sign = 1 if direction_of(metric) == "minimize" else -1  # best first in the metric's own direction
+
     def mean_value(records: list[dict]) -> float:
-        return sum(record_value(r, metric, "minimize") for r in records) / len(records)
+        return sign * sum(record_value(r, metric) for r in records) / len(records)
 
     ranked = sorted(groups.values(), key=lambda rs: (mean_value(rs), rs[0]["config_hash"]))
     return [min(rs, key=lambda r: r["run_id"]) for rs in ranked[:top]]

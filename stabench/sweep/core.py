@@ -17,7 +17,7 @@ from typing import Any
 from ..config import TrialConfig, build_config, config_hash, config_to_dict, load_config
 from ..engine import CHECKPOINT, Trial
 from ..errors import ConfigError
-from ..record import Status, Tags, atomic_write_text, record_value
+from ..record import Status, Tags, atomic_write_text, record_value, run_id_glob
 from ..space import CategoricalDist, SearchSpace, scalar_choices, trial_config
 from ..store import Store
 from ..tracking import TrackingSettings
@@ -165,7 +165,7 @@ def abandoned_run(store: Store, cfg: TrialConfig) -> Path | None:
     """A run directory of this config and seed that a process on this machine left mid-seed (dead, with a
     checkpoint and no record): a retried trial continues it from its last checkpoint step instead of step 0.
     A directory whose owner may still run (another machine, or alive) is never taken over."""
-    for run_dir in sorted(store.root.glob(f"*-{config_hash(cfg)[:8]}-s{cfg.seed}-*")):
+    for run_dir in sorted(store.root.glob(run_id_glob(config_hash(cfg), cfg.seed))):
         if not interrupted(run_dir):
             continue
         try:
