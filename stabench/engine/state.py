@@ -4,7 +4,10 @@ and its checkpoint on disk (written atomically, read back by `train --resume` an
 from __future__ import annotations
 
 import hashlib
+import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -135,7 +138,85 @@ class TrainState:
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint files: {"record_head": who the trial is, "loop": TrainState.state_dict()}
+#
+# A checkpoint holds tensors and plain data only (dicts, lists, tuples, str, int, float, bool, None), so it is
+# read with `torch.load(weights_only=True)`: a file planted in a shared store cannot run code when it is
+# resumed, scored, taken over by a retry or restored by Ray. Every field is checked before it is used.
 # ---------------------------------------------------------------------------------------------
+
+
+class Field:
+    """What a checkpoint field must be: `description` for the error, `accepts(value)` for the check, and, for a
+    mapping, the `keys` it must hold (each checked in turn)."""
+
+    def __init__(self, description: str, accepts: Callable[[Any], bool], keys: dict[str, Field] | None = None):
+        self.description, self.accepts, self.keys = description, accepts, keys
+
+
+def _is(*kinds: type) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds)
+
+
+def _list_of(*kinds: type) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and all(_is(*kinds)(x) for x in v)
+
+
+def _mapping(keys: dict[str, Field]) -> Field:
+    return Field("a mapping", _is(dict), keys)
+
+
+TENSOR = Field("a tensor", _is(torch.Tensor))
+INT = Field("an integer", _is(int))
+TEXT = Field("a string", _is(str))
+NUMBER = (int, float)
+CHECKPOINT_FIELDS = _mapping({
+    "record_head": _mapping({"run_id": TEXT, "config_hash": TEXT, "seed": INT, "created_at": TEXT}),
+    "loop": _mapping({
+        "model": Field("a mapping of names to tensors",
+                       lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                             for k, t in v.items())),
+        "optimizer": _mapping({"state": Field("a mapping", _is(dict)),
+                               "param_groups": Field("a list of mappings", _list_of(dict))}),
+        "ema": _mapping({"num_updates": INT,
+                         "shadows": Field("a mapping of betas to lists of tensors",
+                                          lambda v: isinstance(v, dict) and all(
+                                              isinstance(k, str) and _list_of(torch.Tensor)(s) for k, s in v.items()
+                                          ))}),
+        "batches": _mapping({"generator": TENSOR, "order": TENSOR, "pos": INT}),
+        "noise_gen": TENSOR,
+        "torch_rng": TENSOR,
+        "cuda_rng": Field("a tensor, a list of tensors or null",
+                          lambda v: v is None or isinstance(v, torch.Tensor) or _list_of(torch.Tensor)(v)),
+        "scaler": Field("a mapping or null", lambda v: v is None or isinstance(v, dict)),
+        "log": _mapping({"loss": Field("a list of numbers", _list_of(*NUMBER)),
+                         "grad_norm": Field("a list of numbers", _list_of(*NUMBER)),
+                         "clipped": Field("a list of booleans", _list_of(bool)),
+                         "lr": Field("a list of numbers", _list_of(*NUMBER))}),
+        "detector": _mapping({"smoothed": Field("a number or null", lambda v: v is None or _is(*NUMBER)(v)),
+                              "running_min": Field("a number", _is(*NUMBER)),
+                              "checked": INT}),
+        "probes": Field("a mapping of names to lists",
+                        lambda v: isinstance(v, dict) and all(isinstance(x, list) for x in v.values())),
+        "evals": Field("a list of mappings", _list_of(dict)),
+        "step": INT,
+    }),
+})  # fmt: skip
+
+
+def checkpoint_problem(state, spec: Field = CHECKPOINT_FIELDS, where: str = "") -> str | None:
+    """Why a loaded checkpoint is not one of ours (the first field that is missing or of the wrong kind), or
+    None when every field is what `TrainState.load_state_dict` and the record head need."""
+    if not spec.accepts(state):
+        shown = type(state).__name__ if isinstance(state, (dict, list, torch.Tensor)) else repr(state)[:80]
+        what = f"'{where}'" if where else "the file"
+        return f"{what} is {shown}, expected {spec.description}"
+    for key, field in (spec.keys or {}).items():
+        path = f"{where}.{key}" if where else key
+        if key not in state:
+            return f"'{path}' is missing"
+        if problem := checkpoint_problem(state[key], field, path):
+            return problem
+    return None
 
 
 def save_checkpoint(run_dir: Path, record: dict, state: TrainState) -> None:
@@ -145,13 +226,21 @@ def save_checkpoint(run_dir: Path, record: dict, state: TrainState) -> None:
 
 
 def read_checkpoint(path: Path, key: str) -> dict:
-    """A checkpoint file's contents; a file that is not one of ours is a UserError naming it (and the input `key`)."""
+    """A checkpoint file's contents, loaded without running any of its code (`weights_only`) and every field
+    checked; a file that is not one of ours is a UserError naming it, the field (and the input `key`)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated, not a torch file, unpicklable: torch raises many kinds
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # a Python object beyond tensors and plain data: refused, never run
+        refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "unsupported content")
+        raise UserError(
+            f"'{path}' holds Python objects a checkpoint never holds (written by an older stabench, or crafted); "
+            f"it was not loaded and nothing in it ran ({refused[:200]}). Run the trial again from the start",
+            key=key,
+        ) from None
+    except Exception as e:  # truncated, not a torch file: torch raises many kinds
         raise UserError.caused_by(e, f"'{path}' is not a readable checkpoint", key=key) from None
-    if not isinstance(state, dict) or not {"record_head", "loop"} <= set(state):
-        raise UserError(f"'{path}' is a torch file but not a stabench checkpoint (no record_head/loop)", key=key)
+    if problem := checkpoint_problem(state):
+        raise UserError(f"'{path}' is not a stabench checkpoint of this version: {problem}", key=key)
     return state
 
 
@@ -165,10 +254,11 @@ def load_checkpoint(run_dir: Path, cfg: TrialConfig) -> dict:
     if not path.is_file():
         raise UserError(f"no checkpoint at '{path}' (trials write one every `checkpoint_every` steps)", key="resume")
     state = read_checkpoint(path, "resume")
-    if state["record_head"]["config_hash"] != config_hash(cfg) or state["record_head"]["seed"] != cfg.seed:
+    head = state["record_head"]
+    if head["config_hash"] != config_hash(cfg) or head["seed"] != cfg.seed:
         raise UserError(
-            f"'{path}' belongs to config {state['record_head']['config_hash']} seed "
-            f"{state['record_head']['seed']}, not to this config ({config_hash(cfg)} seed {cfg.seed})",
+            f"'{path}' belongs to config {head['config_hash']} seed {head['seed']}, not to this config "
+            f"({config_hash(cfg)} seed {cfg.seed})",
             key="resume",
         )
     return state

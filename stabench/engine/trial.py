@@ -2,7 +2,8 @@
 
 A trial never raises for a training problem: divergence is a result (status `diverged`), any other
 exception is recorded as status `failed` with its traceback tail. Only user errors (bad config, missing
-data) raise, and they do so before the first step (when the `Trial` is built).
+data) raise, and they do so before the first step (when the `Trial` is built); and a write the store's
+filesystem refuses (full, read-only: `StorageFault`), which is recorded as `failed` and then raised.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from ..config import TrialConfig, dump_yaml
 from ..data import load_images
 from ..diffusion import Diffusion
+from ..errors import StorageFault
 from ..models import count_params
 from ..record import Status, atomic_write_text, downsample, new_record, write_record
 from ..telemetry import PROBE_SERIES, summarize
@@ -152,10 +154,12 @@ class Trial:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
         started = time.perf_counter()
         self.tracker = make_tracker(self.tracking, self.record)
+        fault = None  # a write the filesystem refused: recorded, then raised (the next write would meet it too)
         try:
             result = yield from self._train()
             self.record.update(result)
         except Exception as e:  # a failed trial is a result too; keep the reason
+            fault = e if isinstance(e, StorageFault) else None
             self.record.update(
                 status=Status.FAILED,
                 steps_completed=self.state.step if self.state else 0,
@@ -168,6 +172,8 @@ class Trial:
             if self._resume_point_only:  # nobody asked to keep the weights: the record is the result
                 (self.run_dir / CHECKPOINT).unlink(missing_ok=True)
         self.tracker.finish(self.record)
+        if fault is not None:
+            raise fault
 
     def _train(self) -> Generator[dict, None, dict]:
         """The training loop; yields each evaluation entry, returns the record's result fields."""

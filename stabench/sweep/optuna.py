@@ -6,6 +6,7 @@ With `study` (storage, sampler, pruner, trial bookkeeping), the only modules tha
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # as study.optimize; we ask/tell
 from optuna.trial import TrialState
 
-from ..errors import UserError
+from ..errors import StorageFault, UserError
 from ..record import Tags, eval_value, record_value
 from ..space import SearchSpace, suggest
 from ..store import Store
@@ -34,7 +35,7 @@ from .study import (
     summarize_study,
     trial_failures,
 )
-from .workers import same_machine, supervise, this_worker, usable_cores, worker_is_gone
+from .workers import STOP_EXIT, same_machine, supervise, this_worker, usable_cores, worker_is_gone
 
 
 def sweep_lock(store: Store, name: str):
@@ -220,7 +221,11 @@ def worker_gpus(gpus: list[int] | None, workers: int) -> tuple[int, ...]:
 
 
 def _worker_entry(kwargs: dict) -> None:
-    optuna_worker(**kwargs)
+    try:
+        optuna_worker(**kwargs)
+    except StorageFault as e:  # the store's filesystem refused a write: every worker would meet it, none retries
+        print(f"Error: {e}", file=sys.stderr, flush=True)
+        sys.exit(STOP_EXIT)
 
 
 def run_optuna_sweep(

@@ -16,17 +16,28 @@ from ..store import Store
 from .core import Placement
 
 RAY_ADDRESSES = "omit it for a local Ray, 'auto' for the cluster this machine belongs to, host:port or ray://host:port"
-# What the workers need of the driver's environment: data and cache locations, and W&B's mode, credentials and
-# destination (a worker on another node has none of them).
+# What the workers need of the driver's environment: data and cache locations, and W&B's mode and destination (a
+# worker on another node has none of them).
 FORWARDED_ENV = (
     "STABENCH_INCEPTION_WEIGHTS",
     "STABENCH_CACHE",
     "WANDB_MODE",
-    "WANDB_API_KEY",
     "WANDB_ENTITY",
     "WANDB_PROJECT",
     "WANDB_BASE_URL",
 )
+# Credentials travel only when asked (FORWARD_SECRETS=1): Ray shows a job's runtime_env, env_vars included, to
+# whoever reaches its dashboard or state API (`ray list jobs --detail`). Workers read the W&B key from their own
+# environment or ~/.netrc (`wandb login` on each node); a local Ray's workers inherit the driver's (docs/security.md).
+SECRET_ENV = ("WANDB_API_KEY",)
+FORWARD_SECRETS = "STABENCH_RAY_FORWARD_SECRETS"
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's variables a Ray job's workers get (its runtime_env's env_vars): FORWARDED_ENV, and SECRET_ENV
+    only when $STABENCH_RAY_FORWARD_SECRETS is 1."""
+    names = FORWARDED_ENV + (SECRET_ENV if os.environ.get(FORWARD_SECRETS) == "1" else ())
+    return {k: os.environ[k] for k in names if k in os.environ}
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -51,7 +62,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, ship_code: bool =
     address = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets it: join that cluster
     if address:
         check_reachable(address)
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = forwarded_env()
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,

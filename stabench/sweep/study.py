@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from ..errors import UserError
 from ..paths import existing_ancestor
+from ..secrets import redact_url, register, scrub
 from ..space import SearchSpace, grid_values, pruner_class, sampler_class
 
 LEGACY_STORAGE_DIR = Path("results") / "optuna"  # the default before journals moved under the store
@@ -94,7 +95,8 @@ def check_journal_path(path: Path) -> None:
 def make_storage(url: str, study_name: str, heartbeats: bool = True) -> tuple[optuna.storages.BaseStorage, str]:
     """A journal file path (safe for several local processes; its folder is created), or any RDB URL, with
     heartbeats: a trial whose worker stops beating for HEARTBEAT_GRACE_S is marked FAIL and retried (up to
-    MAX_RETRY). Ray's OptunaSearch asks and tells from the driver only, so it opens RDB storages without heartbeats."""
+    MAX_RETRY). Ray's OptunaSearch asks and tells from the driver only, so it opens RDB storages without heartbeats.
+    The URL's password is a secret of this process from here on: no message shows it (`secrets`)."""
     if "://" not in url:  # a plain path: an Optuna journal file
         path = Path(url)
         check_journal_path(path)
@@ -102,6 +104,7 @@ def make_storage(url: str, study_name: str, heartbeats: bool = True) -> tuple[op
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(path))), str(path)
+    register(url)
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -116,8 +119,9 @@ def make_storage(url: str, study_name: str, heartbeats: bool = True) -> tuple[op
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
             )
         return storage, url
-    except Exception as e:  # bad dialect, unreachable server, ...
-        raise UserError.caused_by(e, f"cannot open '{url}'", key="study_storage", allowed=STORAGES) from None
+    except Exception as e:  # bad dialect, unreachable server, ...; the driver's text may quote the URL whole
+        shown = f"cannot open '{redact_url(url)}': {type(e).__name__}: {scrub(str(e), url)}"
+        raise UserError(shown, key="study_storage", allowed=STORAGES) from None
 
 
 def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> optuna.Study:
@@ -175,8 +179,9 @@ def check_same_space(study: optuna.Study, space: SearchSpace, storage_url: str |
     if changed:
         shown = "; ".join(f"{k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in changed[:6])
         more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        where = redact_url(storage_url) or "the default journal"
         raise UserError(
-            f"study '{study.study_name}' in {storage_url or 'the default journal'} was run with another space; "
+            f"study '{study.study_name}' in {where} was run with another space; "
             f"changed: {shown}{more}. Start a new study with --study NEW_NAME (or another --study-storage), "
             "or restore the old space file to continue",
             key="study",

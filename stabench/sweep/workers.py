@@ -11,6 +11,8 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import UserError
+
 
 def proc_stat(pid: int) -> tuple[str, str] | None:
     """(state, start time in clock ticks since boot) of a process, from /proc; None if there is none."""
@@ -53,6 +55,9 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+STOP_EXIT = 3  # a worker's exit code for "the sweep must stop" (e.g. a full store): it is not replaced
+
+
 def supervise(
     target: Callable[[dict], None],
     kwargs: dict,
@@ -62,7 +67,8 @@ def supervise(
 ) -> None:
     """Run `workers` processes of `target(kwargs)` (each with its share of the cores and its index). When one
     dies (OOM killer, kill -9), `on_death(pid, exit code)` is called and a replacement with the same index (so the
-    same GPU) starts, at most `max_restarts` times."""
+    same GPU) starts, at most `max_restarts` times. A worker that exits with STOP_EXIT is not replaced, and the
+    sweep ends with a UserError once the others are done."""
     threads = max(1, usable_cores() // workers)  # the cores `--workers auto` counts
     ctx = mp.get_context("spawn")
 
@@ -72,7 +78,7 @@ def supervise(
         return p
 
     index = {start(i): i for i in range(workers)}
-    running, restarts = set(index), 0
+    running, restarts, stopped = set(index), 0, False
     while running:
         for sentinel in mp_connection.wait([p.sentinel for p in running]):
             p = next(q for q in running if q.sentinel == sentinel)
@@ -80,9 +86,15 @@ def supervise(
             running.discard(p)
             if p.exitcode == 0:
                 continue
+            if p.exitcode == STOP_EXIT:  # a fault its replacement would meet too: no more replacements
+                stopped = True
+                continue
             on_death(p.pid, p.exitcode)
-            if restarts < max_restarts:
+            if restarts < max_restarts and not stopped:
                 restarts += 1
                 replacement = start(index[p])
                 index[replacement] = index[p]
                 running.add(replacement)
+    if stopped:
+        raise UserError("the sweep stopped: a worker met a fault every trial would meet (its message is above); "
+                        "fix it and run the same command again to continue")  # fmt: skip

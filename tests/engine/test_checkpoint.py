@@ -18,7 +18,7 @@ KNOBS = ["checkpoint_every=10", "dropout=0.2", "stochastic_depth=0.1", "ema.beta
 
 
 def final_state(run_dir):
-    return torch.load(run_dir / CHECKPOINT, weights_only=False)["loop"]
+    return torch.load(run_dir / CHECKPOINT, weights_only=True)["loop"]
 
 
 def assert_same(a, b):
