@@ -11,11 +11,12 @@ the objective, the prediction target only its parametrisation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
-from .config import DiffusionConfig, WeightingConfig
+from .config import CAPPED_KINDS, DiffusionConfig, WeightingConfig
 
 
 def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
@@ -29,33 +30,33 @@ def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
     return (1 - f[1:] / f[:-1]).clamp(max=0.999)
 
 
-CAPPED_KINDS = ("snr", "max_snr")  # the kinds whose raw weights span orders of magnitude over t
+def _cosine(snr: torch.Tensor, gamma: float, k: float) -> torch.Tensor:
+    """Ours: sin(pi (t + 1/2) / T), peaks mid-trajectory, never exactly 0."""
+    return torch.sin(math.pi * (torch.arange(len(snr), dtype=torch.float64) + 0.5) / len(snr))
+
+
+# w(t) of each `timestep_weighting.kind` from SNR(t), gamma and k; the schema's kinds are checked against it
+# (tests/test_diffusion.py), so a new kind is its name in the schema and its formula here.
+WEIGHTINGS: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
+    "uniform": lambda snr, gamma, k: torch.ones_like(snr),  # DDPM's simple loss
+    # w = SNR on the eps MSE, i.e. an x0 MSE weighted by SNR^2 (an x0 MSE itself is w = 1/SNR)
+    "snr": lambda snr, gamma, k: snr.clone(),
+    "min_snr": lambda snr, gamma, k: snr.clamp(max=gamma) / snr,  # Min-SNR-gamma (Hang et al. 2023)
+    "max_snr": lambda snr, gamma, k: snr.clamp(min=gamma) / snr,  # truncated SNR
+    "p2": lambda snr, gamma, k: 1.0 / (k + snr) ** gamma,  # P2 weighting (Choi et al. 2022): 1 / (k + SNR)^gamma
+    "cosine": _cosine,
+}
 
 
 def raw_weights(kind: str, snr: torch.Tensor, gamma: float, k: float, cap: float | None = None) -> torch.Tensor:
     """Unnormalised w(t) for eps-prediction, one formula per `timestep_weighting.kind`; `snr` and `max_snr` are
     clamped to at most `cap` times their median weight, so that no 1% of the timesteps carries most of the loss."""
-    w = _kind_weights(kind, snr, gamma, k)
+    if kind not in WEIGHTINGS:
+        raise ValueError(f"unknown timestep weighting {kind!r}")
+    w = WEIGHTINGS[kind](snr, gamma, k)
     if cap is not None and kind in CAPPED_KINDS:
         w = w.clamp(max=cap * w.median())
     return w
-
-
-def _kind_weights(kind: str, snr: torch.Tensor, gamma: float, k: float) -> torch.Tensor:
-    T = len(snr)
-    if kind == "uniform":  # DDPM's simple loss
-        return torch.ones_like(snr)
-    if kind == "snr":  # w = SNR on the eps MSE, i.e. an x0 MSE weighted by SNR^2 (an x0 MSE itself is w = 1/SNR)
-        return snr.clone()
-    if kind == "min_snr":  # Min-SNR-gamma (Hang et al. 2023)
-        return snr.clamp(max=gamma) / snr
-    if kind == "max_snr":  # truncated SNR
-        return snr.clamp(min=gamma) / snr
-    if kind == "p2":  # P2 weighting (Choi et al. 2022): 1 / (k + SNR)^gamma
-        return 1.0 / (k + snr) ** gamma
-    if kind == "cosine":  # ours: sin(pi (t + 1/2) / T), peaks mid-trajectory, never exactly 0
-        return torch.sin(math.pi * (torch.arange(T, dtype=torch.float64) + 0.5) / T)
-    raise ValueError(f"unknown timestep weighting {kind!r}")
 
 
 class Diffusion(nn.Module):

@@ -49,12 +49,12 @@ def write_plots(records: list[dict], lb, out: Path) -> list[str]:
     by_hash: dict[str, list[dict]] = {}
     for r in records:
         by_hash.setdefault(r["config_hash"], []).append(r)
-    top = [row for row in lb.rows[:MAX_CONFIGS]]
+    top = lb.rows[:MAX_CONFIGS]
     paths = []
 
     # Curves that compare configs use the fixed probe batch and the unweighted loss: a weighted training loss
     # (and its gradient) is not comparable across timestep weighting kinds.
-    finished = {row["config_hash"]: [r for r in by_hash[row["config_hash"]] if r["status"] in FINISHED] for row in top}
+    finished = {row.config_hash: [r for r in by_hash[row.config_hash] if r["status"] in FINISHED] for row in top}
     panels = [
         ("curves.png", ("probe_loss", "unweighted probe loss (fixed batch; band = seeds min-max)", True),
          ("probe_grad_norm", "gradient norm of the unweighted probe loss", True)),
@@ -65,8 +65,8 @@ def write_plots(records: list[dict], lb, out: Path) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         for ax, (key, title, log) in zip(axes, series):
             for row in top:
-                bands = [(r["probes"]["step"], probe_series(r["probes"], key)) for r in finished[row["config_hash"]]]
-                _band(ax, [(x, y) for x, y in bands if y], row["config"], log=log)
+                bands = [(r["probes"]["step"], probe_series(r["probes"], key)) for r in finished[row.config_hash]]
+                _band(ax, [(x, y) for x, y in bands if y], row.config, log=log)
             ax.set(title=title, xlabel="step")
             if not ax.lines:
                 ax.text(0.5, 0.5, "not in these records (older readout)", ha="center", transform=ax.transAxes)
@@ -76,17 +76,17 @@ def write_plots(records: list[dict], lb, out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for row in lb.rows:
-        q, u = row["q_mean"], row["u_mean"]
+        q, u = row.quality.mean, row.instability.mean
         if math.isfinite(q) and math.isfinite(u):
             ax.scatter(
                 [q],
                 [u],
-                marker="*" if row["pareto"] else "o",
-                s=60 if row["pareto"] else 20,
-                color="C3" if row["pareto"] else "C0",
+                marker="*" if row.pareto else "o",
+                s=60 if row.pareto else 20,
+                color="C3" if row.pareto else "C0",
             )
-            ax.annotate(row["config"], (q, u), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    front = sorted((r["q_mean"], r["u_mean"]) for r in lb.rows if r["pareto"])
+            ax.annotate(row.config, (q, u), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    front = sorted((r.quality.mean, r.instability.mean) for r in lb.rows if r.pareto)
     if front:
         ax.plot(*zip(*front), color="C3", lw=0.8, ls="--")
     ax.set(

@@ -3,10 +3,16 @@ import math
 import pytest
 import torch
 
-from stabench.config import DiffusionConfig, WeightingConfig
-from stabench.diffusion import Diffusion, make_betas
+from stabench.config import CAPPED_KINDS, DiffusionConfig, WeightingConfig, choices
+from stabench.diffusion import WEIGHTINGS, Diffusion, make_betas
 
-KINDS = ["uniform", "snr", "min_snr", "max_snr", "p2", "cosine"]
+KINDS = choices("timestep_weighting.kind")
+SCHEDULES = choices("diffusion.schedule")
+
+
+def test_every_weighting_kind_of_the_schema_has_a_formula():
+    assert set(WEIGHTINGS) == set(KINDS)
+    assert set(CAPPED_KINDS) <= set(KINDS)
 
 
 def diffusion(kind="uniform", schedule="linear", prediction="eps", **w):
@@ -30,7 +36,7 @@ def expected_raw(kind, snr, T, gamma, k):
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize(
     "kind,params", [(k, {}) for k in KINDS] + [("min_snr", {"gamma": 1.0}), ("p2", {"gamma": 0.5, "k": 2.0})]
 )
@@ -38,7 +44,7 @@ def test_weighting_matches_formula_and_has_mean_one(kind, params, schedule):
     d = diffusion(kind, schedule, **params)
     wc = WeightingConfig(kind=kind, **params)
     expected = expected_raw(kind, d.snr.double(), d.T, wc.gamma, wc.k)
-    if kind in ("snr", "max_snr"):  # the documented cap: at most `cap` times the median weight
+    if kind in CAPPED_KINDS:  # the documented cap: at most `cap` times the median weight
         expected = expected.clamp(max=wc.cap * expected.median())
     expected = expected / expected.mean()
     torch.testing.assert_close(d.weights.double(), expected, rtol=1e-4, atol=1e-9)
@@ -103,8 +109,8 @@ def test_sampling_is_deterministic_per_generator_seed():
     assert not torch.equal(f(0), f(1))
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-@pytest.mark.parametrize("kind", ["uniform", "snr", "min_snr", "max_snr", "p2", "cosine"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("kind", KINDS)
 def test_no_one_percent_of_timesteps_carries_most_of_the_loss(kind, schedule):
     from stabench.config import DiffusionConfig, WeightingConfig
     from stabench.diffusion import Diffusion
@@ -114,7 +120,7 @@ def test_no_one_percent_of_timesteps_carries_most_of_the_loss(kind, schedule):
     assert top.sum() / w.sum() < 0.5
 
 
-@pytest.mark.parametrize("kind", ["snr", "max_snr"])
+@pytest.mark.parametrize("kind", CAPPED_KINDS)
 def test_without_the_cap_one_percent_of_timesteps_would_carry_most_of_the_loss(kind):
     from stabench.config import DiffusionConfig, WeightingConfig
     from stabench.diffusion import Diffusion

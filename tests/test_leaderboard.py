@@ -1,16 +1,23 @@
 import copy
+import dataclasses
 import math
 
+import polars as pl
 import pytest
 
-from stabench.leaderboard import build_leaderboard, pareto_front, write_leaderboard
+from stabench.leaderboard import Row, build_leaderboard, numeric_table, pareto_front, write_leaderboard
+from stabench.metrics import METRICS, Metric
+from stabench.stats import Summary
 from stabench.telemetry import INSTABILITY_PARTS
 
 BASE_CONFIG = {"lsc": {"mode": "none", "kappa": 0.5}, "optim": {"lr": 0.001}}
 
 
-def rec(config_hash, seed, fid, status="ok", evals=None, instability=0.1, baseline=None, mode="none", floor=None):
-    metrics = {"fid_digits": fid, "instability": None if status == "diverged" else instability}
+def rec(
+    config_hash, seed, fid, status="ok", evals=None, instability=0.1, baseline=None, mode="none", floor=None, **extra
+):
+    """A synthetic finished record; `extra` adds (or, as None, blanks) metrics."""
+    metrics = {"fid_digits": fid, "instability": None if status == "diverged" else instability, **extra}
     if floor is not None:
         metrics["fid_digits_floor"] = floor
     cfg = copy.deepcopy(BASE_CONFIG)
@@ -40,6 +47,12 @@ def test_pareto_front_marks_non_dominated_points():
     ]
 
 
+def test_pareto_front_of_a_maximised_quality():
+    # higher quality is better: (3, 1) dominates (1, 3) and (2, 2); (0.5, 0.5) is the steadiest finite point
+    points = [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0), (0.5, 0.5), (-math.inf, 0.0)]
+    assert pareto_front(points, "maximize") == [False, False, True, True, False]
+
+
 def test_diverged_seeds_rank_last_and_are_counted():
     records = [rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)]
     records += [rec("good", s, 5.0 + s, mode="constant") for s in range(3)]
@@ -50,16 +63,66 @@ def test_diverged_seeds_rank_last_and_are_counted():
         rec("lucky", 2, 0.0, status="diverged", mode="learnable"),
     ]
     lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
-    by_hash = {r["config_hash"]: r for r in lb.rows}
-    assert [r["config_hash"] for r in lb.rows] == ["good", "base", "lucky"]
-    assert by_hash["lucky"]["n"] == 3
-    assert by_hash["lucky"]["diverged"] == 1
-    assert by_hash["lucky"]["q_mean"] == math.inf
-    assert by_hash["lucky"]["u_mean"] == math.inf
+    by_hash = {r.config_hash: r for r in lb.rows}
+    assert [r.config_hash for r in lb.rows] == ["good", "base", "lucky"]
+    assert by_hash["lucky"].n == 3
+    assert by_hash["lucky"].diverged == 1
+    assert by_hash["lucky"].quality.mean == math.inf
+    assert by_hash["lucky"].quality.median == 1.0  # the median keeps two of three seeds' word
+    assert by_hash["lucky"].instability.mean == math.inf
     # paired delta on shared seeds: (5-10 + 6-11 + 7-12) / 3 = -5
-    assert by_hash["good"]["delta"].mean == pytest.approx(-5.0)
-    assert by_hash["good"]["delta"].n == 3
-    assert by_hash["good"]["knobs"] == "lsc.mode=constant"
+    assert by_hash["good"].delta.mean == pytest.approx(-5.0)
+    assert by_hash["good"].delta.n == 3
+    assert by_hash["good"].knobs == "lsc.mode=constant"
+
+
+def test_rows_are_typed_and_frozen():
+    lb = build_leaderboard([rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)], "fid_digits", "ddpm")
+    (row,) = lb.rows
+    assert isinstance(row, Row)
+    assert isinstance(row.quality, Summary) and isinstance(row.instability, Summary)
+    assert (row.config, row.seeds, row.n, row.rank, row.quality.mean) == ("ddpm", (0, 1, 2), 3, 1, 11.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.rank = 2
+
+
+@pytest.fixture
+def accuracy(monkeypatch):
+    """A registered metric where higher is better (no built-in one is)."""
+    higher = Metric("accuracy", "maximize", "scoring", unit="", doc="a test metric", eval_key="accuracy", quality=True)
+    monkeypatch.setitem(METRICS, "accuracy", higher)
+    return "accuracy"
+
+
+def acc_rec(config_hash, seed, acc, status="ok", evals=None, baseline=None, mode="none", instability=0.1):
+    return rec(config_hash, seed, None, status, evals, instability, baseline, mode, accuracy=acc)
+
+
+def test_a_maximised_metric_ranks_descending_in_every_part(accuracy, tmp_path):
+    def evals(values):
+        return [{"step": st, "accuracy": {"raw": v}} for st, v in zip((100, 200, 300), values)]
+
+    records = [acc_rec("base", s, 0.5 + 0.01 * s, evals=evals([0.2, 0.4, 0.5]), baseline="b") for s in range(3)]
+    records += [acc_rec("high", s, 0.9 + 0.02 * s, evals=evals([0.3, 0.7, 0.9]), mode="constant", instability=0.2)
+                for s in range(3)]  # fmt: skip
+    records += [acc_rec("low", s, 0.1 + 0.03 * s, evals=evals([0.1, 0.1, 0.1]), mode="linear") for s in range(3)]
+    records += [acc_rec("crash", 0, 0.99, mode="learnable"), acc_rec("crash", 1, None, "diverged", mode="learnable")]
+    lb = build_leaderboard(records, accuracy, baseline="b")
+    rows = {r.config_hash: r for r in lb.rows}
+    assert lb.direction == "maximize"
+    assert [r.config_hash for r in lb.rows] == ["high", "base", "low", "crash"]
+    assert rows["crash"].quality.mean == -math.inf  # a diverged seed is the worst value: -inf here
+    assert [rows[h].pareto for h in ("high", "base", "low")] == [True, True, False]
+    assert lb.target == pytest.approx(0.5)  # the baseline's worst seed: its smallest accuracy
+    assert rows["base"].steps_to_target == 300
+    assert rows["high"].steps_to_target == pytest.approx(200 - 100 * 0.2 / 0.4)  # 0.3 -> 0.7 crosses 0.5 at 150
+    assert rows["high"].speedup == pytest.approx(2.0)
+    assert rows["low"].steps_to_target == math.inf
+    assert rows["high"].delta.mean == pytest.approx(0.41)
+    assert rows["high"].rank == 1 and rows["base"].rank == 2
+    write_leaderboard(records, tmp_path, accuracy, baseline="b", plots=False)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "(higher is better)" in md and "(positive is better)" in md and "its smallest" in md
 
 
 def test_speedup_vs_baseline_from_eval_curves():
@@ -76,6 +139,8 @@ def test_speedup_vs_baseline_from_eval_curves():
             9.0,
             evals=[{"step": st, "fid_digits": {"raw": v, "ema_0.99": v + 1}} for st, v in curve_fast],
             mode="constant",
+            best_weights="raw",
+            best_weights_by="train-fid",
         )
         for s in range(3)
     ]
@@ -83,13 +148,42 @@ def test_speedup_vs_baseline_from_eval_curves():
         rec("never", s, 30.0, evals=[{"step": 300, "fid_digits": {"raw": 30.0}}], mode="inv_sqrt2") for s in range(3)
     ]
     lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
-    rows = {r["config_hash"]: r for r in lb.rows}
+    rows = {r.config_hash: r for r in lb.rows}
     assert lb.target == 11.0  # the baseline's worst seed's final FID: every baseline seed reaches it
-    assert rows["base"]["steps_to_target"] == 300
-    assert rows["fast"]["steps_to_target"] == pytest.approx(180.0)  # 15 at 100, 10 at 200: 11 at 180
-    assert rows["fast"]["speedup"] == pytest.approx(300 / 180)
-    assert rows["never"]["steps_to_target"] == math.inf
-    assert rows["never"]["speedup"] == 0.0
+    assert lb.steps_note is None
+    assert rows["base"].steps_to_target == 300
+    assert rows["fast"].steps_to_target == pytest.approx(180.0)  # 15 at 100, 10 at 200: 11 at 180
+    assert rows["fast"].speedup == pytest.approx(300 / 180)
+    assert rows["never"].steps_to_target == math.inf
+    assert rows["never"].speedup == 0.0
+
+
+def test_steps_to_target_follows_the_weight_set_the_trial_chose_on_training_fid():
+    base_evals = [{"step": st, "fid_digits": {"raw": v}} for st, v in ((100, 20.0), (200, 12.0), (300, 11.0))]
+    base = [rec("base", s, 11.0, evals=base_evals, baseline="ddpm") for s in range(3)]
+    # the trial chose ema on training FID; raw has the lower test FID at 100 and 200, which must not be picked
+    chosen = [(100, 15.0, 12.0), (200, 10.0, 9.5), (300, 9.0, 9.5)]
+    evals = [{"step": st, "fid_digits": {"ema_0.99": ema, "raw": raw}} for st, ema, raw in chosen]
+    fast = [rec("fast", s, 9.0, evals=evals, mode="constant", best_weights="ema_0.99", best_weights_by="train-fid")
+            for s in range(3)]  # fmt: skip
+    lb = build_leaderboard(base + fast, "fid_digits", baseline="ddpm")
+    row = next(r for r in lb.rows if r.config_hash == "fast")
+    assert row.steps_to_target == pytest.approx(180.0)  # on ema: 15 -> 10 crosses 11 at 180 (raw's 12 -> 9.5: 140)
+
+
+def test_steps_to_target_needs_three_evaluation_points(tmp_path):
+    def evals(values):
+        return [{"step": st, "fid_digits": {"raw": v}} for st, v in zip((100, 200), values)]
+
+    records = [rec("base", s, 11.0, evals=evals([20.0, 11.0]), baseline="ddpm") for s in range(3)]
+    records += [rec("fast", s, 9.0, evals=evals([10.0, 9.0]), mode="constant") for s in range(3)]
+    lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
+    assert lb.steps_note == "steps-to-target needs >= 3 evaluation points; these records have 2"
+    assert all(r.steps_to_target is None and r.speedup is None for r in lb.rows)
+    write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm", plots=False)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "Steps to target and speedup: – (steps-to-target needs >= 3 evaluation points; these records have 2)" in md
+    assert pl.read_csv(tmp_path / "leaderboard.csv")["steps_to_target"].to_list() == [None, None]
 
 
 def test_holm_marks_only_deltas_that_survive_the_correction(tmp_path):
@@ -98,21 +192,79 @@ def test_holm_marks_only_deltas_that_survive_the_correction(tmp_path):
     records += [rec("clear", s, v - 3.0 + 0.1 * (s % 2), mode="constant") for s, v in enumerate(base)]
     records += [rec("noise", s, v + (0.5 if s % 2 else -0.4), mode="linear") for s, v in enumerate(base)]
     lb = build_leaderboard(records, "fid_digits", baseline="ddpm")
-    rows = {r["config_hash"]: r for r in lb.rows}
-    assert rows["clear"]["significant"]
-    assert not rows["noise"]["significant"]
-    assert rows["clear"]["delta"].hi < 0
-    assert not rows["clear"]["small_n"]
+    rows = {r.config_hash: r for r in lb.rows}
+    assert rows["clear"].significant
+    assert not rows["noise"].significant
+    assert rows["base"].significant is None  # no test against itself
+    assert rows["clear"].delta.hi < 0
+    assert not rows["clear"].small_n
     write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm", plots=False)
     header = (tmp_path / "leaderboard.md").read_text().split("\n| rank")[1].split("\n")[0]
     assert "95% t-CI" in header
+    assert "fid_digits median" in header
     assert all(part in header for part in INSTABILITY_PARTS)
 
 
-def test_kendall_tau_between_seed_halves_needs_four_seeds():
-    records = [rec(h, s, v + 0.01 * s) for h, v in (("a", 1.0), ("b", 2.0), ("c", 3.0)) for s in range(4)]
+def test_ranks_tie_where_the_quality_intervals_overlap(tmp_path):
+    records = [rec("a", s, 1.0 + 0.1 * s) for s in range(3)]  # [1.0, 1.2]
+    records += [rec("b", s, 1.15 + 0.1 * s, mode="constant") for s in range(3)]  # overlaps a
+    records += [rec("c", s, 5.0 + 0.1 * s, mode="linear") for s in range(3)]  # apart
+    records += [rec("d", 0, 6.0, mode="learnable")]  # one seed: its point, clearly worse than a, b and c
+    lb = build_leaderboard(records, "fid_digits")
+    assert [(r.config_hash, r.rank) for r in lb.rows] == [("a", 1), ("b", 1), ("c", 3), ("d", 4)]
+    write_leaderboard(records, tmp_path, "fid_digits", plots=False)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "lies entirely on the better side of this config's" in md
+    assert pl.read_parquet(tmp_path / "leaderboard.parquet")["rank"].to_list() == [1, 1, 3, 4]
+
+
+def test_kendall_tau_needs_four_seeds_and_five_configs(tmp_path):
+    configs = [(h, float(v)) for v, h in enumerate("abcde", 1)]
+    records = [rec(h, s, v + 0.01 * s) for h, v in configs for s in range(4)]
     assert build_leaderboard(records, "fid_digits").kendall_tau == pytest.approx(1.0)
-    assert build_leaderboard([r for r in records if r["seed"] < 3], "fid_digits").kendall_tau is None
+    three_seeds = build_leaderboard([r for r in records if r["seed"] < 3], "fid_digits")
+    assert three_seeds.kendall_tau is None
+    assert three_seeds.tau_note == "needs >= 4 seeds; these records have 3"
+    four_configs = [r for r in records if r["config_hash"] != "e"]
+    assert build_leaderboard(four_configs, "fid_digits").kendall_tau is None
+    write_leaderboard(four_configs, tmp_path, "fid_digits", plots=False)
+    assert (
+        "Kendall tau, two disjoint seed halves): omitted (needs >= 5 configs; this leaderboard has 4)."
+        in (tmp_path / "leaderboard.md").read_text()
+    )
+
+
+def test_collapsed_runs_are_counted_among_the_runs_that_record_it(tmp_path):
+    records = [rec("a", 0, 1.0, collapsed=1.0), rec("a", 1, 1.1, collapsed=0.0), rec("a", 2, 1.2)]
+    records += [rec("b", s, 2.0 + s, mode="constant") for s in range(3)]  # older records: no flag
+    lb = build_leaderboard(records, "fid_digits")
+    assert [r.collapsed for r in lb.rows] == [(1, 2), None]
+    write_leaderboard(records, tmp_path, "fid_digits", plots=False)
+    cells = [line.split(" | ")[4] for line in (tmp_path / "leaderboard.md").read_text().splitlines()[-2:]]
+    assert cells == ["1/2", "–"]  # the collapsed column
+    table = pl.read_csv(tmp_path / "leaderboard.csv")
+    assert table["collapsed"].to_list() == [1, None]
+    assert table["collapsed_of"].to_list() == [2, None]
+
+
+def test_a_missing_instability_is_missing_never_zero_or_infinite(tmp_path):
+    records = [rec("a", 0, 1.0, instability=2.0), rec("a", 1, 1.1, instability=None), rec("a", 2, 1.2, instability=4.0)]
+    records += [rec("b", s, 2.0 + s, mode="constant", instability=None) for s in range(3)]
+    part = INSTABILITY_PARTS[0]
+    records[0]["metrics"][part] = 0.5  # one seed of a has the part; the others do not
+    lb = build_leaderboard(records, "fid_digits")
+    a, b = lb.rows
+    assert a.instability.mean == pytest.approx(3.0)  # over the two seeds that have it
+    assert a.instability.n == 2
+    assert a.parts[part] == 0.5
+    assert b.parts[part] is None
+    assert math.isnan(b.instability.mean)
+    write_leaderboard(records, tmp_path, "fid_digits", plots=False)
+    table = pl.read_csv(tmp_path / "leaderboard.csv")
+    assert table["instability_mean"].to_list() == [pytest.approx(3.0), None]
+    assert table[part].to_list() == [0.5, None]
+    b_line = (tmp_path / "leaderboard.md").read_text().splitlines()[-1]
+    assert "| – | n/a |" in b_line  # instability and its interval
 
 
 def test_one_config_one_seed_renders_without_ci(tmp_path):
@@ -157,19 +309,36 @@ def test_plots_read_records_of_the_current_engine(tmp_path, tiny):
 
 
 def test_machine_readable_tables_hold_numbers(tmp_path):
-    import polars as pl
-
     records = [rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)]
     records += [rec("good", s, 5.0 + s, mode="constant") for s in range(3)]
     write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm", plots=False)
-    for table in (pl.read_csv(tmp_path / "leaderboard.csv"), pl.read_parquet(tmp_path / "leaderboard.parquet")):
+    csv, parquet = pl.read_csv(tmp_path / "leaderboard.csv"), pl.read_parquet(tmp_path / "leaderboard.parquet")
+    for table in (csv, parquet):
         assert table.height == 2
-        assert table.schema["fid_digits_mean"] == pl.Float64
+        assert table.schema["mean"] == pl.Float64
+        assert table.schema["median"] == pl.Float64
         assert table.schema["delta_ci_lo"] == pl.Float64
         assert table.schema["n"] == pl.Int64
         assert table.schema["pareto"] == pl.Boolean
+        assert table["metric"].to_list() == ["fid_digits"] * 2
+        assert table["baseline"].to_list() == ["ddpm"] * 2
         assert table.filter(pl.col("config") == "ddpm")["delta"].to_list() == [None]  # no delta against itself
         assert table.filter(pl.col("config") != "ddpm")["delta"].to_list() == [pytest.approx(-5.0)]
+    assert parquet.schema["seeds"] == pl.List(pl.Int64)
+    assert parquet["seeds"].to_list() == [[0, 1, 2]] * 2
+    assert csv["seeds"].to_list() == ["0;1;2"] * 2  # CSV holds no lists
+
+
+def test_leaderboards_of_two_metrics_concatenate():
+    records = [rec("base", s, 10.0 + s, baseline="ddpm", kid_digits=0.1 * s) for s in range(3)]
+    records += [rec("good", s, 5.0 + s, mode="constant", kid_digits=0.2) for s in range(3)]
+    tables = [numeric_table(build_leaderboard(records, m, baseline="ddpm")) for m in ("fid_digits", "kid_digits")]
+    both = pl.concat(tables)
+    assert both.height == 4
+    assert both.group_by("metric").agg(pl.col("mean").min()).sort("metric").rows() == [
+        ("fid_digits", pytest.approx(6.0)),
+        ("kid_digits", pytest.approx(0.1)),
+    ]
 
 
 def test_latex_table_is_booktabs(tmp_path):

@@ -15,7 +15,7 @@ from stabench.scoring import get_extractor
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-STORE = ROOT / "results" / "validation" / "store"
+STORE = ROOT / "results" / "validation" / "exploratory" / "store"
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from . import output
 from .options import (
     CONTEXT,
     Group,
+    RegistryChoice,
     deprecated_alias,
     gpus_option,
     inception_option,
@@ -91,7 +92,8 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
 
 @main.command(context_settings=CONTEXT)
 @click.argument("space_file", metavar="SPACE.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--backend", type=click.Choice(["optuna", "ray"]), default="optuna", show_default=True,
+@click.option("--backend", type=RegistryChoice("stabench.sweep.backend:BACKENDS"), default="optuna",
+              show_default=True,
               help="optuna: in-process or --workers local processes; ray: Ray Tune, local or a cluster.")  # fmt: skip
 @click.option("--study", default=None, metavar="NAME", help="Study/sweep name (default: the space's name).")
 @click.option("--n-trials", type=click.IntRange(min=1), default=None, metavar="N",
@@ -157,7 +159,7 @@ def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, m
 @click.argument("run_dir", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
 @click.option("--samples", type=click.IntRange(min=2), default=None, metavar="N",
               help="Samples per weight set (default: the trial's eval.samples).")  # fmt: skip
-@click.option("--extractor", type=click.Choice(["digits", "inception"]), default=None,
+@click.option("--extractor", type=RegistryChoice("stabench.scoring.extractors:EXTRACTORS"), default=None,
               help="Feature extractor (default: the trial's eval.extractor).")  # fmt: skip
 @click.option("--inception-weights", default=None, metavar="PATH",
               help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
@@ -195,24 +197,31 @@ def confirm(sweep_name, top, n_seeds, metric, store, **wandb):
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--n-seeds", type=click.IntRange(min=1), default=5, show_default=True, metavar="N",
-              help="Seeds per arm (the negative control also runs seeds N..2N-1).")  # fmt: skip
-@click.option("--store", type=click.Path(path_type=Path), default=Path("results/validation/store"),
+@click.option("--n-pairs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Pairs per check instead of the pre-registered design's (collapse 16, ScaleLong 8, quality 8); "
+              "a run with another n is exploratory, not the confirmatory one.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Trials at once, one per core (default: every core this process may use; more than one runs "
+              "them as Ray Tune trials on this machine).")  # fmt: skip
+@click.option("--store", type=click.Path(path_type=Path), default=Path("results/validation/confirmatory/store"),
               show_default=True, metavar="DIR", help="Record store of the validation trials (reused).")  # fmt: skip
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/validation"),
-              show_default=True, metavar="DIR", help="Where README.md and validation.json are written.")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results/validation/confirmatory"), show_default=True, metavar="DIR",
+              help="Where README.md, validation.json and one leaderboard per regime are written.")  # fmt: skip
 @click.option("--fast", is_flag=True, help="Tiny sizes (seconds per trial): checks the pipeline, not the verdicts.")
-def validate(n_seeds, store, out, fast):
-    """Known-effect validation: positive and negative controls, ScaleLong's direction and published directions.
+def validate(n_pairs, workers, store, out, fast):
+    """Known-effect validation: positive controls, negative controls, ScaleLong's and published directions.
 
-    Every check is a paired comparison over N seeds with a Student-t 95% interval and a verdict (agrees /
-    disagrees / inconclusive; the negative control passes when its interval covers 0). Trials are stored
-    records, so an interrupted validation resumes. The full suite takes about an hour on 2 CPU cores.
+    Runs the pre-registered design of docs/validation.md: every check pairs two arms by seed and reports an
+    exact test (McNemar for a binary outcome, the sign-flip permutation test otherwise) with the Student-t 95%
+    interval beside it, and a verdict from the Holm-adjusted p over the checks; the negative controls report the
+    test's false-positive rate on sham arms. Trials are stored records, so an interrupted validation resumes.
     """
+    from ..sweep.workers import usable_cores
     from ..validate import validate as run_validation
 
     writable_dir(store, "store"), writable_dir(out, "out")
-    run_validation(store, out, n_seeds=n_seeds, fast=fast, say=click.echo)
+    run_validation(store, out, n_pairs=n_pairs, fast=fast, workers=workers or usable_cores(), say=click.echo)
     click.echo(f"written: {out / 'README.md'}, {out / 'validation.json'}")
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 import warnings
+from functools import cached_property
 from pathlib import Path
 
 import click
@@ -84,6 +86,20 @@ def fold_deprecated(ctx: click.Context) -> None:
             ctx.params[new] = value
             old = next(p.opts[0] for p in ctx.command.params if p.name == name)
             ctx.meta.setdefault("used_flag", {})[new] = old
+
+
+class RegistryChoice(click.Choice):
+    """A choice among the names of a registry (`stabench.sweep.backend:BACKENDS`), so the CLI never copies them.
+    Read on first use: the registries' modules import torch, which `stabench --help` should not wait for."""
+
+    def __init__(self, registry: str):
+        self.registry, self.case_sensitive = registry, True  # click.Choice's __init__ would read the names now
+
+    @cached_property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The registry's names, in its order."""
+        module, name = self.registry.split(":")
+        return tuple(getattr(importlib.import_module(module), name))
 
 
 def writable_dir(path: Path, key: str) -> Path:

@@ -10,6 +10,7 @@ from .keys import (
     allowed_values,
     apply_overrides,
     apply_values,
+    choices,
     flatten,
     leaf_keys,
     parse_override,
@@ -18,6 +19,7 @@ from .keys import (
 )
 from .load import build_config, dump_yaml, load_config, read_yaml
 from .schema import (
+    CAPPED_KINDS,
     AugmentConfig,
     DiffusionConfig,
     EMAConfig,
@@ -35,10 +37,10 @@ from .schema import (
 )
 
 __all__ = [
-    "HASHED_WHEN_CHANGED", "INERT_UNLESS", "NON_RESULT_KEYS", "NON_RESULT_LEAVES",
+    "CAPPED_KINDS", "HASHED_WHEN_CHANGED", "INERT_UNLESS", "NON_RESULT_KEYS", "NON_RESULT_LEAVES",
     "AugmentConfig", "ConfigError", "DiffusionConfig", "EMAConfig", "EngineConfig", "EvalConfig", "LSCConfig",
     "ModelConfig", "OptimConfig", "StabilityConfig", "TrialConfig", "WeightingConfig", "WorkloadConfig",
-    "allowed_values", "apply_overrides", "apply_values", "build_config", "config_hash", "config_to_dict",
+    "allowed_values", "apply_overrides", "apply_values", "build_config", "choices", "config_hash", "config_to_dict",
     "dump_yaml", "ema_half_life", "flatten", "leaf_keys", "load_config", "parse_override", "read_yaml",
     "resolve_key", "section_fields", "warn_long_ema",
 ]  # fmt: skip

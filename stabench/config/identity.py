@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .schema import TrialConfig
+from .schema import CAPPED_KINDS, TrialConfig
 
 # Keys that do not change what a trial computes: excluded from config_hash.
 NON_RESULT_KEYS = ("seed", "device", "checkpoint_every")
@@ -26,7 +26,7 @@ HASHED_WHEN_CHANGED = {
 
 
 # Keys that change nothing for some settings: timestep_weighting.cap acts on snr and max_snr only.
-INERT_UNLESS = {("timestep_weighting", "cap"): ("timestep_weighting", "kind", ("snr", "max_snr"))}
+INERT_UNLESS = {("timestep_weighting", "cap"): ("timestep_weighting", "kind", CAPPED_KINDS)}
 
 
 def config_to_dict(cfg: TrialConfig) -> dict:

@@ -34,18 +34,30 @@ def section_fields(dotted_section: str) -> list[str]:
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
-def allowed_values(dotted: str) -> str:
-    """Human description of what a leaf accepts (for error messages)."""
+def _field(dotted: str):
+    """The pydantic field of a leaf key such as 'lsc.mode'."""
     model: type[BaseModel] = TrialConfig
     *sections, leaf = dotted.split(".")
     for s in sections:
         model = model.model_fields[s].annotation  # type: ignore[assignment]
-    field = model.model_fields[leaf]
-    ann = field.annotation
-    args = [a for a in get_args(ann) if a is not type(None)] or [ann]
-    literals = [v for a in args if get_origin(a) is Literal for v in get_args(a)]
+    return model.model_fields[leaf]
+
+
+def choices(dotted: str) -> tuple:
+    """The values a leaf with a fixed set allows, in the schema's order (`choices("lsc.mode")`); () for any other
+    leaf. Code, CLI and tests list allowed values through this, so the schema is their one source."""
+    ann = _field(dotted).annotation
     if get_origin(ann) is Literal:
-        literals = list(get_args(ann))
+        return get_args(ann)
+    args = [a for a in get_args(ann) if a is not type(None)]
+    return tuple(v for a in args if get_origin(a) is Literal for v in get_args(a))
+
+
+def allowed_values(dotted: str) -> str:
+    """Human description of what a leaf accepts (for error messages)."""
+    field = _field(dotted)
+    ann = field.annotation
+    literals = choices(dotted)
     if literals:
         return "one of " + ", ".join(repr(v) for v in literals)
     if field.description and "|" in field.description:  # a pattern-checked string: its forms

@@ -57,6 +57,10 @@ class DiffusionConfig(_Section):
     prediction: Literal["eps", "v"] = "eps"
 
 
+# The weighting kinds whose raw weights span orders of magnitude over t: `cap` acts on these only.
+CAPPED_KINDS = ("snr", "max_snr")
+
+
 class WeightingConfig(_Section):
     """Timestep loss weighting (uniform, SNR-based, P2, cosine) and its parameters."""
 

@@ -1,36 +1,67 @@
-"""Building a leaderboard: records grouped by config, per-config statistics, the reference and the ranking."""
+"""Building a leaderboard: records grouped by config, per-config statistics, the reference and the ranking.
+
+Every comparison follows the quality metric's registered direction (stabench/metrics.py): the ranking, the
+Pareto front, the baseline's target and steps-to-target. Instability is always minimised.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .. import stats
 from ..config import flatten
 from ..errors import UserError
-from ..record import FINISHED, Status, eval_value, label, metrics_of, record_value, tags_of
+from ..metrics import get_metric
+from ..record import FINISHED, Status, direction_of, eval_value, label, metrics_of, record_value, tags_of
 from ..store import Store
 from ..telemetry import INSTABILITY_PARTS
 
 ALPHA = 0.05  # family-wise level of the significance marks (Holm over every config's delta vs the baseline)
+MIN_EVAL_POINTS = 3  # a crossing placed between fewer evaluation points says more about the grid than the run
+FIXED_WEIGHTS = {"final_probe_loss": "raw"}  # metrics read on one weight set, whatever the trial chose
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
-    """For (quality, instability) pairs, both minimised: True where no other point is at least as good in
-    both and better in one."""
+def pareto_front(points: list[tuple[float, float]], direction: str = "minimize") -> list[bool]:
+    """For (quality, instability) pairs, quality better in `direction` and instability minimised: True where no
+    other point is at least as good in both and better in one (a non-finite point is never on the front)."""
+    s = stats.sign(direction)
+    pts = [(s * q, u) for q, u in points]
     flags = []
-    for i, (q, u) in enumerate(points):
-        dominated = any((q2 <= q and u2 <= u) and (q2 < q or u2 < u) for j, (q2, u2) in enumerate(points) if j != i)
+    for i, (q, u) in enumerate(pts):
+        dominated = any((q2 <= q and u2 <= u) and (q2 < q or u2 < u) for j, (q2, u2) in enumerate(pts) if j != i)
         flags.append(math.isfinite(q) and math.isfinite(u) and not dominated)
     return flags
 
 
+def curve(rec: dict, metric: str) -> list[tuple[int, float | None]]:
+    """A record's (step, value) evaluation curve of `metric` on one weight set throughout: the one the trial
+    chose (`best_weights`, on training FID for scored trials, so the curve never picks the best reported value
+    point by point), or the one the metric is read on (FIXED_WEIGHTS). Records that chose none (older ones)
+    take the best weight set at each point."""
+    registered = get_metric(metric)
+    key = registered.eval_key if registered else metric
+    weights = FIXED_WEIGHTS.get(metric) or metrics_of(rec).get("best_weights")
+    points = []
+    for entry in rec.get("evals") or []:
+        per_weights = entry.get(key) if key else None
+        if isinstance(per_weights, dict) and per_weights:
+            value = per_weights[weights] if weights in per_weights else eval_value(entry, metric)
+            points.append((entry["step"], value))
+    return points
+
+
 def record_steps_to_target(rec: dict, metric: str, target: float) -> float:
-    """The step at which a record's eval curve of `metric` first reaches `target` (interpolated; inf if never)."""
-    curve = [(e["step"], v) for e in rec.get("evals") or [] if (v := eval_value(e, metric)) is not None]
-    return stats.steps_to_target([s for s, _ in curve], [v for _, v in curve], target)
+    """The step at which a record's curve of `metric` first reaches `target` (interpolated; inf if never)."""
+    points = curve(rec, metric)
+    return stats.steps_to_target([s for s, _ in points], [v for _, v in points], target, direction_of(metric))
+
+
+def eval_points(records: list[dict], metric: str) -> int:
+    """How many distinct evaluation steps measured `metric` in these records."""
+    return len({step for r in records for step, _ in curve(r, metric)})
 
 
 @dataclass
@@ -69,15 +100,49 @@ def knob_diff(config: dict, baseline: dict | None) -> str:
     return ", ".join(diffs)
 
 
+@dataclass(frozen=True)
+class Row:
+    """One config's line: its seeds' statistics, and its comparison with the baseline on shared seeds."""
+
+    config: str  # the label (reference name, `<point>@<sweep>`, `<sweep>#<trial>` or hash prefix)
+    config_hash: str
+    seeds: tuple[int, ...]
+    diverged: int
+    collapsed: tuple[int, int] | None  # (collapsed runs, runs that carry the flag); None when none carries it
+    quality: stats.Summary  # the leaderboard's metric; a diverged seed counts as its worst value
+    instability: stats.Summary  # over the seeds that recorded it (a diverged seed counts as +inf)
+    parts: dict[str, float | None]  # each instability part's mean over the seeds that recorded it (None: none)
+    knobs: str  # the config keys that differ from the baseline's
+    delta: stats.PairedDelta | None = None  # config - baseline; None for the baseline itself or without one
+    significant: bool | None = None  # the delta survives Holm at ALPHA (None without a delta)
+    steps_to_target: float | None = None  # None where steps-to-target is not computed
+    speedup: float | None = None
+    rank: int = 0  # shared with the row above when their quality intervals overlap
+    pareto: bool = False
+
+    @property
+    def n(self) -> int:
+        """How many seeds."""
+        return len(self.seeds)
+
+    @property
+    def small_n(self) -> bool:
+        """Fewer than stats.SMALL_N seeds."""
+        return stats.small_n(self.n)
+
+
 @dataclass
 class Leaderboard:
     """The rows (one per config, ranked) and what the header says about them."""
 
     metric: str
+    direction: str  # the metric's: "minimize" or "maximize"
     baseline: str | None
-    rows: list[dict]
+    rows: list[Row]
     target: float | None
     kendall_tau: float | None
+    tau_note: str | None  # why there is no Kendall tau
+    steps_note: str | None  # why there is no steps-to-target
     n_records: int
     floor: float | None
     samples: list[int] = field(default_factory=list)
@@ -96,73 +161,132 @@ class Reference:
     steps: dict[int, float]
 
 
-def reference(groups: list[ConfigGroup], baseline: str | None, metric: str) -> Reference:
-    """The baseline's per-seed quality, the target every baseline seed reaches, and its steps to that target."""
+def reference(groups: list[ConfigGroup], baseline: str | None, metric: str, with_steps: bool = True) -> Reference:
+    """The baseline's per-seed quality and, `with_steps`, the target every baseline seed reaches (its worst seed's
+    final value) and its steps to that target."""
     base = next((g for g in groups if g.label == baseline), None) if baseline else None
     if base is None:
         return Reference(None, {}, None, {})
     quality = base.by_seed(lambda r: record_value(r, metric))
-    target = stats.target_from_baseline(list(quality.values()))
-    target = None if math.isnan(target) else target
-    steps = base.by_seed(lambda r: record_steps_to_target(r, metric, target)) if target is not None else {}
-    return Reference(base, quality, target, steps)
+    target = stats.target_from_baseline(list(quality.values()), direction_of(metric)) if with_steps else math.nan
+    if math.isnan(target):
+        return Reference(base, quality, None, {})
+    return Reference(base, quality, target, base.by_seed(lambda r: record_steps_to_target(r, metric, target)))
 
 
-def config_row(g: ConfigGroup, metric: str, ref: Reference) -> dict:
-    """One config's statistics over its seeds, and against the baseline on shared seeds."""
-    q = g.by_seed(lambda r: record_value(r, metric))
-    u = g.by_seed(lambda r: record_value(r, "instability"))
-    finite_q = [v for v in q.values() if math.isfinite(v)]
-    q_mean, q_lo, q_hi = stats.t_interval(list(q.values()))
-    u_mean, u_lo, u_hi = stats.t_interval(list(u.values()))
-    row = {
-        "config": g.label,
-        "config_hash": g.config_hash,
-        "n": len(q),
-        "small_n": stats.small_n(len(q)),
-        "diverged": sum(r["status"] == Status.DIVERGED for r in g.records),
-        "seeds": ",".join(str(s) for s in q),
-        "q_mean": q_mean,
-        "q_std": float(np.std(finite_q, ddof=1)) if len(finite_q) == len(q) > 1 else None,
-        "q_ci": (q_lo, q_hi),
-        "q_finite_mean": float(np.mean(finite_q)) if finite_q else None,
-        "u_mean": u_mean,
-        "u_ci": (u_lo, u_hi),
-        "parts": {k: _mean_of(g, k) for k in INSTABILITY_PARTS},
-        "knobs": knob_diff(g.config, ref.group.config if ref.group else None),
-    }
-    shared = sorted(set(q) & set(ref.quality))
-    compared = ref.group is not None and ref.group is not g  # the baseline's own row has no delta
-    row["delta"] = stats.paired_delta([q[s] for s in shared], [ref.quality[s] for s in shared]) if compared else None
-    if ref.target is not None:
-        steps = g.by_seed(lambda r: record_steps_to_target(r, metric, ref.target))
-        row["steps_to_target"] = stats.median_with_inf(list(steps.values()))
-        ratios = [stats.speedup(ref.steps[s], steps[s]) for s in sorted(set(steps) & set(ref.steps))]
-        row["speedup"] = stats.median_with_inf(ratios)
-    return row
+def instability_of(rec: dict) -> float | None:
+    """A record's instability: +inf for a diverged run, None when not recorded (missing is neither 0 nor inf)."""
+    if rec["status"] == Status.DIVERGED:
+        return math.inf
+    value = metrics_of(rec).get("instability")
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _mean_of(g: ConfigGroup, metric: str) -> float | None:
-    """The mean of a metric over the seeds that recorded it (None when none did)."""
-    values = [metrics_of(r)[metric] for r in g.records if metrics_of(r).get(metric) is not None]
+    """The mean of a metric over the seeds that recorded a finite value (None when none did)."""
+    values = [v for r in g.records if (v := metrics_of(r).get(metric)) is not None and math.isfinite(v)]
     return float(np.mean(values)) if values else None
+
+
+def collapse_count(g: ConfigGroup) -> tuple[int, int] | None:
+    """(collapsed, of): the runs flagged `collapsed` among those that carry the flag; None when none does."""
+    flags = [v for r in g.records if (v := metrics_of(r).get("collapsed")) is not None]
+    return (sum(bool(v) for v in flags), len(flags)) if flags else None
+
+
+def config_row(g: ConfigGroup, metric: str, ref: Reference) -> Row:
+    """One config's statistics over its seeds, and against the baseline on shared seeds."""
+    q = g.by_seed(lambda r: record_value(r, metric))
+    shared = sorted(set(q) & set(ref.quality))
+    compared = ref.group is not None and ref.group is not g  # the baseline's own row has no delta
+    row = Row(
+        config=g.label,
+        config_hash=g.config_hash,
+        seeds=tuple(q),
+        diverged=sum(r["status"] == Status.DIVERGED for r in g.records),
+        collapsed=collapse_count(g),
+        quality=stats.summarize(list(q.values())),
+        instability=stats.summarize([v for v in g.by_seed(instability_of).values() if v is not None]),
+        parts={k: _mean_of(g, k) for k in INSTABILITY_PARTS},
+        knobs=knob_diff(g.config, ref.group.config if ref.group else None),
+        delta=stats.paired_delta([q[s] for s in shared], [ref.quality[s] for s in shared]) if compared else None,
+    )
+    if ref.target is None:
+        return row
+    steps = g.by_seed(lambda r: record_steps_to_target(r, metric, ref.target))
+    ratios = [stats.speedup(ref.steps[s], steps[s]) for s in sorted(set(steps) & set(ref.steps))]
+    return replace(
+        row, steps_to_target=stats.median_with_inf(list(steps.values())), speedup=stats.median_with_inf(ratios)
+    )
+
+
+def mark_significance(rows: list[Row]) -> list[Row]:
+    """Each delta's Holm mark at ALPHA, over every config's test against the baseline."""
+    tested = [r for r in rows if r.delta is not None]
+    marks = dict(zip((r.config_hash for r in tested), stats.holm([r.delta.p for r in tested], ALPHA)))
+    return [replace(r, significant=marks[r.config_hash]) if r.config_hash in marks else r for r in rows]
+
+
+def _or_inf(x: float | None) -> float:
+    return math.inf if x is None or math.isnan(x) else x
+
+
+def _interval_or_point(q: stats.Summary) -> tuple[float, float]:
+    """A quality summary's interval, or its mean as a point where there is no interval (one seed)."""
+    return (q.lo, q.hi) if not (math.isnan(q.lo) or math.isnan(q.hi)) else (q.mean, q.mean)
+
+
+def rank_rows(rows: list[Row], direction: str) -> list[Row]:
+    """Configs without divergences first, then by mean quality in `direction`, then by the mean of the finite
+    seeds, instability and label; rank = 1 + the configs whose quality interval lies entirely on the better side
+    of this one's (stats.tied_ranks; one seed: its point); the Pareto front."""
+    s = stats.sign(direction)
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            r.diverged > 0,
+            s * r.quality.mean,
+            _or_inf(None if r.quality.finite_mean is None else s * r.quality.finite_mean),
+            _or_inf(r.instability.mean),
+            r.config,
+        ),
+    )
+    ranks = stats.tied_ranks([_interval_or_point(r.quality) for r in rows], direction)
+    front = pareto_front([(r.quality.mean, r.instability.mean) for r in rows], direction)
+    return [replace(r, rank=k, pareto=p) for r, k, p in zip(rows, ranks, front)]
+
+
+def ranking_stability(groups: list[ConfigGroup], metric: str) -> tuple[float | None, str | None]:
+    """Kendall tau between the rankings of two disjoint seed halves, or None and why."""
+    values = {g.config_hash: g.by_seed(lambda r: record_value(r, metric)) for g in groups}
+    tau = stats.kendall_tau_halves(values, direction=direction_of(metric))
+    n_seeds = len({s for per_seed in values.values() for s in per_seed})
+    if tau is not None:
+        return tau, None
+    if n_seeds < stats.TAU_MIN_SEEDS:
+        return None, f"needs >= {stats.TAU_MIN_SEEDS} seeds; these records have {n_seeds}"
+    if len(groups) < stats.TAU_MIN_CONFIGS:
+        return None, f"needs >= {stats.TAU_MIN_CONFIGS} configs; this leaderboard has {len(groups)}"
+    return None, f"needs >= {stats.TAU_MIN_CONFIGS} configs with seeds in both halves and ranks that differ"
+
+
+def steps_note(records: list[dict], metric: str) -> str | None:
+    """Why steps-to-target is left out (None when it is computed)."""
+    points = eval_points(records, metric)
+    if points >= MIN_EVAL_POINTS:
+        return None
+    return f"steps-to-target needs >= {MIN_EVAL_POINTS} evaluation points; these records have {points}"
 
 
 def build_leaderboard(records: list[dict], metric: str, baseline: str | None = None) -> Leaderboard:
     """Group records by config, compute every row's statistics, mark significance (Holm), rank, find the front."""
+    direction = direction_of(metric)
     groups = group_records(records)
-    ref = reference(groups, baseline, metric)
-    rows = [config_row(g, metric, ref) for g in groups]
-    deltas = [r["delta"] for r in rows if r["delta"] is not None and r["config"] != baseline]
-    for d, significant in zip(deltas, stats.holm([d.p for d in deltas], ALPHA)):
-        next(r for r in rows if r["delta"] is d)["significant"] = significant
-    # Rank: configs without divergences first, then by mean quality, then by instability, then by label.
-    rows.sort(key=lambda r: (r["diverged"] > 0, r["q_mean"], r["q_finite_mean"] or math.inf, r["u_mean"], r["config"]))
-    for i, r in enumerate(rows, 1):
-        r["rank"] = i
-    for r, on_front in zip(rows, pareto_front([(r["q_mean"], r["u_mean"]) for r in rows])):
-        r["pareto"] = on_front
     finished = [r for g in groups for r in g.records]
+    no_steps = steps_note(finished, metric)
+    ref = reference(groups, baseline, metric, with_steps=no_steps is None)
+    rows = rank_rows(mark_significance([config_row(g, metric, ref) for g in groups]), direction)
+    tau, tau_note = ranking_stability(groups, metric)
     # the floor at the trial's own sample count (schema 2) is preferred to the old readout's two halves
     floors = [
         (r.get("schema", 1) < 2, metrics_of(r)[f"{metric}_floor"])
@@ -170,17 +294,20 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
         if metrics_of(r).get(f"{metric}_floor")
     ]
     return Leaderboard(
-        metric,
-        baseline,
-        rows,
-        ref.target,
-        stats.kendall_tau_halves({g.config_hash: g.by_seed(lambda r: record_value(r, metric)) for g in groups}),
-        len(records),
-        min(floors)[1] if floors else None,
-        sorted({metrics_of(r)["fid_samples"] for r in finished if metrics_of(r).get("fid_samples")}),
-        sorted({e["step"] for r in finished for e in r.get("evals") or []}),
-        sum(r.get("schema", 1) < 2 for r in finished),
-        bool(floors) and min(floors)[0],
+        metric=metric,
+        direction=direction,
+        baseline=baseline,
+        rows=rows,
+        target=ref.target,
+        kendall_tau=tau,
+        tau_note=tau_note,
+        steps_note=no_steps,
+        n_records=len(records),
+        floor=min(floors)[1] if floors else None,
+        samples=sorted({metrics_of(r)["fid_samples"] for r in finished if metrics_of(r).get("fid_samples")}),
+        eval_steps=sorted({e["step"] for r in finished for e in r.get("evals") or []}),
+        old_readout=sum(r.get("schema", 1) < 2 for r in finished),
+        old_floor=bool(floors) and min(floors)[0],
     )
 
 

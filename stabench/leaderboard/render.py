@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 
 import polars as pl
+import polars.selectors as cs
 
 from .. import stats
 from ..telemetry import INSTABILITY_PARTS
-from .build import ALPHA, Leaderboard
+from .build import ALPHA, Leaderboard, Row
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -26,76 +27,96 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci and not any(map(math.isnan, ci)) else "n/a"
 
 
-def _delta_cells(r: dict) -> list[str]:
-    d = r.get("delta")
+def _delta_cells(r: Row) -> list[str]:
+    d = r.delta
     if d is None or d.n == 0:
         return ["–", "–", "–"]
-    mark = " *" if r.get("significant") else ""
+    mark = " *" if r.significant else ""
     return [fmt(d.mean) + mark, fmt_ci((d.lo, d.hi)), fmt(d.p, 2)]
 
 
+def _cells(r: Row) -> list:
+    """One row's formatted cells, in the order of `table`'s columns."""
+    q, u = r.quality, r.instability
+    return [
+        r.rank,
+        r.config,
+        f"{r.n}{' (small n)' if r.small_n else ''}",
+        r.diverged,
+        f"{r.collapsed[0]}/{r.collapsed[1]}" if r.collapsed else "–",
+        fmt(q.mean) + (f" ± {fmt(q.std, 2)}" if q.std is not None else ""),
+        fmt(q.median),
+        fmt_ci((q.lo, q.hi)),
+        *_delta_cells(r),
+        fmt(u.mean),
+        fmt_ci((u.lo, u.hi)),
+        *(fmt(r.parts[k], 3) for k in INSTABILITY_PARTS),
+        fmt(r.steps_to_target),
+        fmt(r.speedup, 3),
+        "★" if r.pareto else "",
+        r.knobs or "–",
+        r.config_hash,
+    ]
+
+
 def table(lb: Leaderboard) -> pl.DataFrame:
-    """The leaderboard as a flat table of strings (what the .md/.csv/.html files show)."""
+    """The leaderboard as a flat table of strings (what the .md/.html files show)."""
     m = lb.metric
-    names = ["rank", "config", "n", "diverged", f"{m} mean ± std", f"{m} 95% t-CI", "Δ vs baseline",
-             "Δ 95% t-CI", "Δ p (paired t)", "instability", "instability 95% t-CI",
-             *(f"{k}" for k in INSTABILITY_PARTS), "steps to target", "speedup", "Pareto", "knobs vs baseline",
+    names = ["rank", "config", "n", "diverged", "collapsed", f"{m} mean ± std", f"{m} median", f"{m} 95% t-CI",
+             "Δ vs baseline", "Δ 95% t-CI", "Δ p (paired t)", "instability", "instability 95% t-CI",
+             *INSTABILITY_PARTS, "steps to target", "speedup", "Pareto", "knobs vs baseline",
              "config_hash"]  # fmt: skip
-    cols: dict[str, list] = {k: [] for k in names}
-    for r in lb.rows:
-        vals = [
-            r["rank"],
-            r["config"],
-            f"{r['n']}{' (small n)' if r['small_n'] else ''}",
-            r["diverged"],
-            fmt(r["q_mean"]) + (f" ± {fmt(r['q_std'], 2)}" if r["q_std"] is not None else ""),
-            fmt_ci(r["q_ci"]),
-            *_delta_cells(r),
-            fmt(r["u_mean"]),
-            fmt_ci(r["u_ci"]),
-            *(fmt(r["parts"][k], 3) for k in INSTABILITY_PARTS),
-            fmt(r.get("steps_to_target")),
-            fmt(r.get("speedup"), 3),
-            "★" if r["pareto"] else "",
-            r["knobs"] or "–",
-            r["config_hash"],
-        ]
-        for k, v in zip(cols, vals):
-            cols[k].append(str(v))
-    return pl.DataFrame(cols)
+    # ranked by instability itself: its quality columns already show it
+    keep = [i for i, n in enumerate(names) if not (m == "instability" and n in ("instability", "instability 95% t-CI"))]
+    rows = [[str(v) for i, v in enumerate(_cells(r)) if i in keep] for r in lb.rows]
+    return pl.DataFrame(rows, schema=[names[i] for i in keep], orient="row")
+
+
+def _delta_numbers(r: Row) -> dict:
+    """The delta's columns: null for the baseline's own row and without shared seeds."""
+    d = r.delta if r.delta is not None and r.delta.n else None
+    return dict(zip(("delta", "delta_ci_lo", "delta_ci_hi", "delta_p"), (d.mean, d.lo, d.hi, d.p) if d else [None] * 4))
+
+
+def _numbers(r: Row, lb: Leaderboard) -> dict:
+    """One row as plain numbers, keyed by `NUMERIC_SCHEMA`'s columns (nan becomes null in `numeric_table`)."""
+    q, u = r.quality, r.instability
+    return {
+        "rank": r.rank, "config": r.config, "config_hash": r.config_hash, "metric": lb.metric,
+        "baseline": lb.baseline, "n": r.n, "small_n": r.small_n, "diverged": r.diverged,
+        "collapsed": r.collapsed[0] if r.collapsed else None, "collapsed_of": r.collapsed[1] if r.collapsed else None,
+        "seeds": list(r.seeds), "mean": q.mean, "std": q.std, "ci_lo": q.lo, "ci_hi": q.hi, "median": q.median,
+        **_delta_numbers(r), "delta_significant": r.significant,
+        "instability_mean": u.mean, "instability_ci_lo": u.lo, "instability_ci_hi": u.hi, **r.parts,
+        "steps_to_target": r.steps_to_target, "speedup": r.speedup, "pareto": r.pareto, "knobs": r.knobs,
+    }  # fmt: skip
+
+
+NUMERIC_SCHEMA = {
+    "rank": pl.Int64, "config": pl.Utf8, "config_hash": pl.Utf8, "metric": pl.Utf8, "baseline": pl.Utf8,
+    "n": pl.Int64, "small_n": pl.Boolean, "diverged": pl.Int64, "collapsed": pl.Int64, "collapsed_of": pl.Int64,
+    "seeds": pl.List(pl.Int64), **dict.fromkeys(["mean", "std", "ci_lo", "ci_hi", "median", "delta", "delta_ci_lo",
+    "delta_ci_hi", "delta_p"], pl.Float64), "delta_significant": pl.Boolean,
+    **dict.fromkeys(["instability_mean", "instability_ci_lo", "instability_ci_hi", *INSTABILITY_PARTS,
+    "steps_to_target", "speedup"], pl.Float64), "pareto": pl.Boolean, "knobs": pl.Utf8,
+}  # fmt: skip
 
 
 def numeric_table(lb: Leaderboard) -> pl.DataFrame:
-    """The leaderboard as plain numbers, one row per config (leaderboard.csv/.parquet): inf for a target never
-    reached or a diverged mean, null where a value does not exist (the baseline's own delta, a 1-seed interval)."""
-    m = lb.metric
+    """The leaderboard as plain numbers, one row per config (leaderboard.parquet; leaderboard.csv via `csv_text`):
+    inf for a target never reached or a diverged mean, null where a value does not exist (the baseline's own
+    delta, a 1-seed interval, a part no seed recorded, steps-to-target not computed).
 
-    def num(x) -> float | None:
-        return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-    rows = []
-    for r in lb.rows:
-        d = r.get("delta") if r.get("delta") is not None and r["delta"].n else None
-        rows.append({
-            "rank": r["rank"], "config": r["config"], "config_hash": r["config_hash"], "n": r["n"],
-            "small_n": r["small_n"], "diverged": r["diverged"], "seeds": r["seeds"],
-            f"{m}_mean": num(r["q_mean"]), f"{m}_std": num(r["q_std"]),
-            f"{m}_ci_lo": num(r["q_ci"][0]), f"{m}_ci_hi": num(r["q_ci"][1]),
-            "delta": num(d.mean) if d else None, "delta_ci_lo": num(d.lo) if d else None,
-            "delta_ci_hi": num(d.hi) if d else None, "delta_p": num(d.p) if d else None,
-            "delta_significant": r.get("significant"),
-            "instability_mean": num(r["u_mean"]), "instability_ci_lo": num(r["u_ci"][0]),
-            "instability_ci_hi": num(r["u_ci"][1]), **{k: num(r["parts"][k]) for k in INSTABILITY_PARTS},
-            "steps_to_target": num(r.get("steps_to_target")), "speedup": num(r.get("speedup")),
-            "pareto": r["pareto"], "knobs": r["knobs"] or "",
-        })  # fmt: skip
-    schema = {k: (pl.Float64 if k not in _NON_FLOAT else _NON_FLOAT[k]) for k in rows[0]} if rows else None
-    return pl.DataFrame(rows, schema=schema)
+    Generic column names (`mean`, `std`, `ci_lo`, `ci_hi`, `median` of the quality metric) with `metric` and
+    `baseline` columns, so leaderboards of different metrics stack with `pl.concat`; `seeds` is a list."""
+    df = pl.DataFrame([_numbers(r, lb) for r in lb.rows], schema=NUMERIC_SCHEMA)
+    return df.with_columns(cs.float().fill_nan(None))
 
 
-_NON_FLOAT = {"rank": pl.Int64, "config": pl.Utf8, "config_hash": pl.Utf8, "n": pl.Int64, "small_n": pl.Boolean,
-              "diverged": pl.Int64, "seeds": pl.Utf8, "delta_significant": pl.Boolean, "pareto": pl.Boolean,
-              "knobs": pl.Utf8}  # fmt: skip
+def csv_text(df: pl.DataFrame) -> str:
+    """The numeric table as CSV, which holds no lists: `seeds` is written as "0;1;2" (`str.split(";")` reads
+    it back)."""
+    return df.with_columns(pl.col("seeds").cast(pl.List(pl.Utf8)).list.join(";")).write_csv(float_precision=None)
 
 
 _TEX = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$", "{": r"\{",
@@ -114,56 +135,80 @@ def to_latex(lb: Leaderboard) -> str:
     lines = ["% generated by stabench leaderboard; needs \\usepackage{booktabs}", r"\begin{tabular}{lrlllll}",
              r"\toprule", " & ".join(head) + r" \\", r"\midrule"]  # fmt: skip
     for r in lb.rows:
-        d = r.get("delta")
+        d = r.delta
         shown = d is not None and d.n > 0
-        mark = "$^*$" if r.get("significant") else ""
-        cells = [tex(r["config"]), str(r["n"]), tex(fmt(r["q_mean"])), tex(fmt_ci(r["q_ci"])),
+        mark = "$^*$" if r.significant else ""
+        cells = [tex(r.config), str(r.n), tex(fmt(r.quality.mean)), tex(fmt_ci((r.quality.lo, r.quality.hi))),
                  tex(fmt(d.mean)) + mark if shown else "--", tex(fmt_ci((d.lo, d.hi))) if shown else "--",
-                 tex(fmt(r["u_mean"]))]  # fmt: skip
+                 tex(fmt(r.instability.mean))]  # fmt: skip
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 
 
+def _baseline_line(lb: Leaderboard) -> str:
+    """What Δ, the target, steps-to-target and speedup mean here (or why there are none)."""
+    lower = lb.direction == "minimize"
+    line = (
+        f"Baseline: `{lb.baseline}`. Δ = config − baseline ({'negative' if lower else 'positive'} is better), "
+        f"paired on shared seeds, with a Student-t interval and the paired t-test's p; * = significant at "
+        f"{ALPHA:g} after Holm's correction over every config. "
+    )
+    if lb.steps_note:
+        return line + f"Steps to target and speedup: – ({lb.steps_note})."
+    target = fmt(lb.target) if lb.target is not None else "none (a baseline seed diverged)"
+    return line + (
+        f"Target for steps-to-target = the baseline's worst seed's final {lb.metric} (its "
+        f"{'largest' if lower else 'smallest'}), so every baseline seed reaches it ({target}); steps are read on "
+        "the weight set each trial chose (on training FID when scored) and interpolated between evaluation "
+        "points, ∞ = never reached (AlgoPerf); speedup = median over shared seeds of baseline / config steps "
+        "(∞ counted as the largest value)."
+    )
+
+
+def _ranking_lines(lb: Leaderboard) -> list[str]:
+    """How ranks are given, and how stable they are."""
+    worst = "∞" if lb.direction == "minimize" else "-∞"
+    tau = fmt(lb.kendall_tau, 3) if lb.tau_note is None else f"omitted ({lb.tau_note})"
+    return [
+        f"Rank: configs without a diverged seed first (a diverged seed counts as {worst}), then by mean "
+        f"{lb.metric}; rank = 1 + the number of configs whose 95% t-interval of {lb.metric} lies entirely on "
+        "the better side of this config's (a one-seed config: its value), so configs whose order is not "
+        "established share ranks.",
+        f"Ranking stability (Kendall tau, two disjoint seed halves): {tau}.",
+    ]
+
+
 def header_lines(lb: Leaderboard) -> list[str]:
     """The notes above the table: what was measured, against what, and how to read it."""
-    n_seeds = sorted({r["n"] for r in lb.rows})
+    n_seeds = sorted({r.n for r in lb.rows})
     lines = [
-        f"Metric: `{lb.metric}` (lower is better), from {lb.n_records} records in {len(lb.rows)} configs; "
-        f"seeds per config: {', '.join(map(str, n_seeds)) or '–'}"
+        f"Metric: `{lb.metric}` ({'lower' if lb.direction == 'minimize' else 'higher'} is better), from "
+        f"{lb.n_records} records in {len(lb.rows)} configs; seeds per config: {', '.join(map(str, n_seeds)) or '–'}"
         + (f"; {', '.join(map(str, lb.samples))} samples per FID/KID" if lb.samples else "")
         + (f"; evaluated at steps {', '.join(map(str, lb.eval_steps))}" if lb.eval_steps else "")
         + "."
     ]
-    if lb.baseline and not any(r["config"] == lb.baseline for r in lb.rows):
+    if lb.baseline and not any(r.config == lb.baseline for r in lb.rows):
         lines.append(
             f"Baseline `{lb.baseline}` has no records here: no deltas or speedups (run it into this store "
             "with `stabench baselines`, or pass --baseline with a label from the table)."
         )
     elif lb.baseline:
-        target = fmt(lb.target) if lb.target is not None else "none (a baseline seed diverged)"
-        lines.append(
-            f"Baseline: `{lb.baseline}`. Δ is paired on shared seeds, with a Student-t interval and the paired "
-            f"t-test's p; * = significant at {ALPHA:g} after Holm's correction over every config. Target for "
-            f"steps-to-target = the baseline's worst seed's final {lb.metric}, so every baseline seed reaches it "
-            f"({target}); steps are interpolated between evaluation points, ∞ = never reached (AlgoPerf); "
-            "speedup = median over shared seeds of baseline / config steps (∞ counted as the largest value)."
-        )
+        lines.append(_baseline_line(lb))
     if lb.floor is not None:
         how = "two halves of the reference, old readout" if lb.old_floor else "training images scored like samples"
         lines.append(f"Floor ({how}): {lb.metric} = {fmt(lb.floor)}.")
-    if any(r["small_n"] for r in lb.rows):
+    if any(r.small_n for r in lb.rows):
         lines.append(f"(small n) = fewer than {stats.SMALL_N} seeds: wide intervals, fragile ranks.")
+    lines += _ranking_lines(lb)
     lines.append(
-        f"Ranking stability (Kendall tau, two disjoint seed halves): {fmt(lb.kendall_tau, 3)}"
-        + ("" if lb.kendall_tau is not None else " (needs >= 4 seeds)")
-        + "."
-    )
-    lines.append(
-        "Diverged seeds count as ∞ and rank their config below every config without divergence. "
-        "★ = Pareto front of quality vs instability. Intervals: 95% Student-t over seeds. instability = "
+        "collapsed = runs whose unweighted probe loss returns to, or never leaves, the level of predicting zero "
+        "noise, of the runs that record it (– = none does). ★ = Pareto front of quality vs instability. "
+        "Intervals: 95% Student-t over seeds; median over seeds. instability = "
         + " + ".join(INSTABILITY_PARTS)
-        + " (weighting-free, docs/metrics.md); its parts are means over seeds."
+        + " (weighting-free, docs/metrics.md); it and its parts are means over the seeds that recorded them "
+        "(– = none did)."
     )
     if lb.old_readout:
         lines.append(

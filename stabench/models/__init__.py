@@ -1,8 +1,8 @@
-"""Backbone registry: (backbone, preset) -> architecture settings. Knob values come from the config."""
+"""The backbone registry: name -> (network, presets), each preset an architecture; knob values come from the config."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable, Mapping
 
 import torch.nn as nn
 
@@ -25,30 +25,31 @@ UVIT_PRESETS = {
     "deep": UViTArch(patch=2, dim=128, depth=16, heads=4, mlp_ratio=4.0),
 }
 
+# The backbone registry, in the DiT manner: config `workload.backbone` -> (network class, presets). The schema's
+# backbone and preset names are checked against it (tests/models/test_backbones.py).
+BACKBONES: dict[str, tuple[Callable[..., nn.Module], Mapping[str, UNetArch | UViTArch]]] = {
+    "unet": (UNet, UNET_PRESETS),
+    "uvit": (UViT, UVIT_PRESETS),
+}
+
+
+def architecture(w: WorkloadConfig) -> UNetArch | UViTArch:
+    """The size of a workload's backbone: its preset, with `workload.width` applied."""
+    _, presets = BACKBONES[w.backbone]
+    return presets[w.preset].with_width(w.width)
+
 
 def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
     """The backbone of a trial, with its dropout, drop-path, activation, norm and LSC knobs applied."""
-    w, m = cfg.workload, cfg.model
-    knobs = Knobs(m.dropout, m.stochastic_depth, m.activation, m.norm, cfg.lsc.mode, cfg.lsc.kappa, cfg.lsc.placement)
+    w = cfg.workload
     check_resolution(w)
-    if w.backbone == "unet":
-        arch = UNET_PRESETS[w.preset]
-        return UNet(replace(arch, channels=w.width) if w.width else arch, in_channels, w.resolution, knobs)
-    arch = UVIT_PRESETS[w.preset]
-    return UViT(replace(arch, dim=w.width) if w.width else arch, in_channels, w.resolution, knobs)
-
-
-def resolution_step(w: WorkloadConfig) -> int:
-    """What the resolution must be a multiple of: the UNet halves it at each level but the last, the U-ViT
-    cuts it into patches."""
-    if w.backbone == "unet":
-        return 2 ** (len(UNET_PRESETS[w.preset].mult) - 1)
-    return UVIT_PRESETS[w.preset].patch
+    network, _ = BACKBONES[w.backbone]
+    return network(architecture(w), in_channels, w.resolution, Knobs.from_config(cfg))
 
 
 def check_resolution(w: WorkloadConfig) -> None:
     """A resolution the preset cannot take is a ConfigError before any training (the preflight calls this)."""
-    step = resolution_step(w)
+    step = architecture(w).resolution_step
     if w.resolution % step:
         raise ConfigError(
             f"{w.resolution} is not a multiple of {step}, which {w.backbone} preset '{w.preset}' needs",

@@ -9,24 +9,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import LSCConfig, ModelConfig, TrialConfig
+
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 
 
 @dataclass(frozen=True)
 class Knobs:
-    """The stabilisation knobs a backbone is built with: config `model.*` and `lsc.*` (docs/knobs.md)."""
+    """The stabilisation knobs a backbone is built with: the config sections `model` and `lsc` themselves, so the
+    schema's defaults and allowed values are the only ones (docs/knobs.md)."""
 
-    dropout: float = 0.0
-    stochastic_depth: float = 0.0  # drop-path rate of every residual block
-    activation: str = "silu"
-    norm: str = "group"
-    lsc_mode: str = "none"
-    kappa: float = 0.5
-    lsc_placement: str = "concat"  # the UNet's: where a skip's scale applies
+    model: ModelConfig
+    lsc: LSCConfig
+
+    @classmethod
+    def from_config(cls, cfg: TrialConfig) -> Knobs:
+        """The knobs of a validated trial config (its `model.norm` resolved to the backbone's standard)."""
+        return cls(cfg.model, cfg.lsc)
+
+    def __post_init__(self) -> None:
+        if self.model.norm is None:  # only TrialConfig knows the backbone's standard norm
+            raise ValueError("model.norm is unresolved: build Knobs from a TrialConfig (Knobs.from_config)")
 
     def block(self) -> dict:
         """The keyword arguments every residual block takes from the knobs."""
-        return dict(dropout=self.dropout, drop_path=self.stochastic_depth, act=self.activation, norm=self.norm)
+        m = self.model
+        return dict(dropout=m.dropout, drop_path=m.stochastic_depth, act=m.activation, norm=m.norm)
 
 
 def conv_norm(kind: str, channels: int) -> nn.Module:

@@ -6,7 +6,7 @@ reverse order and concatenates each, after `SkipScaler`, with its own feature.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -112,6 +112,15 @@ class UNetArch:
     num_res_blocks: int
     attn_resolutions: tuple[int, ...] = ()
 
+    def with_width(self, width: int | None) -> UNetArch:
+        """This size with base width `width` (config `workload.width`; None keeps the preset's)."""
+        return replace(self, channels=width) if width else self
+
+    @property
+    def resolution_step(self) -> int:
+        """What the resolution must be a multiple of: the UNet halves it at each level but the last."""
+        return 2 ** (len(self.mult) - 1)
+
 
 class UNet(nn.Module):
     """ADM-style UNet for eps/v prediction. `forward(..., return_features=True)` also returns the
@@ -121,10 +130,10 @@ class UNet(nn.Module):
         super().__init__()
         channels, mult = arch.channels, arch.mult
         num_res_blocks, attn_resolutions = arch.num_res_blocks, arch.attn_resolutions
-        norm = knobs.norm
-        self.post_norm = knobs.lsc_placement == "post_norm" and knobs.lsc_mode != "none"
+        norm, lsc = knobs.model.norm, knobs.lsc
+        self.post_norm = lsc.placement == "post_norm" and lsc.mode != "none"
         emb_dim = 4 * channels
-        self.time_embed = TimestepEmbedder(channels, emb_dim, knobs.activation)
+        self.time_embed = TimestepEmbedder(channels, emb_dim, knobs.model.activation)
         block = dict(emb_dim=emb_dim, **knobs.block())
 
         # Encoder: every module in self.down produces one long skip.
@@ -158,10 +167,10 @@ class UNet(nn.Module):
                     res *= 2
                 self.up.append(Stage(*layers))
 
-        self.out_norm, self.out_act = conv_norm(norm, ch), ACTIVATIONS[knobs.activation]()
+        self.out_norm, self.out_act = conv_norm(norm, ch), ACTIVATIONS[knobs.model.activation]()
         self.out = nn.Conv2d(ch, in_channels, 3, padding=1)
         self.num_skips, self.skip_channels = len(skip_channels), skip_channels  # skip i = 1 is the stem output
-        self.skip_scaler = SkipScaler(knobs.lsc_mode, knobs.kappa, skip_channels, lambda c: ChannelGate(c))
+        self.skip_scaler = SkipScaler(lsc.mode, lsc.kappa, skip_channels, lambda c: ChannelGate(c))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
         """(B, C, H, W) noisy images, (B,) timesteps -> (B, C, H, W) prediction (and features if return_features)."""

@@ -6,7 +6,7 @@ in block depth//2 - j + 1, scaled by `SkipScaler` first (ScaleLong's U-ViT setti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -73,6 +73,15 @@ class UViTArch:
     heads: int
     mlp_ratio: float
 
+    def with_width(self, width: int | None) -> UViTArch:
+        """This size with token width `width` (config `workload.width`; None keeps the preset's)."""
+        return replace(self, dim=width) if width else self
+
+    @property
+    def resolution_step(self) -> int:
+        """What the resolution must be a multiple of: the U-ViT cuts it into patches."""
+        return self.patch
+
 
 class UViT(nn.Module):
     """U-ViT for eps/v prediction; `return_features=True` also returns the scaled skips (outermost first)
@@ -85,7 +94,7 @@ class UViT(nn.Module):
         self.patch, self.in_channels, self.grid = patch, in_channels, resolution // patch
         num_tokens = self.grid**2 + 1  # patches + time token
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
-        self.time_embed = TimestepEmbedder(dim, dim, knobs.activation)
+        self.time_embed = TimestepEmbedder(dim, dim, knobs.model.activation)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -93,12 +102,12 @@ class UViT(nn.Module):
         self.in_blocks = nn.ModuleList(Block(**block) for _ in range(depth // 2))
         self.mid_block = Block(**block)
         self.out_blocks = nn.ModuleList(Block(**block, skip=True) for _ in range(depth // 2))
-        self.norm = token_norm(knobs.norm, dim)
+        self.norm = token_norm(knobs.model.norm, dim)
         self.head = nn.Linear(dim, patch * patch * in_channels)
 
         self.num_skips = depth // 2
         skip_sizes = [num_tokens] * self.num_skips
-        self.skip_scaler = SkipScaler(knobs.lsc_mode, knobs.kappa, skip_sizes, lambda n: TokenGate(n))
+        self.skip_scaler = SkipScaler(knobs.lsc.mode, knobs.lsc.kappa, skip_sizes, lambda n: TokenGate(n))
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, grid*grid, patch*patch*C) patch tokens -> (B, C, grid*patch, grid*patch) images."""

@@ -1,4 +1,8 @@
-"""The checks of `stabench validate`: the two regimes, what each check compares, and the trials that needs."""
+"""The design of `stabench validate`: the regimes, their arms, what each check compares and with which test.
+
+The design is pre-registered in docs/validation.md (calibrated in a pilot on seeds PILOT_SEED.., which the
+confirmatory run never uses); changing it after the confirmatory run has started makes that run exploratory.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,55 @@ from dataclasses import dataclass
 from ..config import TrialConfig, config_hash, load_config
 
 SWEEP = "validation"
+FIRST_SEED = 100  # confirmatory seeds: 100, 101, ...; the earlier run used 0-9 and the pilot 1000.. (all seen)
+PILOT_SEED = 1000
 
-
-# Stress: ScaleLong's own backbone (a U-ViT, whose skip_linear sees the raw concat), 16 blocks = 8 long skips at
-# 16x16, a high learning rate without clipping or warm-up. Width and batch are narrowed so that the whole suite
-# fits a 2-core CPU. lr 1e-2 is the first of 2e-3, 5e-3, 1e-2 at which the positive control separated on seed 0
-# (docs/validation.md: how the regime was calibrated; only the positive control was looked at).
-STRESS = (
+# ScaleLong's own backbone, narrowed to fit a 2-core CPU: a U-ViT with 16 blocks (8 long skips whose
+# skip_linear sees the raw concat), 16x16 digits, width 64, batch 32. No sampling: every readout is on the fixed
+# probe batch (unweighted loss, decoder features, probe gradient).
+UVIT = (
     "workload.backbone=uvit",
     "workload.preset=deep",
     "workload.resolution=16",
     "workload.width=64",
     "optim.batch_size=32",
+    "model.dropout=0.0",
+    "eval.samples=0",
+    "eval.grid=0",
+    "ema.betas=[0.99]",
+)
+
+# Collapse: Adam at lr 1e-2 without warm-up or clipping. Most runs fall back to the zero-noise predictor within the
+# first steps (an early Adam blow-up); the outcome is decided by step 100 (docs/validation.md). The mechanism of
+# the two positive controls: warm-up keeps the first updates small, clipping bounds each update's gradient.
+COLLAPSE = (
+    *UVIT,
     "optim.lr=1e-2",
     "optim.clip_norm=null",
     "optim.warmup_steps=0",
-    "optim.steps=400",
-    "model.dropout=0.0",
-    "ema.betas=[0.99]",
-    "eval.samples=0",
-    "eval.grid=0",
-    "eval.every=400",
+    "optim.steps=200",
+    "eval.every=200",
     "eval.probe_every=10",
-    "stability.burn_in=50",
+    "stability.burn_in=20",
 )
 
+# ScaleLong's recipe (AdamW betas (0.99, 0.999), weight decay 0.03, warm-up, no clipping) at a CPU length long
+# enough that the decoder feature norm grows; LSC scaling addresses that growth, so it is read off it.
+SCALELONG = (
+    *UVIT,
+    "optim.lr=2e-3",
+    "optim.betas=[0.99, 0.999]",
+    "optim.weight_decay=0.03",
+    "optim.warmup_steps=100",
+    "optim.clip_norm=null",
+    "optim.steps=1000",
+    "eval.every=1000",
+    "eval.probe_every=20",
+    "stability.burn_in=100",
+)
 
-# Quality: the default workload (8x8 digits, small UNet), scored by FID against the held-out split.
+# Quality: the default workload (8x8 digits, small UNet), scored by FID against the held-out split; the raw
+# weights and one EMA are both scored at the end, so EMA vs raw is paired within each run.
 QUALITY = (
     "optim.steps=600",
     "optim.lr=1e-3",
@@ -44,6 +70,10 @@ QUALITY = (
     "eval.grid=0",
 )
 
+REGIMES = {"collapse": COLLAPSE, "scalelong": SCALELONG, "quality": QUALITY}
+
+# Pairs per check in the confirmatory run, by regime (docs/validation.md: sized from the pilot).
+N_PAIRS = {"collapse": 16, "scalelong": 8, "quality": 8}
 
 # --fast: tiny sizes for the test suite (the table's structure, not its verdicts).
 FAST = (
@@ -51,17 +81,121 @@ FAST = (
     "workload.width=null",
     "optim.batch_size=16",
     "optim.steps=20",
+    "optim.warmup_steps=0",
     "eval.every=20",
     "eval.probe_every=5",
     "eval.probe_size=8",
     "stability.burn_in=5",
 )
-
-
 FAST_SAMPLES = ("eval.samples=40", "eval.sampler_steps=4")
 
 
-REGIMES = {"stress": STRESS, "quality": QUALITY}
+@dataclass(frozen=True)
+class Arm:
+    """One config of a regime, under a label (`<name>@validation-<regime>` on leaderboards)."""
+
+    regime: str
+    name: str
+    overrides: tuple[str, ...] = ()
+
+
+CS = ("lsc.mode=constant", "lsc.kappa=0.5")
+MIN_SNR5 = ("timestep_weighting.kind=min_snr", "timestep_weighting.gamma=5")
+
+ARMS = (
+    Arm("collapse", "none"),
+    Arm("collapse", "warmup-20", ("optim.warmup_steps=20",)),
+    Arm("collapse", "clip-1", ("optim.clip_norm=1.0",)),
+    Arm("scalelong", "none"),
+    Arm("scalelong", "inv-sqrt2", ("lsc.mode=inv_sqrt2",)),
+    Arm("scalelong", "cs-0.5", CS),
+    Arm("scalelong", "ls", ("lsc.mode=learnable",)),  # ScaleLong's LS: one learnable gate shared by all skips
+    Arm("quality", "linear-uniform"),
+    Arm("quality", "cosine", ("diffusion.schedule=cosine",)),
+    Arm("quality", "min-snr-5", MIN_SNR5),
+)
+CONTROL_NAMES = {"collapse": "none", "scalelong": "none", "quality": "linear-uniform"}
+
+
+def arm(regime: str, name: str) -> Arm:
+    """The arm called `name` in `regime`."""
+    return next(a for a in ARMS if a.regime == regime and a.name == name)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One confirmatory comparison: treatment vs control arm, paired by seed, on a readout, with an exact test.
+
+    `readout` names how a record becomes a number (validate/readout.py: READOUTS); `control_readout` differs only
+    where both sides come from the same run (EMA vs raw weights)."""
+
+    kind: str  # positive control | ScaleLong direction | published direction
+    claim: str
+    regime: str
+    treatment: str
+    readout: str
+    test: str  # mcnemar (binary readout) | sign-flip (continuous readout)
+    source: str
+    control: str = ""  # default: the regime's control arm
+    control_readout: str = ""  # default: `readout`
+    paper_ratio: str = ""  # ScaleLong's figure to set the geometric-mean ratio beside (key of SCALELONG_RATIOS)
+
+    @property
+    def control_arm(self) -> str:
+        return self.control or CONTROL_NAMES[self.regime]
+
+    @property
+    def control_value(self) -> str:
+        return self.control_readout or self.readout
+
+    @property
+    def sweep(self) -> str:
+        return regime_sweep(self.regime)
+
+
+SCALELONG_SOURCE = "Huang et al. 2023, ScaleLong (U-ViT feature norm at 30k iterations)"
+
+CHECKS = (
+    Check("positive control", "warm-up (20 steps) lowers the share of failed runs", "collapse", "warmup-20",
+          "failed", "mcnemar", "warm-up keeps Adam's first updates small (Goyal et al. 2017; Liu et al. 2020)"),
+    Check("positive control", "global clip 1.0 lowers the final probe loss", "collapse", "clip-1",
+          "ln final_probe_loss", "sign-flip", "clipping bounds each update (Pascanu et al. 2013)"),
+    Check("ScaleLong direction", "1/sqrt2 scaling lowers the decoder feature norm", "scalelong", "inv-sqrt2",
+          "ln decoder_norm", "sign-flip", SCALELONG_SOURCE, paper_ratio="1/sqrt2"),
+    Check("ScaleLong direction", "CS (kappa 0.5) lowers the decoder feature norm", "scalelong", "cs-0.5",
+          "ln decoder_norm", "sign-flip", SCALELONG_SOURCE, paper_ratio="CS"),
+    Check("ScaleLong direction", "LS (learnable, shared) lowers the decoder feature norm", "scalelong", "ls",
+          "ln decoder_norm", "sign-flip", SCALELONG_SOURCE, paper_ratio="LS"),
+    Check("published direction", "cosine schedule lowers FID vs linear", "quality", "cosine", "fid_digits",
+          "sign-flip", "Nichol & Dhariwal 2021"),
+    Check("published direction", "Min-SNR-5 weighting lowers FID vs uniform", "quality", "min-snr-5", "fid_digits",
+          "sign-flip", "Hang et al. 2023"),
+    Check("published direction", "EMA (0.99) weights have lower FID than the raw weights", "quality",
+          "linear-uniform", "fid_digits@ema_0.99", "sign-flip", "Polyak averaging; Song & Ermon 2020",
+          control_readout="fid_digits@raw"),
+)  # fmt: skip
+
+# Negative controls: the false-positive rate of the suite's own test, measured by splitting one arm's runs at random
+# into two sham arms many times (outside the Holm family). The quality control runs 2n seeds for it.
+NEGATIVE_CONTROLS = (
+    ("collapse", "none", "ln final_probe_loss"),
+    ("scalelong", "none", "ln decoder_norm"),
+    ("quality", "linear-uniform", "fid_digits"),
+)
+SHAM_SPLITS = 2000
+
+# Descriptive readouts shown per arm (not tested): the weighting-free gradient statistics and the growth.
+DESCRIPTIVE = ("ln decoder_norm_growth", "probe_grad_cv", "probe_grad_osc", "probe_loss_osc")
+
+# ScaleLong's figure (U-ViT, decoder feature norm at 30k iterations, x1e4) as ratios to no scaling ("Org").
+SCALELONG_RATIOS = {
+    "depth 12": {"1/sqrt2": 1.4 / 2.0, "LS": 1.1 / 2.0, "CS": 1.0 / 2.0},
+    "depth 16": {"1/sqrt2": 3.6 / 5.5, "LS": 2.2 / 5.5, "CS": 2.2 / 5.5},
+}
+
+# Each regime's leaderboard ranks by a readout that does not depend on the weighting kind: FID where the regime
+# samples, else the unweighted probe loss at the end of training.
+LEADERBOARD_METRICS = {"collapse": "final_probe_loss", "scalelong": "final_probe_loss", "quality": "fid_digits"}
 
 
 def regime_sweep(regime: str) -> str:
@@ -69,106 +203,16 @@ def regime_sweep(regime: str) -> str:
     return f"{SWEEP}-{regime}"
 
 
-CONTROL_NAMES = {"stress": "none", "quality": "linear-uniform"}  # each regime's control config, as labelled
+def seeds(regime: str, n_pairs: int | None, negative: bool = False) -> list[int]:
+    """The confirmatory seeds of a regime's checks (2n for the arm a negative control splits)."""
+    n = n_pairs or N_PAIRS[regime]
+    return list(range(FIRST_SEED, FIRST_SEED + (2 * n if negative else n)))
 
 
-# Each regime's leaderboard ranks by a quality readout that does not depend on the weighting kind: FID where the
-# regime samples, else the unweighted probe loss at the end of training.
-LEADERBOARD_METRICS = {"stress": "final_probe_loss", "quality": "fid_digits"}
-
-
-@dataclass(frozen=True)
-class Check:
-    """One comparison: treatment vs control on `metric` in a regime, and what is expected of it."""
-
-    kind: str  # positive control | negative control | ScaleLong direction | published direction
-    claim: str
-    regime: str
-    metric: str
-    treatment: tuple[str, ...]
-    name: str = ""  # the treatment's label in the store (the control's is CONTROL_NAMES[regime])
-    expect: str = "lower"  # lower: treatment < control; none: no difference
-    source: str = ""
-    other_seeds: bool = False  # the negative control: the treatment runs on seeds n..2n-1
-    log: bool = False  # compare ln(metric): growth factors are multiplicative
-    seed_factor: int = 1  # runs on seed_factor x --n-seeds seeds: the stress regime's outcome is nearly two-valued
-
-    def n(self, n_seeds: int) -> int:
-        """The number of seeds (pairs) this check compares at `--n-seeds n_seeds`."""
-        return n_seeds * self.seed_factor
-
-    @property
-    def sweep(self) -> str:
-        """The sweep tag of this check's records."""
-        return regime_sweep(self.regime)
-
-    def arm_name(self, arm: str) -> str:
-        """The label of an arm's config (`<name>@<sweep>` on leaderboards)."""
-        return self.name if arm == "treatment" and self.treatment else CONTROL_NAMES[self.regime]
-
-
-# A stress run "collapsed" when its final probe loss is at least half that of predicting zero noise (1.0 for
-# unit-variance eps): at lr 1e-2 runs either train (0.06-0.16) or fall back to ~1 (docs/validation.md). A diverged
-# run counts as collapsed. COLLAPSE_BOUNDS are reported beside it to show the count does not hinge on the 0.5.
-COLLAPSE_LOSS = 0.5
-
-
-COLLAPSE_BOUNDS = (0.3, 0.5, 0.7)
-
-
-CS = ("lsc.mode=constant", "lsc.kappa=0.5")
-
-
-LS = ("lsc.mode=linear",)
-
-
-MIN_SNR5 = ("timestep_weighting.kind=min_snr", "timestep_weighting.gamma=5")
-
-
-CHECKS = (
-    Check("positive control", "global clip 1.0 lowers instability", "stress", "instability", ("optim.clip_norm=1.0",),
-          "clip-1", source="clipping bounds the update (Pascanu et al. 2013)", seed_factor=2),
-    Check("positive control", "global clip 1.0 lowers the share of collapsed runs", "stress", "collapsed",
-          ("optim.clip_norm=1.0",), "clip-1", source="clipping bounds the update (Pascanu et al. 2013)",
-          seed_factor=2),
-    Check("negative control", "one config under two names: no difference", "stress", "instability", (),
-          expect="none", other_seeds=True),
-    Check("negative control", "one config under two names: no difference", "quality", "fid_digits", (),
-          expect="none", other_seeds=True),
-    Check("ScaleLong direction", "CS (kappa 0.5) lowers decoder feature-norm growth", "stress",
-          "decoder_norm_growth", CS, "cs-0.5", source="Huang et al. 2023, ScaleLong", log=True, seed_factor=2),
-    Check("ScaleLong direction", "LS lowers decoder feature-norm growth", "stress", "decoder_norm_growth", LS,
-          "ls", source="Huang et al. 2023, ScaleLong", log=True, seed_factor=2),
-    Check("published direction", "cosine schedule lowers FID vs linear", "quality", "fid_digits",
-          ("diffusion.schedule=cosine",), "cosine", source="Nichol & Dhariwal 2021"),
-    Check("published direction", "Min-SNR-5 weighting lowers FID vs uniform", "quality", "fid_digits", MIN_SNR5,
-          "min-snr-5", source="Hang et al. 2023"),
-    Check("published direction", "CS (kappa 0.5) lowers instability vs none", "stress", "instability", CS,
-          "cs-0.5", source="Huang et al. 2023, ScaleLong", seed_factor=2),
-    Check("published direction", "LS lowers instability vs none", "stress", "instability", LS,
-          "ls", source="Huang et al. 2023, ScaleLong", seed_factor=2),
-)  # fmt: skip
-
-
-# ScaleLong's Figure (U-ViT, decoder feature norm at 30k iterations, x1e4) as ratios to no scaling ("Org").
-SCALELONG_RATIOS = {
-    "depth 12": {"1/sqrt2": 1.4 / 2.0, "LS": 1.1 / 2.0, "CS": 1.0 / 2.0},
-    "depth 16": {"1/sqrt2": 3.6 / 5.5, "LS": 2.2 / 5.5, "CS": 2.2 / 5.5},
-}
-
-
-def check_config(check: Check, arm: str, seed: int, fast: bool) -> TrialConfig:
-    """The config of one arm ('treatment' or 'control') of a check at one seed."""
-    regime = REGIMES[check.regime] + ((FAST + (FAST_SAMPLES if check.regime == "quality" else ())) if fast else ())
-    arm_overrides = check.treatment if arm == "treatment" else ()
-    return load_config(None, [*regime, *arm_overrides, f"seed={seed}"])
-
-
-def seeds_of(check: Check, arm: str, n_seeds: int) -> list[int]:
-    """The seeds an arm runs on (the negative control's second name runs on other seeds)."""
-    n = check.n(n_seeds)
-    first = n if check.other_seeds and arm == "treatment" else 0
-    return list(range(first, first + n))
+def arm_config(a: Arm, seed: int, fast: bool) -> TrialConfig:
+    """The config of one arm at one seed."""
+    fast_overrides = (FAST + (FAST_SAMPLES if a.regime == "quality" else ())) if fast else ()
+    return load_config(None, [*REGIMES[a.regime], *fast_overrides, *a.overrides, f"seed={seed}"])
 
 
 @dataclass(frozen=True)
@@ -180,14 +224,20 @@ class Job:
     name: str
 
 
-def jobs(checks: tuple[Check, ...], n_seeds: int, fast: bool) -> list[Job]:
-    """Every distinct (config, seed) the checks need, in a stable order."""
-    seen, out = set(), []
-    for check in checks:
-        for arm in ("control", "treatment"):
-            for seed in seeds_of(check, arm, n_seeds):
-                cfg = check_config(check, arm, seed, fast)
-                if (config_hash(cfg), seed) not in seen:
-                    seen.add((config_hash(cfg), seed))
-                    out.append(Job(cfg, check.sweep, check.arm_name(arm)))
+def arm_seeds(n_pairs: int | None) -> list[tuple[Arm, list[int]]]:
+    """Every arm with the seeds the checks and negative controls need of it."""
+    split = {(regime, name) for regime, name, _ in NEGATIVE_CONTROLS}
+    return [(a, seeds(a.regime, n_pairs, negative=(a.regime, a.name) in split)) for a in ARMS]
+
+
+def jobs(n_pairs: int | None, fast: bool) -> list[Job]:
+    """Every distinct (config, seed) the design needs, short regimes first, in a stable order."""
+    order = list(REGIMES)
+    out, seen = [], set()
+    for a, arm_seed_list in sorted(arm_seeds(n_pairs), key=lambda x: order.index(x[0].regime)):
+        for seed in arm_seed_list:
+            cfg = arm_config(a, seed, fast)
+            if (config_hash(cfg), seed) not in seen:
+                seen.add((config_hash(cfg), seed))
+                out.append(Job(cfg, regime_sweep(a.regime), a.name))
     return out

@@ -1,149 +1,191 @@
-"""Reading a check off the stored records: per-seed values, the paired comparison and its verdict, the collapse
-counts and the decoder-norm ratios."""
+"""Reading the design off the stored records: each record's readouts, each check's exact test and verdict, the
+negative controls' false-positive rate, and the per-seed values behind them."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from scipy import stats as sps
 
 from ..config import config_hash
-from ..record import FINISHED, tags_of
-from ..stats import PairedDelta, mcnemar_exact, paired_delta
+from ..record import Status, metrics_of
+from ..stats import PairedDelta, geometric_mean_ratio, mcnemar_exact, paired_delta, sign_flip_test
 from ..store import Store
-from .checks import CHECKS, COLLAPSE_BOUNDS, COLLAPSE_LOSS, CS, LS, Check, check_config, seeds_of
+from ..telemetry import COLLAPSE_FRACTION, ZERO_PREDICTOR_LOSS
+from .checks import NEGATIVE_CONTROLS, SHAM_SPLITS, Check, arm, arm_config, regime_sweep, seeds
+
+ALPHA = 0.05
+
+
+class Verdict(StrEnum):
+    """What a check's exact test says, family-wise (Holm over the confirmatory checks)."""
+
+    AGREES = "agrees"  # Holm-adjusted p <= ALPHA in the expected direction
+    DISAGREES = "disagrees"  # Holm-adjusted p <= ALPHA against it
+    INCONCLUSIVE = "inconclusive"
+    UNTESTED = "untested"  # no pair to test
+
+
+def readout(rec: dict, name: str) -> float | None:
+    """A record as one number. `failed`: 1 when the run diverged or collapsed, else 0. Otherwise a metric (or
+    `decoder_norm`, the last probe's decoder feature norm; `<metric>@<weight set>`, the last evaluation's value of
+    one weight set), as its natural log for `ln <...>`; None for a run that did not finish ok or lacks it."""
+    if name == "failed":
+        return float(rec["status"] == Status.DIVERGED or bool(metrics_of(rec).get("collapsed")))
+    if rec["status"] != Status.OK:
+        return None
+    key = name.removeprefix("ln ")
+    if "@" in key:
+        metric, weights = key.split("@")
+        value = ((rec.get("evals") or [{}])[-1].get(metric) or {}).get(weights)
+    elif key == "decoder_norm":
+        value = (rec.get("probes") or {}).get("decoder_norm", [None])[-1]
+    else:
+        value = metrics_of(rec).get(key)
+    if value is None or not math.isfinite(value) or (name.startswith("ln ") and value <= 0):
+        return None
+    return math.log(value) if name.startswith("ln ") else float(value)
+
+
+def arm_records(store: Store, regime: str, name: str, seed_list: list[int], fast: bool) -> dict[int, dict]:
+    """The finished records of one arm at these seeds, by seed."""
+    out = {}
+    for seed in seed_list:
+        rec = store.find(config_hash(arm_config(arm(regime, name), seed, fast)), seed, sweep=regime_sweep(regime))
+        if rec is not None:
+            out[seed] = rec
+    return out
 
 
 @dataclass(frozen=True)
 class Result:
-    """A check's outcome: the paired delta (treatment - control) and the verdict."""
+    """A check's outcome: the pairs, the exact test, the t-interval beside it, and (ln readouts) the ratio."""
 
     check: Check
-    control_mean: float
-    treatment_mean: float
-    delta: PairedDelta
-    diverged: tuple[int, int]  # (control, treatment) runs that diverged
-    verdict: str
+    pairs: list[tuple[int, float, float]]  # (seed, control value, treatment value)
+    excluded: int  # seeds without both values (a diverged or missing run)
+    p: float  # the exact test's two-sided p
+    delta: PairedDelta  # treatment - control, with its Student-t interval (descriptive beside the exact p)
+    discordant: tuple[int, int] | None  # McNemar: (only the control failed, only the treatment failed)
+    ratio: tuple[float, float, float] | None  # ln readouts: the geometric-mean ratio treatment / control
 
 
-def find_record(check: Check, arm: str, seed: int, store: Store, fast: bool) -> dict | None:
-    """The stored record of one arm of a check at one seed, if it has been trained."""
-    return store.find(config_hash(check_config(check, arm, seed, fast)), seed, sweep=check.sweep)
+def evaluate_check(check: Check, store: Store, n_pairs: int | None, fast: bool) -> Result:
+    """Pair the two arms by seed and run the check's exact test."""
+    seed_list = seeds(check.regime, n_pairs)
+    control = arm_records(store, check.regime, check.control_arm, seed_list, fast)
+    treatment = arm_records(store, check.regime, check.treatment, seed_list, fast)
+    pairs = []
+    for seed in seed_list:
+        c = readout(control[seed], check.control_value) if seed in control else None
+        t = readout(treatment[seed], check.readout) if seed in treatment else None
+        if c is not None and t is not None:
+            pairs.append((seed, c, t))
+    diffs = [t - c for _, c, t in pairs]
+    delta = paired_delta([t for *_, t in pairs], [c for _, c, _ in pairs])
+    discordant, ratio = None, None
+    if check.test == "mcnemar":
+        discordant = (sum(c > t for _, c, t in pairs), sum(t > c for _, c, t in pairs))
+        p = mcnemar_exact(*discordant)
+    else:
+        p = sign_flip_test(diffs) if diffs else math.nan
+    if check.readout.startswith("ln "):
+        ratio = geometric_mean_ratio(diffs)
+    return Result(check, pairs, len(seed_list) - len(pairs), p, delta, discordant, ratio)
 
 
-def collapsed(rec: dict, bound: float) -> bool:
-    """Whether a finished stress run diverged or ended with a probe loss of at least `bound`."""
-    loss = rec["metrics"].get("final_probe_loss")
-    return rec["status"] == "diverged" or loss is None or not math.isfinite(loss) or loss >= bound
+def verdict(result: Result, p_holm: float) -> Verdict:
+    """Agrees / disagrees when the Holm-adjusted exact p is at most ALPHA, by the sign of the effect."""
+    if not result.pairs or math.isnan(p_holm):
+        return Verdict.UNTESTED if not result.pairs else Verdict.INCONCLUSIVE
+    if p_holm > ALPHA:
+        return Verdict.INCONCLUSIVE
+    if result.discordant is not None:
+        lower = result.discordant[0] > result.discordant[1]
+    else:
+        lower = result.delta.mean < 0
+    return Verdict.AGREES if lower else Verdict.DISAGREES
 
 
-def metric_values(check: Check, arm: str, n_seeds: int, store: Store, fast: bool) -> list[float]:
-    """The arm's metric per seed (inf for a diverged run's instability, nan where a record lacks the metric),
-    as its natural log for a `log` check."""
-    values = []
-    for seed in seeds_of(check, arm, n_seeds):
-        rec = find_record(check, arm, seed, store, fast)
-        if rec is None or rec["status"] not in FINISHED:
-            values.append(math.nan)
-        elif check.metric == "collapsed":
-            values.append(float(collapsed(rec, COLLAPSE_LOSS)))
-        elif rec["status"] == "diverged" and check.metric == "instability":
-            values.append(math.inf)
-        else:
-            v = rec["metrics"].get(check.metric)
-            values.append(math.nan if v is None else float(v))
-    return [math.log(v) if check.log and v > 0 else v for v in values]
+@dataclass(frozen=True)
+class ShamRate:
+    """The suite's own test on two sham arms drawn at random from one arm's runs: how often it says 'different'."""
+
+    regime: str
+    arm: str
+    readout: str
+    n_pairs: int
+    splits: int
+    rejections: int
+    ci: tuple[float, float]  # Clopper-Pearson interval of the rate (the splits share runs: indicative)
+
+    @property
+    def rate(self) -> float:
+        return self.rejections / self.splits if self.splits else math.nan
 
 
-def verdict(check: Check, d: PairedDelta) -> str:
-    """lower: 'agrees' when the interval lies below 0, 'disagrees' above, else 'inconclusive'.
-    none: 'passes' when the interval covers 0, else 'fails'."""
-    if math.isnan(d.lo):
-        return "inconclusive" if check.expect == "lower" else "untested"
-    if check.expect == "none":
-        return "passes" if d.lo <= 0.0 <= d.hi else "fails"
-    return "agrees" if d.hi < 0 else "disagrees" if d.lo > 0 else "inconclusive"
+def sham_rate(regime: str, name: str, name_readout: str, store: Store, n_pairs: int | None, fast: bool) -> ShamRate:
+    """Split the arm's 2n runs at random into two sham arms of n, pair them by position, run the sign-flip test;
+    SHAM_SPLITS times with a fixed generator. A sound test rejects in at most ALPHA of the splits."""
+    seed_list = seeds(regime, n_pairs, negative=True)
+    records = arm_records(store, regime, name, seed_list, fast)
+    values = np.array([v for s in seed_list if s in records and (v := readout(records[s], name_readout)) is not None])
+    half = len(values) // 2
+    if half < 1:
+        return ShamRate(regime, name, name_readout, 0, 0, 0, (math.nan, math.nan))
+    rng, rejections = np.random.default_rng(0), 0
+    for _ in range(SHAM_SPLITS):
+        shuffled = rng.permutation(values)
+        rejections += sign_flip_test(list(shuffled[:half] - shuffled[half : 2 * half])) <= ALPHA
+    ci = sps.binomtest(rejections, SHAM_SPLITS).proportion_ci(0.95, method="exact")
+    return ShamRate(regime, name, name_readout, half, SHAM_SPLITS, rejections, (ci.low, ci.high))
 
 
-def evaluate_check(check: Check, n_seeds: int, store: Store, fast: bool) -> Result:
-    """The paired comparison of one check over the pairs where both arms are finite."""
-    control = metric_values(check, "control", n_seeds, store, fast)
-    treatment = metric_values(check, "treatment", n_seeds, store, fast)
-    pairs = [(t, c) for t, c in zip(treatment, control) if math.isfinite(t) and math.isfinite(c)]
-    d = paired_delta([t for t, _ in pairs], [c for _, c in pairs])
-    diverged = (sum(math.isinf(c) for c in control), sum(math.isinf(t) for t in treatment))
-    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
-    return Result(check, mean([c for _, c in pairs]), mean([t for t, _ in pairs]), d, diverged, verdict(check, d))
+def sham_rates(store: Store, n_pairs: int | None, fast: bool) -> list[ShamRate]:
+    """Every negative control's false-positive rate."""
+    return [sham_rate(regime, name, r, store, n_pairs, fast) for regime, name, r in NEGATIVE_CONTROLS]
 
 
-def decoder_norm_ratios(n_seeds: int, store: Store, fast: bool) -> dict[str, float]:
-    """Geometric mean over seeds of final decoder norm / that of `none`, for CS and LS in the stress regime."""
+def failure_counts(store: Store, n_pairs: int | None, fast: bool) -> dict[str, dict]:
+    """Collapse-regime arms: runs that failed (diverged or collapsed) at the end, collapsed at step 100 by the same
+    rule, and at other bounds than half the zero-predictor loss (the counts should not hinge on the 0.5)."""
+    from .checks import ARMS
+
     out = {}
-    for name, treatment in (("CS", CS), ("LS", LS)):
-        check = next(c for c in CHECKS if c.kind == "ScaleLong direction" and c.treatment == treatment)
-        ratios = []
-        for seed in seeds_of(check, "control", n_seeds):
-            recs = [find_record(check, arm, seed, store, fast) for arm in ("treatment", "control")]
-            if all(r is not None and r["status"] == "ok" for r in recs):
-                t, c = (r["probes"]["decoder_norm"][-1] for r in recs)
-                ratios.append(math.log(t / c))
-        out[name] = math.exp(sum(ratios) / len(ratios)) if ratios else math.nan
+    for a in (a for a in ARMS if a.regime == "collapse"):
+        records = arm_records(store, "collapse", a.name, seeds("collapse", n_pairs), fast)
+        runs = list(records.values())
+        out[a.name] = {
+            "n": len(runs),
+            "failed": sum(readout(r, "failed") == 1.0 for r in runs),
+            "diverged": sum(r["status"] == Status.DIVERGED for r in runs),
+            "failed_at_100": sum(_failed_at(r, 100, COLLAPSE_FRACTION) for r in runs),
+            "by_bound": {str(b): sum(_failed_at(r, None, b) for r in runs) for b in (0.3, 0.5, 0.7)},
+        }
     return out
 
 
-def per_seed_values(by_regime: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
-    """Each arm's readouts per seed, by regime: instability and final probe loss (stress), FID (quality). The
-    raw values behind the table: a bimodal outcome (some seeds collapse, others do not) shows here, not in a mean."""
-    out: dict[str, dict[str, list]] = {}
-    for regime, metric in (("stress", "instability"), ("quality", "fid_digits")):
-        arms: dict[str, list] = {}
-        for rec in sorted(by_regime[regime], key=lambda r: r["seed"]):
-            if rec["status"] in FINISHED:
-                m = rec["metrics"]
-                value = [m.get(metric), m.get("final_probe_loss")] if regime == "stress" else m.get(metric)
-                arms.setdefault(tags_of(rec).get("baseline_point", "?"), []).append([rec["seed"], value])
-        out[regime] = arms
+def _failed_at(rec: dict, step: int | None, fraction: float) -> bool:
+    """Diverged, or the probe loss at `step` (the end for None) at least `fraction` of the zero-predictor loss."""
+    if rec["status"] == Status.DIVERGED:
+        return True
+    probes = rec.get("probes") or {}
+    points = [v for s, v in zip(probes.get("step", []), probes.get("probe_loss", [])) if step is None or s <= step]
+    return bool(points) and points[-1] >= fraction * ZERO_PREDICTOR_LOSS
+
+
+def per_seed(store: Store, readouts: dict[str, tuple[str, ...]], n_pairs: int | None, fast: bool) -> dict:
+    """Every arm's readouts per seed, by regime: the raw values behind the table (a two-valued outcome shows here,
+    not in a mean)."""
+    from .checks import arm_seeds
+
+    out: dict[str, dict] = {}
+    for a, seed_list in arm_seeds(n_pairs):
+        records = arm_records(store, a.regime, a.name, seed_list, fast)
+        out.setdefault(a.regime, {})[a.name] = {
+            str(s): {r: readout(rec, r) for r in readouts[a.regime]} for s, rec in sorted(records.items())
+        }
     return out
-
-
-def collapse_summary(records: list[dict], n_seeds: int) -> dict:
-    """How many stress runs of each arm collapsed, at COLLAPSE_LOSS and the bounds beside it, over the seeds the
-    stress comparisons use; and the exact McNemar p of clip-1 against none (paired by seed) at COLLAPSE_LOSS."""
-    check = next(c for c in CHECKS if c.metric == "collapsed")
-    seeds = set(seeds_of(check, "control", n_seeds))
-    by_arm: dict[str, dict[int, dict]] = {}
-    for rec in records:
-        if rec["status"] in FINISHED and rec["seed"] in seeds:
-            by_arm.setdefault(tags_of(rec).get("baseline_point", "?"), {})[rec["seed"]] = rec
-    arms = {
-        arm: {"n": len(runs), "collapsed": [sum(collapsed(r, b) for r in runs.values()) for b in COLLAPSE_BOUNDS]}
-        for arm, runs in sorted(by_arm.items())
-    }
-    control, treatment = by_arm.get(check.arm_name("control"), {}), by_arm.get(check.arm_name("treatment"), {})
-    paired = [(collapsed(control[s], COLLAPSE_LOSS), collapsed(treatment[s], COLLAPSE_LOSS))
-              for s in sorted(seeds & control.keys() & treatment.keys())]  # fmt: skip
-    b, c = sum(x and not y for x, y in paired), sum(y and not x for x, y in paired)
-    return {"bounds": list(COLLAPSE_BOUNDS), "arms": arms, "discordant": [b, c], "mcnemar_p": mcnemar_exact(b, c)}
-
-
-def result_row(r: Result) -> dict:
-    """A result as one JSON-able row of the control table."""
-    c, d = r.check, r.delta
-    return {
-        "kind": c.kind,
-        "claim": c.claim,
-        "regime": c.regime,
-        "metric": f"ln {c.metric}" if c.log else c.metric,
-        "control": c.arm_name("control"),
-        "treatment": " ".join(c.treatment) or ("the same config, other seeds" if c.other_seeds else ""),
-        "n": d.n,
-        "control_mean": r.control_mean,
-        "treatment_mean": r.treatment_mean,
-        "delta": d.mean,
-        "ci_lo": d.lo,
-        "ci_hi": d.hi,
-        "p": d.p,
-        "diverged_control": r.diverged[0],
-        "diverged_treatment": r.diverged[1],
-        "verdict": r.verdict,
-        "source": c.source,
-    }

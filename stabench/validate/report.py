@@ -1,10 +1,11 @@
-"""The validation report: the control table, the collapse counts and the per-seed values as Markdown."""
+"""The validation report: the control table, the negative controls, the failure counts, ScaleLong's ratios beside
+ours and the per-seed values, as JSON rows and Markdown."""
 
 from __future__ import annotations
 
 import math
 
-from .checks import COLLAPSE_LOSS
+from .readout import ALPHA, Result, ShamRate
 
 
 def json_safe(x):
@@ -18,106 +19,164 @@ def json_safe(x):
     return x
 
 
-def _num(x: float) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}g}".replace("-", "−")
+
+
+def result_row(r: Result) -> dict:
+    """A check's outcome as one JSON-able row (the verdict and Holm p are added by the caller)."""
+    c, d = r.check, r.delta
+    ratio = r.ratio or (math.nan, math.nan, math.nan)
+    return {
+        "kind": c.kind,
+        "claim": c.claim,
+        "regime": c.regime,
+        "readout": c.readout if c.control_value == c.readout else f"{c.readout} − {c.control_value}",
+        "control": c.control_arm,
+        "treatment": c.treatment,
+        "test": c.test,
+        "n": len(r.pairs),
+        "excluded": r.excluded,
+        "control_mean": sum(v for _, v, _ in r.pairs) / len(r.pairs) if r.pairs else math.nan,
+        "treatment_mean": sum(v for *_, v in r.pairs) / len(r.pairs) if r.pairs else math.nan,
+        "discordant": list(r.discordant) if r.discordant else None,
+        "p": r.p,
+        "delta": d.mean,
+        "t_ci_lo": d.lo,
+        "t_ci_hi": d.hi,
+        "ratio": ratio[0] if r.ratio else None,
+        "ratio_lo": ratio[1] if r.ratio else None,
+        "ratio_hi": ratio[2] if r.ratio else None,
+        "paper_ratio": c.paper_ratio or None,
+        "source": c.source,
+        "pairs": [list(p) for p in r.pairs],
+    }
+
+
+def sham_row(s: ShamRate) -> dict:
+    """A negative control as one JSON-able row."""
+    return {"regime": s.regime, "arm": s.arm, "readout": s.readout, "n_pairs": s.n_pairs, "splits": s.splits,
+            "rejections": s.rejections, "rate": s.rate, "ci": list(s.ci)}  # fmt: skip
+
+
+def _effect(r: dict) -> str:
+    if r["discordant"] is not None:
+        b, c = r["discordant"]
+        return f"failed {_num(r['control_mean'])} → {_num(r['treatment_mean'])} ({b} vs {c} discordant)"
+    effect = f"{_num(r['delta'])} [{_num(r['t_ci_lo'])}, {_num(r['t_ci_hi'])}]"
+    if r["ratio"] is not None:
+        effect += f"; ratio {_num(r['ratio'])} [{_num(r['ratio_lo'])}, {_num(r['ratio_hi'])}]"
+    return effect
 
 
 def render_table(rows: list[dict]) -> str:
     """The control table as Markdown."""
-    head = (
-        "| kind | claim | regime | metric | n | control | treatment | delta [95% CI] | p | p (Holm) | diverged c/t | "
-        "verdict |"
-    )
-    lines = [head, "|" + "---|" * 12]
+    lines = [
+        "| kind | claim | regime | readout | n | effect (treatment − control) [95% t-CI] | exact test | p | "
+        "p (Holm) | verdict |",
+        "|" + "---|" * 10,
+    ]
     for r in rows:
         lines.append(
-            f"| {r['kind']} | {r['claim']} | {r['regime']} | {r['metric']} | {r['n']} | {_num(r['control_mean'])} | "
-            f"{_num(r['treatment_mean'])} | {_num(r['delta'])} [{_num(r['ci_lo'])}, {_num(r['ci_hi'])}] | "
-            f"{_num(r['p'])} | {_num(r.get('p_holm'))} | {r['diverged_control']}/{r['diverged_treatment']} | "
-            f"**{r['verdict']}** |"
+            f"| {r['kind']} | {r['claim']} | {r['regime']} | {r['readout']} | {r['n']} | {_effect(r)} | {r['test']} | "
+            f"{_num(r['p'])} | {_num(r['p_holm'])} | **{r['verdict']}** |"
         )
     return "\n".join(lines)
 
 
-def render_per_seed(per_seed: dict[str, dict[str, list]]) -> str:
-    """One line per regime and arm: `seed: value` in seed order."""
-
-    def show(v) -> str:
-        return " / ".join(_num(x) for x in v) if isinstance(v, list) else _num(v)
-
-    return "\n".join(
-        f"- {regime}, **{arm}**: " + ", ".join(f"{seed}: {show(v)}" for seed, v in values)
-        for regime, arms in per_seed.items()
-        for arm, values in sorted(arms.items())
-    )
+def render_negative(rows: list[dict]) -> str:
+    """The negative controls as Markdown: the sign-flip test's false-positive rate on sham arms."""
+    lines = ["| regime | arm split in two | readout | pairs | splits | rate of p ≤ 0.05 [95% CI] |", "|" + "---|" * 6]
+    for r in rows:
+        lines.append(f"| {r['regime']} | {r['arm']} | {r['readout']} | {r['n_pairs']} | {r['splits']} | "
+                     f"{_num(r['rate'])} [{_num(r['ci'][0])}, {_num(r['ci'][1])}] |")  # fmt: skip
+    return "\n".join(lines)
 
 
-def render_collapse(collapse: dict) -> str:
-    """The collapse counts as a Markdown table, one row per stress arm."""
-    bounds = collapse["bounds"]
-    head = "| arm | n | " + " | ".join(f"final probe loss ≥ {b:g}" for b in bounds) + " |"
-    rows = [
-        f"| {arm} | {v['n']} | " + " | ".join(str(k) for k in v["collapsed"]) + " |"
-        for arm, v in collapse["arms"].items()
-    ]
-    b, c = collapse["discordant"]
-    return "\n".join([head, "|" + "---|" * (len(bounds) + 2), *rows]) + (
-        f"\n\nclip-1 against none, paired by seed at {COLLAPSE_LOSS:g}: {b} seeds collapsed only without clipping, "
-        f"{c} only with it; exact McNemar p = {_num(collapse['mcnemar_p'])}."
-    )
+def render_failures(failures: dict) -> str:
+    """Collapse-regime arms: failed runs at the end and at step 100, and at other collapse bounds."""
+    bounds = sorted({b for v in failures.values() for b in v["by_bound"]})
+    lines = ["| arm | n | failed (end) | failed at step 100 | diverged | " + " | ".join(f"loss ≥ {b}" for b in bounds)
+             + " |", "|" + "---|" * (5 + len(bounds))]  # fmt: skip
+    for name, v in failures.items():
+        cells = [str(v["by_bound"][b]) for b in bounds]
+        lines.append(f"| {name} | {v['n']} | {v['failed']} | {v['failed_at_100']} | {v['diverged']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def render_ratios(rows: list[dict], paper: dict) -> str:
+    """Our decoder-norm ratios to `none` (geometric mean over seeds) beside ScaleLong's figure."""
+    lines = ["| scaling | ours (n) [95% CI] | ScaleLong depth 12 | ScaleLong depth 16 |", "|---|---|---|---|"]
+    for r in rows:
+        if r["paper_ratio"]:
+            name = r["paper_ratio"]
+            lines.append(f"| {name} | {_num(r['ratio'])} ({r['n']}) [{_num(r['ratio_lo'])}, {_num(r['ratio_hi'])}] | "
+                         f"{_num(paper['depth 12'][name], 2)} | {_num(paper['depth 16'][name], 2)} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def render_per_seed(per_seed: dict) -> str:
+    """One line per regime and arm: `seed: value / value ...` over the regime's readouts."""
+    lines = []
+    for regime, arms in per_seed.items():
+        names = next((list(v) for seeds in arms.values() for v in seeds.values()), [])
+        lines.append(f"\n**{regime}** (each entry: {' / '.join(names)})\n")
+        for arm_name, seeds in arms.items():
+            values = ", ".join(f"{s}: " + " / ".join(_num(x) for x in v.values()) for s, v in seeds.items())
+            lines.append(f"- {arm_name}: {values or '–'}")
+    return "\n".join(lines)
 
 
 def render_markdown(summary: dict) -> str:
-    """results/validation/README.md: the control table, ScaleLong's ratios beside ours, the regimes and the cost."""
-    ours, theirs = summary["decoder_norm_ratio_to_none"], summary["scalelong_ratio_to_none"]
-    ratio_rows = [
-        f"| {name} | {_num(ours.get(name, math.nan))} | {_num(theirs['depth 12'][name])} | "
-        f"{_num(theirs['depth 16'][name])} |"
-        for name in ("CS", "LS")
-    ]
+    """README.md of a validation run: how to regenerate it, the table, the negative controls and the raw values."""
+    n = ", ".join(f"{k} {v}" for k, v in summary["n_pairs"].items())
     regimes = "\n".join(f"- **{k}**: `{' '.join(v)}`" for k, v in summary["regimes"].items())
     return f"""# Known-effect validation
 
-Regenerate with `stabench validate{" --fast" if summary["fast"] else ""} --n-seeds {summary["n_seeds"]}` (records in
-the store under sweeps `validation-stress` and `validation-quality`; an interrupted run resumes; each regime's
-leaderboard is in `stress/` and `quality/`). Each row is a paired comparison over
-n seeds (treatment − control, same seeds; the negative control runs one config on seeds 0..n−1 and on
-n..2n−1), with a Student-t {summary["level"]:.0%} interval. Verdicts: for an expected decrease, *agrees* when the
-interval lies below 0, *disagrees* when above, *inconclusive* otherwise; for the negative control, *passes*
-when the interval covers 0. Diverged runs (instability = inf) are counted, not paired. Each verdict is at the 5%
-level on its own; with {len(summary["checks"])} checks about one in twenty null comparisons reads as an effect, so
-p (Holm) gives the family-wise adjusted p-value: only a row whose Holm p is below 0.05 survives the whole table.
+Regenerate with `stabench validate{" --fast" if summary["fast"] else ""}` (the design: docs/validation.md; records
+in the store under sweeps `validation-<regime>`; an interrupted run resumes). Pairs per check: {n}.
+
+Each check pairs a treatment arm with a control arm by seed. The p-value is an exact test's: McNemar's on the
+discordant pairs of a binary outcome (failed = diverged or collapsed), the sign-flip permutation test on the paired
+differences otherwise. The Student-t {summary["level"]:.0%} interval of the mean difference is shown beside it, and
+for ln readouts the geometric-mean ratio with its interval. The verdict uses the Holm-adjusted p over the
+{len(summary["checks"])} checks at {ALPHA:g}: *agrees* / *disagrees* by the sign of the effect, else *inconclusive*.
 
 {render_table(summary["checks"])}
 
+## Negative controls: the test's false-positive rate
+
+One arm's 2n runs are split at random into two sham arms of n, paired by position, and tested with the same
+sign-flip test, {summary["negative_controls"][0]["splits"] if summary["negative_controls"] else 0} times. A sound
+test says "different" in at most {ALPHA:g} of the splits (the splits share runs, so the interval is indicative).
+These are not in the Holm family.
+
+{render_negative(summary["negative_controls"])}
+
 ## Decoder feature norm, ratio to no scaling
 
-Ours: final decoder output norm on the probe batch, geometric mean over seeds of the per-seed ratio to `none`, in
-the stress regime. ScaleLong (Huang et al. 2023): U-ViT decoder feature norm at 30k iterations.
+Ours: the final decoder feature norm on the probe batch, geometric mean over seeds of the per-seed ratio to `none`
+in the ScaleLong regime. ScaleLong: U-ViT decoder feature norm at 30k iterations (CIFAR-10, GPU), read off the
+paper's figure. Different scale and length: compare directions and rough sizes, not values.
 
-| scaling | ours (stress regime) | ScaleLong depth 12 | ScaleLong depth 16 |
-|---|---|---|---|
-{chr(10).join(ratio_rows)}
+{render_ratios(summary["checks"], summary["scalelong_ratio_to_none"])}
 
-## Collapsed runs
+## Failed runs in the collapse regime
 
-At lr 1e-2 a stress run either trains (final probe loss 0.06–0.16) or falls back to about the loss of predicting
-zero noise (1.0): a nearly two-valued outcome that a mean hides. A run counts as collapsed when its final probe
-loss is at least {COLLAPSE_LOSS:g} (a diverged run counts too); the other bounds show that the counts do not hinge on
-that choice.
+A run failed when it diverged or collapsed (final probe loss at least half the loss of predicting zero noise);
+the other bounds show the counts do not hinge on the 0.5.
 
-{render_collapse(summary["collapse"])}
+{render_failures(summary["failures"])}
 
 ## Per seed
-
-The values behind the means (seed: value); in the stress regime each entry is instability / final probe loss.
-
 {render_per_seed(summary["per_seed"])}
 
 ## Regimes
 
 {regimes}
 
-{summary["trials"]} trials, {summary["train_s_records"] / 60:.0f} minutes of training in all (the records' wall times,
-including evaluation).
+{summary["trials"]} trials, {summary["train_s_records"] / 60:.0f} minutes of training in all (the records' wall times).
 """

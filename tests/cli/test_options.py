@@ -49,3 +49,26 @@ def test_an_error_about_an_old_spelling_names_the_flag_the_user_typed(tmp_path):
     assert result.exit_code == 2
     assert "--storage: " in result.output
     assert "is a directory" in result.output
+
+
+def option(command, name):
+    return next(p for p in main.commands[command].params if p.name == name)
+
+
+def test_the_clis_choices_are_the_registries_names():
+    from stabench.config import choices
+    from stabench.scoring import EXTRACTORS
+    from stabench.sweep import BACKENDS
+
+    assert option("sweep", "backend").type.choices == tuple(BACKENDS)
+    assert option("score", "extractor").type.choices == EXTRACTORS
+    assert choices("eval.extractor") == ("auto", *EXTRACTORS)  # the config's names are the scorer's, plus auto
+
+
+def test_a_backend_added_to_the_registry_is_a_cli_choice(monkeypatch):
+    from stabench.cli.options import RegistryChoice
+    from stabench.sweep import backend
+
+    monkeypatch.setitem(backend.BACKENDS, "another", backend.BACKENDS["optuna"])
+    assert option("sweep", "backend").type.registry == "stabench.sweep.backend:BACKENDS"
+    assert RegistryChoice("stabench.sweep.backend:BACKENDS").convert("another", None, None) == "another"

@@ -1,18 +1,42 @@
 import pytest
 import torch
 
-from stabench.config import load_config
-from stabench.models import build_model
-from stabench.models.layers import constant_skip_scales
+from stabench.config import ModelConfig, TrialConfig, choices, load_config
+from stabench.models import BACKBONES as REGISTRY
+from stabench.models import build_model, check_resolution
+from stabench.models.layers import Knobs, constant_skip_scales
 
-BACKBONES = ["unet", "uvit"]
-MODES = ["none", "inv_sqrt2", "constant", "linear", "learnable", "learnable_per_skip"]
+BACKBONES = choices("workload.backbone")
+MODES = choices("lsc.mode")
 
 
 def make(backbone, *overrides, preset="tiny"):
     cfg = load_config(None, [f"backbone={backbone}", f"preset={preset}", *overrides])
     torch.manual_seed(0)
     return build_model(cfg, in_channels=1)
+
+
+def test_the_registry_has_every_backbone_and_preset_the_schema_allows():
+    assert set(REGISTRY) == set(BACKBONES)
+    for backbone, (_, presets) in REGISTRY.items():
+        assert set(presets) == set(choices("workload.preset")), backbone
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("preset", choices("workload.preset"))
+def test_every_preset_takes_its_resolution_step(backbone, preset):
+    cfg = load_config(None, [f"backbone={backbone}", f"preset={preset}", "resolution=16"])
+    check_resolution(cfg.workload)  # digits at 16 px fits every preset
+
+
+def test_knobs_are_the_config_sections_with_the_schemas_defaults():
+    cfg = TrialConfig()
+    knobs = Knobs.from_config(cfg)
+    assert (knobs.model, knobs.lsc) == (cfg.model, cfg.lsc)
+    dropouts = {m.p for m in build_model(cfg, in_channels=1).modules() if isinstance(m, torch.nn.Dropout)}
+    assert dropouts == {ModelConfig().dropout}
+    with pytest.raises(ValueError, match="model.norm"):
+        Knobs(ModelConfig(), cfg.lsc)  # an unresolved norm would silently build no norm at all
 
 
 def batch(n=4, res=8):
