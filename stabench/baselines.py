@@ -10,41 +10,65 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import TrialConfig, config_hash, load_config
+from .config import TrialConfig, choices, config_hash, load_config
 from .engine import run_trial
 from .errors import UserError
 from .record import Tags
 from .store import Store
 from .tracking import TrackingSettings
 
-# ./baselines when run from a checkout or a project of one's own, else the repository's (editable install)
-BASELINES_DIR = Path(os.environ.get("STABENCH_BASELINES", "baselines"))
-if not BASELINES_DIR.is_dir() and (Path(__file__).parents[1] / "baselines").is_dir():
-    BASELINES_DIR = Path(__file__).parents[1] / "baselines"
 SWEEP = "baselines"
 Job = tuple[str, TrialConfig]  # (reference name, config with its seed)
 
 
-def reference_paths(directory: Path = BASELINES_DIR) -> list[Path]:
-    """The reference config files, sorted by name."""
-    return sorted(Path(directory).glob("*.yaml"))
+def baselines_dir() -> Path:
+    """Where the reference configs are: $STABENCH_BASELINES, else ./baselines when run from a checkout or a project
+    of one's own, else the repository's (editable install). Looked up when called, never at import."""
+    given = Path(os.environ.get("STABENCH_BASELINES", "baselines"))
+    repository = Path(__file__).parents[1] / "baselines"
+    return given if given.is_dir() or not repository.is_dir() else repository
 
 
-def baseline_names(directory: Path = BASELINES_DIR) -> list[str]:
-    """The names of the reference configs."""
-    return [p.stem for p in reference_paths(directory)]
+def backbone_overrides(backbone: str) -> list[str]:
+    """A reference config moved to `backbone`, with that backbone's standard norm (a null norm resolves to it)."""
+    return [f"workload.backbone={backbone}", "model.norm=null"]
 
 
-def load_baseline(name: str, overrides: list[str] = (), directory: Path = BASELINES_DIR) -> TrialConfig:
+def references(directory: Path | None = None) -> dict[str, tuple[Path, list[str]]]:
+    """The table of named references, name -> (file, overrides): the backbone is an axis, so each file names a
+    config on its own backbone and, as `<name>-<backbone>`, on every other one (`ddpm-uvit`: DDPM on the U-ViT of
+    Bao et al. 2023, the backbone of ScaleLong's released code, with LayerNorm)."""
+    table: dict[str, tuple[Path, list[str]]] = {}
+    for path in sorted(Path(directory or baselines_dir()).glob("*.yaml")):
+        table[path.stem] = (path, [])
+        own = load_config(path).workload.backbone
+        for backbone in (b for b in choices("workload.backbone") if b != own):
+            table[f"{path.stem}-{backbone}"] = (path, backbone_overrides(backbone))
+    return dict(sorted(table.items()))
+
+
+def baseline_names(directory: Path | None = None) -> list[str]:
+    """The names of the reference configs, every backbone's."""
+    return list(references(directory))
+
+
+def load_baseline(name: str, overrides: list[str] = (), directory: Path | None = None) -> TrialConfig:
     """A reference config by name, with `overrides` applied."""
-    path = Path(directory) / f"{name}.yaml"
-    if not path.is_file():
-        raise UserError(f"no baseline named '{name}' in {directory}/", key="only", allowed=baseline_names(directory))
-    return load_config(path, list(overrides))
+    table = references(directory)
+    if name not in table:
+        where = directory or baselines_dir()
+        raise UserError(f"no baseline named '{name}' in {where}/", key="only", allowed=list(table))
+    path, axis = table[name]
+    return load_config(path, [*axis, *overrides])
+
+
+def reference_configs(directory: Path | None = None) -> dict[str, TrialConfig]:
+    """Every named reference config (for `sweep --with-baselines`)."""
+    return {name: load_baseline(name, directory=directory) for name in references(directory)}
 
 
 def baseline_jobs(
-    names: list[str], seeds: list[int], overrides: list[str] = (), directory: Path = BASELINES_DIR
+    names: list[str], seeds: list[int], overrides: list[str] = (), directory: Path | None = None
 ) -> list[Job]:
     """(name, config) for every baseline and seed; all validated before anything runs."""
     return [(name, load_baseline(name, [*overrides, f"seed={seed}"], directory)) for name in names for seed in seeds]

@@ -23,8 +23,16 @@ from .config import flatten
 from .errors import UserError
 from .record import FINISHED, Status, metrics_of, record_problem, run_id_glob, tags_of, write_record
 
-DEFAULT_STORE = Path(os.environ.get("STABENCH_STORE", "runs"))
-LOCK_TIMEOUT_S = float(os.environ.get("STABENCH_LOCK_TIMEOUT", "300"))
+
+def default_store() -> Path:
+    """The store when none is given: $STABENCH_STORE, else runs/. Read when called, so a test or a driver that sets
+    the variable after import is obeyed."""
+    return Path(os.environ.get("STABENCH_STORE", "runs"))
+
+
+def lock_timeout_s() -> float:
+    """How long the store's locks wait: $STABENCH_LOCK_TIMEOUT seconds, else 300 (read when called)."""
+    return float(os.environ.get("STABENCH_LOCK_TIMEOUT", "300"))
 
 
 def acquire_flock(f, path: Path, timeout_s: float) -> None:
@@ -54,8 +62,8 @@ def acquire_flock(f, path: Path, timeout_s: float) -> None:
 class Store:
     """The append-only results store: `<root>/<run_id>/record.json` per trial, read back as records or tables."""
 
-    def __init__(self, root: str | Path = DEFAULT_STORE):
-        self.root = Path(root).absolute()
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(default_store() if root is None else root).absolute()
         self._warned: set[Path] = set()
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"'{root}' exists and is not a directory; pass a directory for the store", key="store")
@@ -73,14 +81,14 @@ class Store:
         return self._read_matching(self.record_paths(), tags)
 
     @contextlib.contextmanager
-    def lock(self, name: str = "write", timeout_s: float = LOCK_TIMEOUT_S):
+    def lock(self, name: str = "write", timeout_s: float | None = None):
         """An exclusive lock on `<root>/.<name>.lock` (flock: local processes, and NFS v4 clients). Held only for
         a record write or a trial hand-out, so a wait past `timeout_s` means a stuck holder: a UserError says so,
         as does a filesystem that does not support flock (where the dedup would silently stop working)."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f".{name}.lock"
         with open(path, "w") as f:
-            acquire_flock(f, path, timeout_s)
+            acquire_flock(f, path, lock_timeout_s() if timeout_s is None else timeout_s)
             try:
                 yield
             finally:

@@ -1,4 +1,6 @@
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -6,7 +8,16 @@ import pytest
 import yaml
 
 from stabench.baselines import baseline_names, load_baseline
-from stabench.config import ConfigError, TrialConfig, config_hash, config_to_dict, leaf_keys, load_config, resolve_key
+from stabench.config import (
+    ConfigError,
+    TrialConfig,
+    choices,
+    config_hash,
+    config_to_dict,
+    leaf_keys,
+    load_config,
+    resolve_key,
+)
 
 
 def write(tmp_path, text, name="cfg.yaml"):
@@ -103,6 +114,7 @@ def test_combination_checks():
 
 def test_hash_ignores_seed_and_device_but_not_knobs():
     base = load_config(None)
+    assert re.fullmatch(r"[0-9a-f]{16}", config_hash(base))
     assert config_hash(base) == config_hash(load_config(None, ["seed=5", "device=cpu"]))
     assert config_hash(base) != config_hash(load_config(None, ["lsc.kappa=0.7"]))
     # stable across processes (no dict-order or hash-seed dependence)
@@ -112,6 +124,7 @@ def test_hash_ignores_seed_and_device_but_not_knobs():
         text=True,
         env={**os.environ, "PYTHONHASHSEED": "123"},
     )
+    assert other.returncode == 0, other.stderr
     assert other.stdout.strip() == config_hash(base)
 
 
@@ -121,25 +134,51 @@ def test_dump_round_trips(tmp_path):
     assert load_config(p) == cfg
 
 
-def test_every_leaf_key_is_settable():
-    defaults = config_to_dict(TrialConfig())
-    for key in leaf_keys():
-        value = defaults
-        for part in key.split("."):
-            value = value[part]
-        assert (
-            load_config(
-                None,
-                [
-                    f"{key}={value!r}"
-                    if isinstance(value, str)
-                    else f"{key}={value}"
-                    if value is not None
-                    else f"{key}=null"
-                ],
-            )
-            is not None
-        )
+# Values no rule derives: keys whose default is null or a tuple, and the device string.
+OTHER_VALUES = {
+    "device": "cpu",
+    "workload.root": "data",
+    "workload.width": 8,
+    "optim.betas": [0.8, 0.99],
+    "ema.betas": [0.99],
+    "eval.inception_weights": "weights.pth",
+}
+COMPANIONS = {
+    "workload.dataset": ["workload.root=data"],  # cifar10 needs a data directory
+    "ema.warmup": ["ema.betas=[0.99]"],  # 0.9999 without warm-up would warn about its half-life
+}
+
+
+def default_of(key):
+    value = config_to_dict(TrialConfig())
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def other_value(key):
+    """A valid value of `key` that is not its default: another allowed value, the negation, or twice the number."""
+    default = default_of(key)
+    if key in OTHER_VALUES:
+        return OTHER_VALUES[key]
+    if choices(key):
+        return next(c for c in choices(key) if c != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int | float):
+        return default * 2 if default else type(default)(1 if isinstance(default, int) else 0.1)
+    raise AssertionError(f"{key}: no rule for a non-default value of {default!r}; add one to OTHER_VALUES")
+
+
+@pytest.mark.parametrize("key", leaf_keys())
+def test_every_leaf_key_is_settable(key):
+    value = other_value(key)
+    assert value != default_of(key)
+    cfg = load_config(None, [*COMPANIONS.get(key, []), f"{key}={json.dumps(value)}"])
+    set_to = config_to_dict(cfg)
+    for part in key.split("."):
+        set_to = set_to[part]
+    assert set_to == value
 
 
 def test_an_ema_longer_than_half_the_run_warns():

@@ -112,6 +112,19 @@ def test_a_lock_held_past_the_timeout_is_a_user_error_naming_it(tmp_path):
     assert err.value.key == "store"
 
 
+def test_the_store_and_lock_settings_are_read_when_used_not_at_import(tmp_path, monkeypatch):
+    monkeypatch.setenv("STABENCH_STORE", str(tmp_path / "elsewhere"))
+    assert Store().root == tmp_path / "elsewhere"
+    monkeypatch.setenv("STABENCH_LOCK_TIMEOUT", "0.1")
+    store = Store(tmp_path)
+    with open(tmp_path / ".write.lock", "w") as held:
+        acquire_flock(held, tmp_path / ".write.lock", timeout_s=1)
+        start = time.monotonic()
+        with pytest.raises(UserError, match="within 0.1 s"), store.lock():
+            pass
+    assert time.monotonic() - start < 5
+
+
 def test_a_filesystem_without_flock_is_a_user_error(tmp_path, monkeypatch):
     import fcntl
 

@@ -6,6 +6,7 @@ library, and the CLI prints it naming the flag, with exit code 2, before any tra
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .options import (
     deprecated_alias,
     gpus_option,
     inception_option,
+    inception_override,
     open_store,
     ray_options,
     store_option,
@@ -60,7 +62,8 @@ def main(debug: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved config, then exit.")
 @inception_option
 @wandb_options
-def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, resume, quiet, dry_run, **wandb):
+def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, resume, quiet, dry_run, inception_weights,
+          **wandb):  # fmt: skip
     """Train one trial from CONFIG (a YAML file) and write its record.
 
     \b
@@ -73,7 +76,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
     if config is None and resume is None:
         raise UserError("give a config file (or --resume RUN_DIR)", key="config")
     extra = [f"{k}={v}" for k, v in (("seed", seed), ("device", device), ("checkpoint_every", checkpoint_every)) if v]
-    cfg = load_config(config or resume / "config.yaml", [*overrides, *extra])
+    cfg = load_config(config or resume / "config.yaml", [*inception_override(inception_weights), *overrides, *extra])
     if not dry_run:
         check_inputs([cfg])
     if dry_run:
@@ -124,7 +127,8 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
 @inception_option
 @wandb_options
 def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, max_failures, study_storage, workers,
-          gpus, address, cpus_per_trial, gpus_per_trial, ship_code, max_concurrent, ray_dir, **wandb):  # fmt: skip
+          gpus, address, cpus_per_trial, gpus_per_trial, ship_code, max_concurrent, ray_dir, inception_weights,
+          **wandb):  # fmt: skip
     """Search the knobs of SPACE.yaml and record every trial in the store.
 
     Re-running the same command continues the same study. The Optuna storage opens in
@@ -136,13 +140,15 @@ def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, m
       stabench sweep search_spaces/lsc.yaml --workers 2
       stabench sweep search_spaces/cifar10-full.yaml --backend ray --address auto --gpus-per-trial 0.25
     """
-    from ..baselines import reference_paths
+    from ..baselines import reference_configs
     from ..preflight import check_inputs
     from ..space import load_space, trial_config
     from ..sweep import SweepSettings, named_points, run_sweep
 
     space, store = load_space(space_file), open_store(store, writable=True)
-    points = named_points(space, reference_paths()) if with_baselines else {}
+    if inception_weights:  # still the environment here: in the space's base it would change the study's fingerprint
+        os.environ["STABENCH_INCEPTION_WEIGHTS"] = str(Path(inception_weights).absolute())
+    points = named_points(space, reference_configs()) if with_baselines else {}
     check_inputs([trial_config(space, {}, space.seeds[0])], data=not address)  # on a cluster the data is remote
     settings = SweepSettings(study or space.name, n_trials or space.budget.trials, resume, max_failures, points,
                              study_storage, tracking(**wandb, root=store.root))  # fmt: skip
@@ -245,7 +251,8 @@ def _local_backend(ctx, param, value):
 @ray_options
 @inception_option
 @wandb_options
-def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, gpus_per_trial, ship_code, **wandb):
+def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, gpus_per_trial, ship_code,
+              inception_weights, **wandb):  # fmt: skip
     """Run the named reference configs of baselines/ over several seeds.
 
     Records are tagged sweep=baselines and baseline=NAME; a (baseline, seed) already in the store is
@@ -261,7 +268,8 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
     names = list(only) or baseline_names()
     if not seed_list:
         raise UserError(f"no seeds in '{seeds}'; give comma-separated integers like 0,1,2", key="seeds")
-    jobs, store = baseline_jobs(names, seed_list, list(overrides)), open_store(store, writable=True)
+    jobs = baseline_jobs(names, seed_list, [*inception_override(inception_weights), *overrides])
+    store = open_store(store, writable=True)
     check_inputs([c for _, c in jobs], data=not address)
     click.echo(f"{len(names)} baselines x {len(seed_list)} seeds = {len(jobs)} trials -> {store.root}")
     ray = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import os
+import json
 import tempfile
 import warnings
 from functools import cached_property
@@ -126,30 +126,28 @@ def store_option(help: str = "Results store for the trial records (default: runs
 def open_store(path: Path | None, writable: bool = False):
     """The record store at `path` (default: runs/, or $STABENCH_STORE); checked writable for commands that add
     records."""
-    from ..store import DEFAULT_STORE, Store
+    from ..store import Store
 
-    store = Store(path or DEFAULT_STORE)
+    store = Store(path)
     if writable:
         writable_dir(store.root if path is None else path, "store")
     return store
 
 
-def _set_inception_env(ctx, param, value):
-    if value:  # read by scoring.resolve_inception_weights, here and in Ray workers started from here
-        os.environ["STABENCH_INCEPTION_WEIGHTS"] = str(Path(value).absolute())
-    return value
+def inception_override(path: str | None) -> list[str]:
+    """The `--set` that carries --inception-weights into each config as the unhashed key eval.inception_weights
+    (absolute: Ray workers may run elsewhere), so records compare as before."""
+    return [f"eval.inception_weights={json.dumps(str(Path(path).absolute()))}"] if path else []
 
 
 def inception_option(fn):
-    """The --inception-weights option; its value is passed on through $STABENCH_INCEPTION_WEIGHTS."""
+    """The --inception-weights option (parameter `inception_weights`; see `inception_override`)."""
     return click.option(
         "--inception-weights",
         default=None,
         metavar="PATH",
-        callback=_set_inception_env,
-        expose_value=False,
-        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for the standard FID (same as "
-        "$STABENCH_INCEPTION_WEIGHTS); nothing is downloaded.",
+        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth for the standard FID (the config key "
+        "eval.inception_weights; default: $STABENCH_INCEPTION_WEIGHTS); nothing is downloaded.",
     )(fn)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import TrialConfig, build_config, config_hash, config_to_dict, load_config
+from ..config import TrialConfig, build_config, config_hash, config_to_dict
 from ..engine import CHECKPOINT, Trial
 from ..errors import ConfigError
 from ..record import Status, Tags, atomic_write_text, record_value, run_id_glob
@@ -216,15 +216,15 @@ def _in_range(d: Any, value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and d.low <= value <= d.high
 
 
-def named_points(space: SearchSpace, reference_configs: list) -> dict[str, dict]:
-    """The reference configs (paths of baselines/*.yaml) as named points of this space: those on the same
-    workload, `ddpm` first; a config that lands on the same point as an earlier one is skipped."""
+def named_points(space: SearchSpace, references: dict[str, TrialConfig]) -> dict[str, dict]:
+    """The reference configs (name -> config, `baselines.reference_configs()`) as named points of this space: those
+    on the same workload, `ddpm` first; a config that lands on the same point as an earlier one is skipped."""
     points: dict[str, dict] = {}
     workload = config_to_dict(build_config(space.base))["workload"]
-    for path in sorted(reference_configs, key=lambda p: (p.stem != "ddpm", p.stem)):
-        cfg = config_to_dict(load_config(path))
+    for name in sorted(references, key=lambda n: (n != "ddpm", n)):
+        cfg = config_to_dict(references[name])
         if cfg["workload"] == workload:
             params = named_point_params(space, cfg)
             if params and params not in points.values():
-                points[path.stem] = params
+                points[name] = params
     return points

@@ -104,10 +104,14 @@ def test_missing_config_file_exits_2():
 
 
 def test_dry_run_prints_resolved_config():
+    from stabench.config import config_hash, load_config
+
     result = CliRunner().invoke(main, ["train", "baselines/ddpm.yaml", "--dry-run", "--set", "kappa=0.7"])
     assert result.exit_code == 0
     assert "kappa: 0.7" in result.output
-    assert "config_hash" in result.output
+    expected = config_hash(load_config(ROOT / "baselines/ddpm.yaml", ["kappa=0.7"]))
+    assert len(expected) == 16
+    assert f"# config_hash: {expected}" in result.output
 
 
 @pytest.mark.parametrize("name", ["main", *main.commands])
@@ -122,6 +126,25 @@ def test_help_explains_every_option(name):
 
 
 def test_keys_lists_every_leaf():
+    from stabench.config import allowed_values, leaf_keys
+
     result = CliRunner().invoke(main, ["keys"])
-    assert "lsc.kappa" in result.output
-    assert "timestep_weighting.kind" in result.output
+    listed = [line.split()[0] for line in result.output.splitlines()]
+    assert listed == leaf_keys()
+    for key, line in zip(listed, result.output.splitlines()):
+        assert line.rstrip().endswith(allowed_values(key)), line
+
+
+def test_inception_weights_reach_the_config_not_the_environment(tmp_path, monkeypatch):
+    import os
+
+    import yaml
+
+    monkeypatch.delenv("STABENCH_INCEPTION_WEIGHTS", raising=False)
+    weights = tmp_path / "w: 1.pth"  # YAML-looking path: passed as a string whatever it contains
+    result = CliRunner().invoke(
+        main, ["train", "baselines/ddpm.yaml", "--dry-run", "--inception-weights", str(weights)]
+    )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["eval"]["inception_weights"] == str(weights)
+    assert "STABENCH_INCEPTION_WEIGHTS" not in os.environ

@@ -272,11 +272,11 @@ def test_unreachable_ray_address_is_a_user_error(tmp_path):
 
 
 def test_named_points_are_whole_points_of_the_space():
-    from stabench.baselines import reference_paths
+    from stabench.baselines import reference_configs
     from stabench.sweep import named_points
 
     space = load_space(Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml")
-    points = named_points(space, reference_paths())
+    points = named_points(space, reference_configs())
     # scalelong-ls (mode learnable) is not a point of this space: it is left out, not enqueued half-filled
     assert list(points) == ["ddpm", "scalelong-cs", "scalelong-inv-sqrt2"]
     assert points["scalelong-cs"] == {"lsc.mode": "constant", "lsc.kappa": 0.5, "optim.clip_norm": 1.0}
