@@ -17,10 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from stabench.space import load_space
-from stabench.store import Store
-from stabench.sweep.backend import SweepSettings
+from stabench.records.store import Store
+from stabench.sweep import SweepSettings
 from stabench.sweep.optuna import run_optuna_sweep
+from stabench.sweep.space import load_space
 
 
 def write_space(directory: Path, trials: int, steps: int) -> Path:

@@ -19,11 +19,11 @@ import time
 import torch
 
 from stabench.config import load_config
-from stabench.data import load_images
-from stabench.diffusion import Diffusion
 from stabench.engine import resolve_device, run_trial
+from stabench.engine.diffusion import Diffusion
 from stabench.engine.precision import Precision
 from stabench.models import build_model
+from stabench.workloads.data import load_images
 
 EMA_BETAS = "ema.betas=[0.99,0.999,0.9995,0.9999]"
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import torch_fidelity
 
 from stabench import scoring
-from stabench.data import load_digits_images
+from stabench.workloads.data import load_digits_images
 
 
 def noisy_and_blurred(n: int, seed: int = 0) -> torch.Tensor:

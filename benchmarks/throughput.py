@@ -37,11 +37,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stabench.config import load_config
-from stabench.data import load_images
-from stabench.diffusion import Diffusion
 from stabench.engine import resolve_device
+from stabench.engine.diffusion import Diffusion
 from stabench.engine.state import TrainState
 from stabench.engine.trial import train_step
+from stabench.workloads.data import load_images
 
 PRESETS = "unet/small/8/128,unet/deep/16/64,uvit/small/8/128,uvit/deep/16/64,uvit/deep/16/32/64"
 MODES = {  # name -> (engine.precision, engine.compile)

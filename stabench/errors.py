@@ -66,7 +66,7 @@ class StorageFault(UserError):
         super().__init__(message, **parts)
 
 
-def filesystem_fault(error: BaseException) -> OSError | None:
+def filesystem_fault(error: BaseException | None) -> OSError | None:
     """The OSError of a FILESYSTEM_FAULTS kind behind `error` (itself, or its cause or context: torch.save reports a
     full disk as `RuntimeError: ... unexpected pos` with the OSError as its context), if any."""
     seen: set[int] = set()

@@ -30,7 +30,7 @@ def url_password(url: str) -> str | None:
 def redact_url(url: str | None) -> str | None:
     """`url` with its password replaced by `***` (sqlalchemy's rendering when it parses, a pattern otherwise); a
     path, or a URL without a password, unchanged."""
-    if url is None or url_password(url) is None:
+    if url is None or (password := url_password(url)) is None:
         return url
     try:
         from sqlalchemy.engine import make_url
@@ -38,7 +38,7 @@ def redact_url(url: str | None) -> str | None:
         shown = make_url(url).render_as_string(hide_password=True)
     except Exception:  # not an sqlalchemy URL, or sqlalchemy missing: the pattern does it
         shown = None
-    if shown is None or url_password(url) in shown:
+    if shown is None or password in shown:
         shown = _USERINFO.sub(lambda m: f"{m.group('head')}{MASK}@", url, count=1)
     return shown
 

@@ -1,8 +1,8 @@
 """The manual points at things that exist: code references, links, and the mkdocs navigation.
 
 The pages are README.md and docs/**/*.md. A code reference is a path in backticks (inline code or a fenced
-block), optionally with a symbol: `stabench/diffusion.py:raw_weights`, `stabench/ema.py:MultiEMA.update`,
-`tests/test_stats.py`, `tests/models/test_backbones.py::test_name`. A path is relative to the repository
+block), optionally with a symbol: `stabench/engine/diffusion.py:raw_weights`, `stabench/engine/ema.py:MultiEMA.update`,
+`tests/records/test_stats.py`, `tests/models/test_backbones.py::test_name`. A path is relative to the repository
 root, or to the `stabench/` package (`models/layers.py`); a bare file name (`fidelity.py`) must name exactly
 one file of the repository. The symbol must be defined in that file: a top-level function, class or
 assignment, or a name inside a class (`Class.method`).
@@ -213,11 +213,11 @@ def test_readme_keeps_the_command_blocks_ci_reads():
 @pytest.mark.parametrize(
     "text, broken",
     [
-        ("`stabench/diffusion.py:raw_weights`", False),
-        ("`stabench/ema.py:MultiEMA.update` and `models/layers.py:SkipScaler`", False),
+        ("`stabench/engine/diffusion.py:raw_weights`", False),
+        ("`stabench/engine/ema.py:MultiEMA.update` and `models/layers.py:SkipScaler`", False),
         ("`tests/test_docs.py::test_every_docs_page_is_in_the_mkdocs_nav`", False),
-        ("`stabench/diffusion.py:no_such_function`", True),
-        ("`stabench/ema.py:MultiEMA.no_such_method`", True),
+        ("`stabench/engine/diffusion.py:no_such_function`", True),
+        ("`stabench/engine/ema.py:MultiEMA.no_such_method`", True),
         ("`stabench/no_such_module.py:anything`", True),
         ("`stabench/no_such_module.py`", True),
         ("```bash\npython benchmarks/no_such_benchmark.py\n```", True),

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from stabench.leaderboard import write_leaderboard
-from stabench.store import Store
+from stabench.records.store import Store
 from stabench.validate import regime_sweep
 
 VALIDATION = Path(__file__).resolve().parents[1] / "results" / "validation"

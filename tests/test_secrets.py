@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from stabench.cli import main
 from stabench.errors import UserError
 from stabench.secrets import redact_url, register, scrub
-from stabench.space import load_space
+from stabench.sweep.space import load_space
 from stabench.sweep.study import check_same_space, make_storage
 from tests.helpers import space_file
 

@@ -17,10 +17,11 @@ from stabench.config import config_hash
 from stabench.engine import CHECKPOINT, run_trial
 from stabench.engine.state import read_checkpoint
 from stabench.errors import StorageFault, UserError
-from stabench.record import Tags, atomic_write, atomic_write_bytes, write_record
-from stabench.space import load_space, trial_config
-from stabench.store import Store
+from stabench.files import atomic_write, atomic_write_bytes
+from stabench.records.record import Tags, write_record
+from stabench.records.store import Store
 from stabench.sweep.core import OWNER, ConfigRun, Placement, run_config
+from stabench.sweep.space import load_space, trial_config
 from stabench.sweep.workers import this_worker
 from tests.helpers import space_file, tiny_config
 

@@ -71,7 +71,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
       stabench train baselines/ddpm.yaml --set steps=200 --set lsc.mode=constant --set kappa=0.7
     """
     from ..config import config_hash, dump_yaml, load_config
-    from ..preflight import check_inputs
+    from ..engine.preflight import check_inputs
 
     if config is None and resume is None:
         raise UserError("give a config file (or --resume RUN_DIR)", key="config")
@@ -83,7 +83,7 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
         click.echo(dump_yaml(cfg) + f"# config_hash: {config_hash(cfg)}")
         return
     from ..engine import run_trial
-    from ..record import Status
+    from ..records.record import Status
 
     writable_dir(out, "out")
     record = run_trial(cfg, out, progress=not quiet, save_checkpoint=checkpoint, resume_dir=resume,
@@ -140,10 +140,10 @@ def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, m
       stabench sweep search_spaces/lsc.yaml --workers 2
       stabench sweep search_spaces/cifar10-full.yaml --backend ray --address auto --gpus-per-trial 0.25
     """
-    from ..baselines import reference_configs
-    from ..preflight import check_inputs
-    from ..space import load_space, trial_config
+    from ..engine.preflight import check_inputs
     from ..sweep import SweepSettings, named_points, run_sweep
+    from ..sweep.baselines import reference_configs
+    from ..sweep.space import load_space, trial_config
 
     space, store = load_space(space_file), open_store(store, writable=True)
     if inception_weights:  # still the environment here: in the space's base it would change the study's fingerprint
@@ -190,7 +190,7 @@ def score(run_dir, samples, extractor, inception_weights):
 @wandb_options
 def confirm(sweep_name, top, n_seeds, metric, store, **wandb):
     """Re-run the TOP best configs of SWEEP with more seeds, so the leaderboard can give CIs."""
-    from ..metrics import known_metric
+    from ..records.metrics import known_metric
     from ..sweep import confirm as run_confirm
 
     known_metric(metric)
@@ -258,8 +258,8 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
     Records are tagged sweep=baselines and baseline=NAME; a (baseline, seed) already in the store is
     not run again, so an interrupted run continues where it stopped.
     """
-    from ..baselines import baseline_jobs, baseline_names, run_baselines
-    from ..preflight import check_inputs
+    from ..engine.preflight import check_inputs
+    from ..sweep.baselines import baseline_jobs, baseline_names, run_baselines
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -302,7 +302,7 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
 def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     """Regenerate the leaderboard from the results store (same store in -> byte-identical files out)."""
     from ..leaderboard import select_records, write_leaderboard
-    from ..metrics import known_metric
+    from ..records.metrics import known_metric
     from ..sweep.study import load_journal_study
 
     known_metric(metric)
@@ -313,7 +313,7 @@ def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     lb = write_leaderboard(records, out, metric, baseline or None, plots=not no_plots, studies=studies)
     output.leaderboard_top(lb, metric, len(records), out)
     if wandb["wandb_mode"]:
-        from ..tracking import log_leaderboard
+        from ..records.tracking import log_leaderboard
 
         record_dirs = [store.root / r["run_id"] for r in records]
         log_leaderboard(tracking(**wandb, root=store.root), out, ",".join(sweeps) or "all", record_dirs)
@@ -330,3 +330,25 @@ def keys() -> None:
         for part in key.split("."):
             value = value[part]
         click.echo(f"{key:32s} default {value!r:24s} {allowed_values(key)}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--shared", is_flag=True, help="Check the permissions a shared store needs (group write on folders, "
+              "journals and locks) even if the store does not look shared.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(store, shared, as_json):
+    """Check a store without changing it: records readers skip, run folders without a record, checkpoints that
+    fail validation, damaged owner files and journals, unreadable files and modes that lock teammates out.
+    Exit code 0 when it finds no problem, 1 when it does."""
+    import json
+
+    from ..sweep.doctor import examine, render
+
+    report = examine(store, shared=True if shared else None)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for line in render(report):
+            click.echo(line)
+    sys.exit(1 if report.problems else 0)

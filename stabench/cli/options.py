@@ -8,6 +8,7 @@ import tempfile
 import warnings
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -126,7 +127,7 @@ def store_option(help: str = "Results store for the trial records (default: runs
 def open_store(path: Path | None, writable: bool = False):
     """The record store at `path` (default: runs/, or $STABENCH_STORE); checked writable for commands that add
     records."""
-    from ..store import Store
+    from ..records.store import Store
 
     store = Store(path)
     if writable:
@@ -168,9 +169,10 @@ def wandb_options(fn):
 
 def tracking(wandb_mode: str | None, wandb_project: str | None, wandb_entity: str | None, root: Path):
     """The W&B settings of a command; offline runs go under `root`."""
-    from ..tracking import TrackingSettings
+    from ..records.tracking import TrackingSettings
 
-    given = {k: v for k, v in (("project", wandb_project), ("entity", wandb_entity)) if v}  # else $WANDB_*
+    # else $WANDB_*
+    given: dict[str, Any] = {k: v for k, v in (("project", wandb_project), ("entity", wandb_entity)) if v}
     return TrackingSettings(mode=wandb_mode, dir=str(root), **given)
 
 

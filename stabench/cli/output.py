@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..metrics import METRICS
+from ..records.metrics import METRICS
 
 # The summary table's metric rows: every registered metric marked for it, in the registry's order.
 TRIAL_ROWS = tuple((name.replace("_", " "), name) for name, m in METRICS.items() if m.summary)
@@ -15,7 +15,7 @@ def trial_summary(record: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..record import Status, metrics_of
+    from ..records.record import Status, metrics_of
 
     m = metrics_of(record)
     table = Table(title=f"trial {record['run_id']}", show_header=False, box=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
@@ -113,7 +114,7 @@ def apply_values(data: dict, values: dict[str, Any]) -> dict:
     return data
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     """Apply `KEY=VALUE` strings (the CLI's `--set`); a bad one is reported as the `overrides` input."""
     try:
         return apply_values(data, dict(parse_override(text) for text in overrides))

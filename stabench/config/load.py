@@ -4,6 +4,7 @@ errors that name the file, the key and the allowed values."""
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -22,10 +23,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             parent, _, name = key.rpartition(".")
-            allowed = section_fields(parent)
-            close = difflib.get_close_matches(name, allowed, n=1)
+            fields = section_fields(parent)
+            close = difflib.get_close_matches(name, fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            lines.append(f"{source}: unknown key '{key}'{hint}; allowed here: {', '.join(allowed)}")
+            lines.append(f"{source}: unknown key '{key}'{hint}; allowed here: {', '.join(fields)}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
@@ -80,7 +81,7 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrialConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrialConfig:
     """YAML file (or defaults when None) + `--set` overrides -> validated TrialConfig."""
     data = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .config import CAPPED_KINDS, DiffusionConfig, WeightingConfig
+from ..config import CAPPED_KINDS, DiffusionConfig, WeightingConfig
 
 
 def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
@@ -36,7 +36,7 @@ def _cosine(snr: torch.Tensor, gamma: float, k: float) -> torch.Tensor:
 
 
 # w(t) of each `timestep_weighting.kind` from SNR(t), gamma and k; the schema's kinds are checked against it
-# (tests/test_diffusion.py), so a new kind is its name in the schema and its formula here.
+# (tests/engine/test_diffusion.py), so a new kind is its name in the schema and its formula here.
 WEIGHTINGS: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
     "uniform": lambda snr, gamma, k: torch.ones_like(snr),  # DDPM's simple loss
     # w = SNR on the eps MSE, i.e. an x0 MSE weighted by SNR^2 (an x0 MSE itself is w = 1/SNR)

@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 
 from ..config import TrialConfig
-from ..data import load_images
-from ..diffusion import Diffusion
-from ..ema import MultiEMA
-from ..telemetry import feature_norms
+from ..workloads.data import load_images
+from .diffusion import Diffusion
+from .ema import MultiEMA
 from .precision import Compiled, Precision
 from .state import stream_seed
+from .telemetry import feature_norms
 
 
 class Probe:

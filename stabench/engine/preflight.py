@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .config import TrialConfig
+from ..config import TrialConfig
 
 
 def check_inputs(configs: Iterable[TrialConfig], data: bool = True) -> None:
     """Every config's model can take its resolution, its dataset is readable here (skipped with `data=False`: on
     a cluster the data lives on the workers) and the Inception weights exist where the standard FID is asked for."""
-    from .data import check_available
-    from .models import check_resolution
-    from .scoring import resolve_inception_weights
+    from ..models import check_resolution
+    from ..scoring import resolve_inception_weights
+    from ..workloads.data import check_available
 
     configs = list(configs)
     for workload in {c.workload for c in configs}:

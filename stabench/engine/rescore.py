@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from ..config import load_config
-from ..diffusion import Diffusion
 from ..errors import UserError
-from ..record import atomic_write_text
+from ..files import atomic_write_text
+from .diffusion import Diffusion
 from .evaluate import EvalNet, generate, make_scorer
 from .state import build_weights, load_weights, resolve_device
 

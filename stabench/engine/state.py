@@ -13,13 +13,13 @@ import torch
 import torch.nn as nn
 
 from ..config import TrialConfig, config_hash
-from ..data import BatchStream
-from ..ema import MultiEMA
 from ..errors import UserError
+from ..files import atomic_torch_save
 from ..models import build_model
-from ..record import atomic_torch_save
-from ..telemetry import PROBE_SERIES, DivergenceDetector, StepLog
+from ..workloads.data import BatchStream
+from .ema import MultiEMA
 from .precision import Compiled, Precision
+from .telemetry import PROBE_SERIES, DivergenceDetector, StepLog
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -49,7 +49,8 @@ def burn_in(cfg: TrialConfig) -> int:
 
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
     """AdamW groups: no decay on norms, biases and embeddings (1-D tensors, positional embeddings)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         exempt = p.ndim <= 1 or "pos_embed" in name
         (no_decay if exempt and not decay_all else decay).append(p)
@@ -230,8 +231,11 @@ def read_checkpoint(path: Path, key: str) -> dict:
     checked; a file that is not one of ours is a UserError naming it, the field (and the input `key`)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # a Python object beyond tensors and plain data: refused, never run
-        refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "unsupported content")
+    except pickle.UnpicklingError as e:
+        refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
+        if refused is None:  # bytes that are no pickle at all (garbage, truncated)
+            raise UserError.caused_by(e, f"'{path}' is not a readable checkpoint", key=key) from None
+        # a Python object beyond tensors and plain data: refused, never run
         raise UserError(
             f"'{path}' holds Python objects a checkpoint never holds (written by an older stabench, or crafted); "
             f"it was not loaded and nothing in it ran ({refused[:200]}). Run the trial again from the start",

@@ -20,16 +20,17 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..config import TrialConfig, dump_yaml
-from ..data import load_images
-from ..diffusion import Diffusion
 from ..errors import StorageFault
+from ..files import atomic_write_text
 from ..models import count_params
-from ..record import Status, atomic_write_text, downsample, new_record, write_record
-from ..telemetry import PROBE_SERIES, summarize
-from ..tracking import TrackingSettings, make_tracker
+from ..records.record import Status, downsample, new_record, write_record
+from ..records.tracking import TrackingSettings, make_tracker
+from ..workloads.data import load_images
+from .diffusion import Diffusion
 from .evaluate import EvalNet, Probe, best_weights, evaluate, make_scorer, save_grid
 from .precision import Precision, check_precision
 from .state import CHECKPOINT, TrainState, burn_in, load_checkpoint, resolve_device, save_checkpoint
+from .telemetry import PROBE_SERIES, summarize
 
 
 def optimization_step(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..record import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from .build import Leaderboard, Row, build_leaderboard, pareto_front, select_records
 from .render import csv_text, numeric_table, parquet_bytes, table, to_html, to_latex, to_markdown
 
@@ -42,10 +42,10 @@ def write_leaderboard(
     df = table(lb)
     pngs = []
     if plots and lb.rows:
-        from ..plots import write_plots
+        from .plots import write_plots
 
         pngs = write_plots(records, lb, out)
-        from ..plots import write_importance
+        from .plots import write_importance
 
         pngs += [p for p in (write_importance(s, out) for s in studies or []) if p]
     atomic_write_text(out / "leaderboard.md", to_markdown(df, lb, pngs))

@@ -1,6 +1,6 @@
 """Building a leaderboard: records grouped by config, per-config statistics, the reference and the ranking.
 
-Every comparison follows the quality metric's registered direction (stabench/metrics.py): the ranking, the
+Every comparison follows the quality metric's registered direction (stabench/records/metrics.py): the ranking, the
 Pareto front, the baseline's target and steps-to-target. Instability is always minimised.
 """
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .. import stats
 from ..config import flatten
+from ..engine.telemetry import INSTABILITY_PARTS
 from ..errors import UserError
-from ..metrics import get_metric
-from ..record import FINISHED, Status, direction_of, eval_value, label, metrics_of, record_value, tags_of
-from ..store import Store
-from ..telemetry import INSTABILITY_PARTS
+from ..records import stats
+from ..records.metrics import get_metric
+from ..records.record import FINISHED, Status, direction_of, eval_value, label, metrics_of, record_value, tags_of
+from ..records.store import Store
 
 ALPHA = 0.05  # family-wise level of the significance marks (Holm over every config's delta vs the baseline)
 MIN_EVAL_POINTS = 3  # a crossing placed between fewer evaluation points says more about the grid than the run

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .record import FINISHED
-from .telemetry import probe_series
+from ..engine.telemetry import probe_series
+from ..records.record import FINISHED
 
 MAX_CONFIGS = 8  # top-ranked configs drawn in the curve plots (legibility)
 PNG_META = {"Software": None}  # no version string in the file, so regenerated PNGs are byte-identical

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import polars.selectors as cs
 
-from .. import stats
-from ..telemetry import INSTABILITY_PARTS
+from ..engine.telemetry import INSTABILITY_PARTS
+from ..records import stats
 from .build import ALPHA, Leaderboard, Row
 
 

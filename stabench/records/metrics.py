@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import UserError
+from ..errors import UserError
 
 Direction = Literal["minimize", "maximize"]
 # Who writes a metric into `record["metrics"]`: the stability summary of every trial (telemetry), the training

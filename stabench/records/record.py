@@ -13,19 +13,18 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
-from . import __version__
-from .config import TrialConfig, config_hash, config_to_dict
+from .. import __version__
+from ..config import TrialConfig, config_hash, config_to_dict
+from ..files import atomic_write_text
 from .metrics import METRICS, TEXT_METRICS
 
 SCHEMA_VERSION = 2  # 2: decoder-side probe readout, probe gradient norm, weighting-free instability
@@ -186,7 +185,7 @@ def ray_placement() -> dict:
 def cuda_driver_version() -> str | None:
     """The CUDA driver version as 'major.minor' (None where torch cannot tell)."""
     try:
-        v = torch._C._cuda_getDriverVersion()  # e.g. 12040
+        v = torch._C._cuda_getDriverVersion()  # type: ignore[attr-defined]  # e.g. 12040; private, may be absent
     except (AttributeError, RuntimeError):
         return None
     return f"{v // 1000}.{v % 1000 // 10}"
@@ -240,55 +239,6 @@ def _json_safe(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_json_safe(v) for v in x]
     return x
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write(file)` to a temp file in the same directory, fsync, rename over `path`, fsync
-    the directory: readers see the old file or the whole new one, even if this process is killed. The file gets
-    the mode of any new file (0666 less the umask: 0644 under umask 022, 0664 under 002), not mkstemp's 0600.
-    A write the filesystem refuses (full, read-only, permission, stale NFS handle) raises a `StorageFault` naming
-    `path`, with nothing left behind and the previous file intact."""
-    from .errors import storage_fault
-
-    path, tmp, written = Path(path), None, None
-    umask = os.umask(0o022)  # read it back (os has no getter); restored at once
-    os.umask(umask)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~umask)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            written = os.path.getsize(tmp)
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, Exception) and (fault := storage_fault(e, path, written)) is not None:
-            raise fault from e
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` atomically (see `atomic_write`)."""
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` atomically (see `atomic_write`)."""
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save` atomically (see `atomic_write`)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def write_record(record: dict, run_dir: Path) -> Path:

@@ -184,7 +184,7 @@ def kendall_tau_halves(
         return None
     better = sign(direction)
     halves = (set(seeds[0::2]), set(seeds[1::2]))
-    means = [[], []]
+    means: list[list[float]] = [[], []]
     for per_seed in values.values():
         parts = [[v for s, v in per_seed.items() if s in h] for h in halves]
         if all(parts):
@@ -206,7 +206,7 @@ def tied_ranks(intervals: list[tuple[float, float]], direction: str = "minimize"
     s = sign(direction)
     oriented = [tuple(sorted((s * lo, s * hi))) for lo, hi in intervals]
 
-    def clearly_better(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    def clearly_better(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
         return a[1] < b[0]  # False for nan
 
     return [1 + sum(clearly_better(other, mine) for other in oriented) for mine in oriented]

@@ -19,8 +19,8 @@ from typing import Any
 
 import polars as pl
 
-from .config import flatten
-from .errors import UserError
+from ..config import flatten
+from ..errors import UserError
 from .record import FINISHED, Status, metrics_of, record_problem, run_id_glob, tags_of, write_record
 
 

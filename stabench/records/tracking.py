@@ -15,6 +15,7 @@ import netrc
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,7 +272,7 @@ def record_artifact(run_dir: Path):
     return artifact
 
 
-def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str, record_dirs: list[Path] = ()) -> None:
+def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str, record_dirs: Sequence[Path] = ()) -> None:
     """The leaderboard as a wandb.Table and the results files as an artifact, in a `leaderboard` run that uses
     the record artifact of every ranked record's run directory (lineage: trial runs -> records -> leaderboard)."""
     if settings.resolved_mode() == "disabled":

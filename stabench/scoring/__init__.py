@@ -2,7 +2,7 @@
 
 Nothing here knows about configs: callers pass image tensors in [-1, 1] and names. Two extractors:
 
-- `digits`: stabench's small CNN (`stabench.extractor`, torch-fidelity name `digits-cnn`), penultimate
+- `digits`: stabench's small CNN (`stabench.scoring.digits_cnn`, torch-fidelity name `digits-cnn`), penultimate
   features. Keys `fid_digits`, `kid_digits`, `kid_digits_std`.
 - `inception`: torch-fidelity's `inception-v3-compat` (standard FID) from a LOCAL weights file, never
   downloaded. Keys `fid`, `kid`, `kid_std`.
@@ -17,11 +17,12 @@ input name plus the extractor name only (not its weights, not the sample count),
 reference itself: `reference_name(...)` (dataset, resolution, split, extractor, weights hash) plus the
 reference's size and a hash of its pixels and of the extractor weights, so a stale entry is never read.
 
-torch_fidelity (slow to import) and stabench.extractor are imported on first use, so the CLI can call
+torch_fidelity (slow to import) and stabench.scoring.digits_cnn are imported on first use, so the CLI can call
 `resolve_inception_weights` to fail fast before training without paying for them.
 
 Modules: `extractors` (which extractor, its weights, reference names), `fidelity` (images, features, caches,
-`score`, `fid_floor`); this package adds `ReferenceScorer`, what a trial scores with.
+`score`, `fid_floor`), `digits_cnn` (the digits CNN and its training); this package adds `ReferenceScorer`,
+what a trial scores with.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ MNIST) is a classifier trained on the data itself. So for the `digits` workload 
 penultimate features (64 dims) of this CNN, trained on the digits TRAIN split only; its held-out TEST
 accuracy is reported so readers can trust the features. The weights ship in `stabench/assets/digits_cnn.pt`.
 
-    python -m stabench.extractor [--out PATH] [--seed N] [--epochs N]   # retrain, print accuracy
+    python -m stabench.scoring.digits_cnn [--out PATH] [--seed N] [--epochs N]   # retrain, print accuracy
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from .data import _fixed_split, digits_arrays, load_digits_images
+from ..workloads.data import digits_arrays, fixed_split, load_digits_images
 
 NAME = "digits-cnn"  # the name torch-fidelity knows it by
 FEATURE_LAYER = "penultimate"
-WEIGHTS_PATH = Path(__file__).parent / "assets" / "digits_cnn.pt"
+WEIGHTS_PATH = Path(__file__).parents[1] / "assets" / "digits_cnn.pt"  # stabench/assets/
 N_FEATURES = 64
 
 
@@ -82,7 +82,7 @@ def to_model_input(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
 
 def _digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 8, 8) in [-1, 1] and labels of data.py's fixed digits split."""
-    labels = _fixed_split(torch.from_numpy(digits_arrays()[1]), split)  # same permutation as the images
+    labels = fixed_split(torch.from_numpy(digits_arrays()[1]), split)  # same permutation as the images
     return load_digits_images(8, split), labels
 
 
@@ -223,8 +223,8 @@ register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m stabench.extractor`: train the digits classifier and write its weights (deterministic)."""
-    parser = argparse.ArgumentParser(prog="python -m stabench.extractor", description=__doc__.split("\n\n")[0])
+    """`python -m stabench.scoring.digits_cnn`: train the digits classifier and write its weights (deterministic)."""
+    parser = argparse.ArgumentParser(prog="python -m stabench.scoring.digits_cnn", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help=f"weights file (default: {WEIGHTS_PATH})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=40)

@@ -52,7 +52,7 @@ def get_extractor(
 ) -> Extractor:
     """The extractor called `name` ('digits' or 'inception'), registered with torch-fidelity and ready to use."""
     if name == "digits":
-        from .. import extractor as digits  # imports torch_fidelity
+        from . import digits_cnn as digits  # imports torch_fidelity
 
         return Extractor(
             "digits",

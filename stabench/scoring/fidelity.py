@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from ..record import atomic_write_text
+from ..files import atomic_write_text
 from .extractors import Extractor, get_extractor
 
 CACHE_ENV = "STABENCH_CACHE"
@@ -257,7 +257,7 @@ def fid_floor(
     cache_dir = Path(cache_dir or default_cache_dir())
     ref_cache = _cache_name(reference_name, ref, ext)
     at_n = real is not None
-    if at_n:
+    if real is not None:  # at_n
         real_u8 = images_to_uint8(real)
         n = min(n or len(ref), len(real_u8))
         path = cache_dir / f"{ref_cache}-floor-{_cache_name('train', real_u8, ext)}-n{n}-seed{seed}x{splits}.json"

@@ -7,15 +7,15 @@ again, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import TrialConfig, choices, config_hash, load_config
-from .engine import run_trial
-from .errors import UserError
-from .record import Tags
-from .store import Store
-from .tracking import TrackingSettings
+from ..config import TrialConfig, choices, config_hash, load_config
+from ..engine import run_trial
+from ..errors import UserError
+from ..records.record import Tags
+from ..records.store import Store
+from ..records.tracking import TrackingSettings
 
 SWEEP = "baselines"
 Job = tuple[str, TrialConfig]  # (reference name, config with its seed)
@@ -25,7 +25,7 @@ def baselines_dir() -> Path:
     """Where the reference configs are: $STABENCH_BASELINES, else ./baselines when run from a checkout or a project
     of one's own, else the repository's (editable install). Looked up when called, never at import."""
     given = Path(os.environ.get("STABENCH_BASELINES", "baselines"))
-    repository = Path(__file__).parents[1] / "baselines"
+    repository = Path(__file__).parents[2] / "baselines"  # stabench/sweep/ -> the repository root
     return given if given.is_dir() or not repository.is_dir() else repository
 
 
@@ -52,7 +52,7 @@ def baseline_names(directory: Path | None = None) -> list[str]:
     return list(references(directory))
 
 
-def load_baseline(name: str, overrides: list[str] = (), directory: Path | None = None) -> TrialConfig:
+def load_baseline(name: str, overrides: Sequence[str] = (), directory: Path | None = None) -> TrialConfig:
     """A reference config by name, with `overrides` applied."""
     table = references(directory)
     if name not in table:
@@ -68,7 +68,7 @@ def reference_configs(directory: Path | None = None) -> dict[str, TrialConfig]:
 
 
 def baseline_jobs(
-    names: list[str], seeds: list[int], overrides: list[str] = (), directory: Path | None = None
+    names: list[str], seeds: list[int], overrides: Sequence[str] = (), directory: Path | None = None
 ) -> list[Job]:
     """(name, config) for every baseline and seed; all validated before anything runs."""
     return [(name, load_baseline(name, [*overrides, f"seed={seed}"], directory)) for name in names for seed in seeds]
@@ -89,8 +89,8 @@ def run_baselines(
 ) -> None:
     """Run the jobs the store lacks: one after another in this process (`local`), or as Ray Tune trials."""
     if backend == "ray":
-        from .sweep.ray import run_ray_jobs
-        from .sweep.ray_cluster import RayCluster
+        from .ray import run_ray_jobs
+        from .ray_cluster import RayCluster
 
         todo = [(n, c, Tags(sweep=SWEEP, reference=n, backend="ray").to_dict()) for n, c in pending(jobs, store)]
         run_ray_jobs(todo, store, RayCluster(**ray_options), tracking=tracking)

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 from ..config import build_config
 from ..engine import run_trial
-from ..record import FINISHED, Tags, direction_of, metrics_of, record_value
-from ..store import Store
-from ..tracking import TrackingSettings
+from ..records.record import FINISHED, Tags, direction_of, metrics_of, record_value
+from ..records.store import Store
+from ..records.tracking import TrackingSettings
 
 
 def top_configs(store: Store, sweep: str, metric: str, top: int) -> list[dict]:

@@ -9,19 +9,48 @@ the worst possible value (infinity), never dropped.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+import warnings
+from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import TrialConfig, build_config, config_hash, config_to_dict
 from ..engine import CHECKPOINT, Trial
-from ..errors import ConfigError
-from ..record import Status, Tags, atomic_write_text, record_value, run_id_glob
-from ..space import CategoricalDist, SearchSpace, scalar_choices, trial_config
-from ..store import Store
-from ..tracking import TrackingSettings
-from .workers import same_machine, this_worker, worker_is_gone
+from ..errors import ConfigError, UserError
+from ..files import atomic_write_text
+from ..records.record import Status, Tags, record_value, run_id_glob
+from ..records.store import Store
+from ..records.tracking import TrackingSettings
+from .space import CategoricalDist, SearchSpace, scalar_choices, trial_config
+from .workers import read_owner, same_machine, this_worker, worker_is_gone
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What every backend is told: the study, its size, resumption, failures, named points and tracking."""
+
+    study: str
+    n_trials: int
+    resume: bool = False
+    max_failures: int = 3
+    named_points: dict[str, dict] = field(default_factory=dict)  # name -> params, run first
+    study_storage: str | None = None  # Optuna journal file or RDB URL (default: a journal file per study)
+    tracking: TrackingSettings | None = None
+
+    @classmethod
+    def of(cls, space: SearchSpace, **fields: Any) -> SweepSettings:
+        """The settings of a sweep over `space`: named after it, with its trial budget, unless `fields` say."""
+        return cls(**{"study": space.name, "n_trials": space.budget.trials, **fields})
+
+    def __post_init__(self) -> None:
+        # The study name becomes file names (journal, lock, Ray experiment): no separators, no leading dot.
+        if not STUDY_NAME.fullmatch(self.study):
+            raise UserError(f"'{self.study}' cannot be a study name (it names files); use letters, digits, '.', "
+                            "'_' and '-', starting with a letter or digit", key="study")  # fmt: skip
 
 
 class TrialFailed(Exception):
@@ -83,7 +112,7 @@ class ConfigRun:
     def __post_init__(self):
         self.store = Store(self.placement.store_root)
 
-    def events(self, params: dict[str, Any]) -> Iterator[Event]:
+    def events(self, params: dict[str, Any]) -> Generator[Event, None, list[float]]:
         """Train every seed of `params`; yields events, returns the objective values."""
         for i, seed in enumerate(self.space.seeds):
             if self.stopped:
@@ -98,7 +127,7 @@ class ConfigRun:
                 yield Event(i, record=record)
         return self.values()
 
-    def _seed(self, index: int, seed: int, params: dict[str, Any]) -> Iterator[Event]:
+    def _seed(self, index: int, seed: int, params: dict[str, Any]) -> Generator[Event, None, dict]:
         """Train one seed (or find it in the store); returns its record."""
         try:
             cfg = trial_config(self.space, params, seed).on_device(self.placement.device)
@@ -150,6 +179,10 @@ class ConfigRun:
 OWNER = "owner.json"  # who trains a run directory: a retry may take over only once that process is gone
 
 
+class UntrustedOwner(UserWarning):
+    """An owner.json that is not what `claim` writes (damaged or planted): its run directory is not taken over."""
+
+
 def interrupted(run_dir: Path) -> bool:
     """A run directory that stopped mid-seed and can continue: a checkpoint, and no record yet."""
     return (run_dir / CHECKPOINT).is_file() and not (run_dir / "record.json").exists()
@@ -168,9 +201,10 @@ def abandoned_run(store: Store, cfg: TrialConfig) -> Path | None:
     for run_dir in sorted(store.root.glob(run_id_glob(config_hash(cfg), cfg.seed))):
         if not interrupted(run_dir):
             continue
-        try:
-            owner = json.loads((run_dir / OWNER).read_text())
-        except (OSError, ValueError):
+        owner, problem = read_owner(run_dir / OWNER)
+        if owner is None:  # no owner file (a `stabench train` run): not ours to take; a damaged one is named
+            if (run_dir / OWNER).exists():
+                warnings.warn(f"not taking over {run_dir}: {problem}", UntrustedOwner, stacklevel=2)
             continue
         if worker_is_gone(owner, heartbeats=False) and same_machine(owner):
             return run_dir

@@ -18,11 +18,10 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.trial import TrialState
 
 from ..errors import StorageFault, UserError
-from ..record import Tags, eval_value, record_value
-from ..space import SearchSpace, suggest
-from ..store import Store
-from .backend import SweepSettings
-from .core import ConfigRun, Event, Placement, TrialFailed, TrialPruned
+from ..records.record import Tags, eval_value, record_value
+from ..records.store import Store
+from .core import ConfigRun, Event, Placement, SweepSettings, TrialFailed, TrialPruned
+from .space import SearchSpace, suggest
 from .study import (
     check_same_space,
     counts,
@@ -226,6 +225,13 @@ def _worker_entry(kwargs: dict) -> None:
     except StorageFault as e:  # the store's filesystem refused a write: every worker would meet it, none retries
         print(f"Error: {e}", file=sys.stderr, flush=True)
         sys.exit(STOP_EXIT)
+
+
+def optuna_backend(
+    space: SearchSpace, store: Store, settings: SweepSettings, *, workers: int | None = 1, gpus=None, **_: Any
+) -> dict:
+    """The `optuna` entry of the backend registry (`backend.BACKENDS`): `run_optuna_sweep` with the CLI's options."""
+    return run_optuna_sweep(space, store, settings, workers=workers, gpus=gpus)
 
 
 def run_optuna_sweep(

@@ -17,13 +17,12 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from ..engine import run_trial
-from ..record import Status, Tags, eval_value, worst
-from ..space import SearchSpace, decode_params, suggest, trial_config
-from ..store import Store
-from ..tracking import TrackingSettings
-from .backend import SweepSettings
-from .core import ConfigRun, Event, Placement, TrialFailed
+from ..records.record import Status, Tags, eval_value, worst
+from ..records.store import Store
+from ..records.tracking import TrackingSettings
+from .core import ConfigRun, Event, Placement, SweepSettings, TrialFailed
 from .ray_cluster import LOCAL_RAY, RayCluster, placed, ray_for
+from .space import SearchSpace, decode_params, suggest, trial_config
 from .study import fail_orphaned, make_sampler, make_storage
 
 
@@ -196,6 +195,14 @@ def make_scheduler(space: SearchSpace):
     return ASHAScheduler(
         time_attr="eval_index", metric=o.metric, mode=o.direction[:3], max_t=eval_budget(space), **settings
     )
+
+
+def ray_backend(
+    space: SearchSpace, store: Store, settings: SweepSettings, *, max_concurrent: int | None = None, **cluster: Any
+) -> dict:
+    """The `ray` entry of the backend registry (`backend.BACKENDS`): `run_ray_sweep` on the `RayCluster` that the
+    CLI's options (address, gpus_per_trial, ...) describe."""
+    return run_ray_sweep(space, store, settings, RayCluster(**cluster), max_concurrent=max_concurrent)
 
 
 def run_ray_sweep(

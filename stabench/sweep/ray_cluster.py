@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..store import Store
+from ..records.store import Store
 from .core import Placement
 
 RAY_ADDRESSES = "omit it for a local Ray, 'auto' for the cluster this machine belongs to, host:port or ray://host:port"
@@ -186,7 +186,7 @@ def default_ray_dir(store: Store) -> Path:
 def ray_folder(store: Store, ray_dir: str | None) -> str:
     """Ray Tune's storage path: a URI as given (s3://, gs://, ...), else an absolute folder (default: under the
     store)."""
-    if "://" in (ray_dir or ""):
+    if ray_dir is not None and "://" in ray_dir:
         return ray_dir
     return str(Path(ray_dir or default_ray_dir(store)).absolute())
 

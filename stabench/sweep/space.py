@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import TrialConfig, apply_values, build_config, read_yaml, resolve_key
-from .errors import ConfigError
-from .metrics import METRICS, NUMERIC_METRICS
+from ..config import TrialConfig, apply_values, build_config, read_yaml, resolve_key
+from ..errors import ConfigError
+from ..records.metrics import METRICS, NUMERIC_METRICS
 
 UNSEARCHABLE = ("seed", "device")
 

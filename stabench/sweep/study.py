@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from ..errors import UserError
 from ..paths import existing_ancestor
 from ..secrets import redact_url, register, scrub
-from ..space import SearchSpace, grid_values, pruner_class, sampler_class
+from .space import SearchSpace, grid_values, pruner_class, sampler_class
 
 LEGACY_STORAGE_DIR = Path("results") / "optuna"  # the default before journals moved under the store
 
@@ -155,7 +155,7 @@ def describe_study(study: optuna.Study, space: SearchSpace, backend: str) -> Non
     """What optuna-dashboard shows about a study: objective names instead of "Objective 0", and where the
     study comes from (space file, seeds, backend, code version). Set once, when the study is new."""
     from .. import __version__
-    from ..record import git_sha
+    from ..records.record import git_sha
 
     if study.metric_names is None:
         with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna

@@ -4,12 +4,14 @@ replaces workers that die. Knows processes, not Optuna: the backend says what to
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 
@@ -36,8 +38,46 @@ def this_worker() -> dict:
 
 
 def same_machine(worker: dict) -> bool:
-    """Did `worker` run on this machine since its last boot?"""
+    """Did `worker` run on this machine since its last boot? (Never, for a value that is not a worker.)"""
+    if owner_problem(worker) is not None:  # read back from a shared store or journal: untrusted
+        return False
     return worker["host"] == socket.gethostname() and worker.get("boot") == _boot_id()
+
+
+# What `this_worker` writes (into owner.json, and a trial's `worker` user attr): read back from a shared store, so
+# checked before use. `start` is None where /proc could not tell.
+WORKER_FIELDS = {"host": (str, "a string"), "boot": (str, "a string"), "pid": (int, "an integer")}
+
+
+def owner_problem(worker: Any) -> str | None:
+    """Why `worker` (an owner.json's contents, a trial's `worker` attr) is not what `this_worker` writes, or None."""
+    if not isinstance(worker, dict):
+        return f"a JSON {type(worker).__name__}, expected an object with {', '.join(WORKER_FIELDS)}, start"
+    for key, (kind, described) in WORKER_FIELDS.items():
+        if key not in worker:
+            return f"'{key}' is missing"
+        if not isinstance(worker[key], kind) or isinstance(worker[key], bool):
+            return f"'{key}' is {worker[key]!r:.80}, expected {described}"
+    if worker["pid"] <= 0:
+        return f"'pid' is {worker['pid']}, expected a process id (> 0)"
+    if not (worker.get("start") is None or isinstance(worker["start"], str)):
+        return f"'start' is {worker['start']!r:.80}, expected a string or null"
+    return None
+
+
+def read_owner(path: Path) -> tuple[dict | None, str | None]:
+    """The worker an owner file names, checked: (worker, None), or (None, why not) for a file that is missing,
+    unreadable, not JSON or not a worker. Never raises: the file comes from a shared store."""
+    path = Path(path)
+    if not path.is_file():  # missing, or a FIFO or device planted to block whoever reads it
+        return None, f"'{path}' {'is not a regular file' if path.exists() else 'does not exist'}"
+    try:
+        owner = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        return None, f"'{path}' cannot be read as an owner file ({type(e).__name__}: {e})"
+    if problem := owner_problem(owner):
+        return None, f"'{path}' is not an owner file: {problem}"
+    return owner, None
 
 
 def worker_is_gone(worker: dict | None, heartbeats: bool) -> bool:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from ..config import config_hash
 from ..engine import run_trial
+from ..files import atomic_write_text
 from ..leaderboard import write_leaderboard
-from ..record import Tags, atomic_write_text
-from ..stats import LEVEL, holm_adjusted
-from ..store import Store
+from ..records.record import Tags
+from ..records.stats import LEVEL, holm_adjusted
+from ..records.store import Store
 from .checks import (
     CHECKS,
     CONTROL_NAMES,
@@ -62,6 +63,14 @@ def run_jobs(todo: list[Job], store: Store, workers: int, say: Callable[[str], N
     return time.perf_counter() - started
 
 
+def family_adjusted(results: list) -> list[float]:
+    """Each check's p for its verdict: Holm-adjusted over the direction checks; a positive control's own p (it
+    checks the instrument, not a claim)."""
+    family = [r for r in results if r.check.in_family]
+    adjusted = dict(zip(map(id, family), holm_adjusted([r.p for r in family])))
+    return [adjusted.get(id(r), r.p) for r in results]
+
+
 def _tags(job: Job) -> dict:
     return Tags(sweep=job.sweep, named_point=job.name, job_type="validate").to_dict()
 
@@ -81,7 +90,7 @@ def validate(
     started = time.perf_counter()
     train_s = run_jobs(todo, store, workers, say)
     results = [evaluate_check(c, store, n_pairs, fast) for c in CHECKS]
-    p_holm = holm_adjusted([r.p for r in results])
+    p_holm = family_adjusted(results)
     readouts = {regime: tuple(dict.fromkeys([*(c.readout for c in CHECKS if c.regime == regime),
                                              *(c.control_value for c in CHECKS if c.regime == regime),
                                              *(DESCRIPTIVE if regime != "quality" else ())]))

@@ -11,20 +11,20 @@ import numpy as np
 from scipy import stats as sps
 
 from ..config import config_hash
-from ..record import Status, metrics_of
-from ..stats import PairedDelta, geometric_mean_ratio, mcnemar_exact, paired_delta, sign_flip_test
-from ..store import Store
-from ..telemetry import COLLAPSE_FRACTION, ZERO_PREDICTOR_LOSS
+from ..engine.telemetry import COLLAPSE_FRACTION, ZERO_PREDICTOR_LOSS
+from ..records.record import Status, metrics_of
+from ..records.stats import PairedDelta, geometric_mean_ratio, mcnemar_exact, paired_delta, sign_flip_test
+from ..records.store import Store
 from .checks import NEGATIVE_CONTROLS, SHAM_SPLITS, Check, arm, arm_config, regime_sweep, seeds
 
 ALPHA = 0.05
 
 
 class Verdict(StrEnum):
-    """What a check's exact test says, family-wise (Holm over the confirmatory checks)."""
+    """What a check's exact test says: at ALPHA after Holm over the direction checks; a positive control alone."""
 
-    AGREES = "agrees"  # Holm-adjusted p <= ALPHA in the expected direction
-    DISAGREES = "disagrees"  # Holm-adjusted p <= ALPHA against it
+    AGREES = "agrees"  # p <= ALPHA in the expected direction
+    DISAGREES = "disagrees"  # p <= ALPHA against it
     INCONCLUSIVE = "inconclusive"
     UNTESTED = "untested"  # no pair to test
 
@@ -97,11 +97,11 @@ def evaluate_check(check: Check, store: Store, n_pairs: int | None, fast: bool) 
     return Result(check, pairs, len(seed_list) - len(pairs), p, delta, discordant, ratio)
 
 
-def verdict(result: Result, p_holm: float) -> Verdict:
-    """Agrees / disagrees when the Holm-adjusted exact p is at most ALPHA, by the sign of the effect."""
-    if not result.pairs or math.isnan(p_holm):
+def verdict(result: Result, p_adjusted: float) -> Verdict:
+    """Agrees / disagrees when the check's p (Holm-adjusted in the family) is at most ALPHA, by the effect's sign."""
+    if not result.pairs or math.isnan(p_adjusted):
         return Verdict.UNTESTED if not result.pairs else Verdict.INCONCLUSIVE
-    if p_holm > ALPHA:
+    if p_adjusted > ALPHA:
         return Verdict.INCONCLUSIVE
     if result.discordant is not None:
         lower = result.discordant[0] > result.discordant[1]
@@ -150,15 +150,16 @@ def sham_rates(store: Store, n_pairs: int | None, fast: bool) -> list[ShamRate]:
 
 
 def failure_counts(store: Store, n_pairs: int | None, fast: bool) -> dict[str, dict]:
-    """Collapse-regime arms: runs that failed (diverged or collapsed) at the end, collapsed at step 100 by the same
-    rule, and at other bounds than half the zero-predictor loss (the counts should not hinge on the 0.5)."""
+    """Arms of the unstable-Adam regimes (collapse, clip): runs that failed (diverged or collapsed) at the end, at
+    step 100 by the same rule, and at other bounds than half the zero-predictor loss (the counts should not hinge
+    on the 0.5)."""
     from .checks import ARMS
 
     out = {}
-    for a in (a for a in ARMS if a.regime == "collapse"):
-        records = arm_records(store, "collapse", a.name, seeds("collapse", n_pairs), fast)
+    for a in (a for a in ARMS if a.regime in ("collapse", "clip")):
+        records = arm_records(store, a.regime, a.name, seeds(a.regime, n_pairs), fast)
         runs = list(records.values())
-        out[a.name] = {
+        out[f"{a.regime}: {a.name}"] = {
             "n": len(runs),
             "failed": sum(readout(r, "failed") == 1.0 for r in runs),
             "diverged": sum(r["status"] == Status.DIVERGED for r in runs),

@@ -75,7 +75,7 @@ def render_table(rows: list[dict]) -> str:
     """The control table as Markdown."""
     lines = [
         "| kind | claim | regime | readout | n | effect (treatment − control) [95% t-CI] | exact test | p | "
-        "p (Holm) | verdict |",
+        "p for the verdict | verdict |",
         "|" + "---|" * 10,
     ]
     for r in rows:
@@ -142,8 +142,9 @@ in the store under sweeps `validation-<regime>`; an interrupted run resumes). Pa
 Each check pairs a treatment arm with a control arm by seed. The p-value is an exact test's: McNemar's on the
 discordant pairs of a binary outcome (failed = diverged or collapsed), the sign-flip permutation test on the paired
 differences otherwise. The Student-t {summary["level"]:.0%} interval of the mean difference is shown beside it, and
-for ln readouts the geometric-mean ratio with its interval. The verdict uses the Holm-adjusted p over the
-{len(summary["checks"])} checks at {ALPHA:g}: *agrees* / *disagrees* by the sign of the effect, else *inconclusive*.
+for ln readouts the geometric-mean ratio with its interval. A positive control checks the instrument and is read
+at {ALPHA:g} on its own; the direction checks (ScaleLong's and the published ones) are the claims, read at
+{ALPHA:g} after Holm's correction over them. *agrees* / *disagrees* by the sign of the effect, else *inconclusive*.
 
 {render_table(summary["checks"])}
 

@@ -18,15 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import WorkloadConfig
-from .errors import DataError
+from ..config import WorkloadConfig
+from ..errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_SEED = 0  # the train/test split is part of the workload, not of the trial
 TEST_FRACTION = 0.2
 
 
-def _fixed_split(images: torch.Tensor, split: str) -> torch.Tensor:
+def fixed_split(images: torch.Tensor, split: str) -> torch.Tensor:
+    """The `split` share of `images` under the fixed permutation (seeded by `SPLIT_SEED`, never the trial seed),
+    so images and their labels split alike."""
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_test = int(round(len(images) * TEST_FRACTION))
     return images[perm[n_test:]] if split == "train" else images[perm[:n_test]]
@@ -66,7 +68,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def load_digits_images(resolution: int, split: str) -> torch.Tensor:
     """scikit-learn's 8x8 digits (shipped with the package) in [-1, 1], the split's fixed share, resized."""
     images = torch.from_numpy(digits_arrays()[0].copy())[:, None] / 8.0 - 1.0
-    return _resize(_fixed_split(images, split), resolution)
+    return _resize(fixed_split(images, split), resolution)
 
 
 def load_cifar10_images(root: str, resolution: int, split: str) -> torch.Tensor:
@@ -114,7 +116,7 @@ def load_folder_images(root: str, resolution: int, split: str) -> torch.Tensor:
             f"(extensions: {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     images = torch.stack([_read_image(p, resolution) for p in paths])
-    return _fixed_split(images, split)
+    return fixed_split(images, split)
 
 
 def check_available(workload: WorkloadConfig) -> None:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from stabench.cli import main
 from stabench.engine import run_trial
-from stabench.store import Store
+from stabench.records.store import Store
 from tests.helpers import DEFAULT_SPACE, space_file, tiny_config
 
 SWEEP = "g"

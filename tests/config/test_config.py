@@ -7,7 +7,6 @@ import sys
 import pytest
 import yaml
 
-from stabench.baselines import baseline_names, load_baseline
 from stabench.config import (
     ConfigError,
     TrialConfig,
@@ -18,6 +17,7 @@ from stabench.config import (
     load_config,
     resolve_key,
 )
+from stabench.sweep.baselines import baseline_names, load_baseline
 
 
 def write(tmp_path, text, name="cfg.yaml"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stabench.config import CAPPED_KINDS, DiffusionConfig, WeightingConfig, choices
-from stabench.diffusion import WEIGHTINGS, Diffusion, make_betas
+from stabench.engine.diffusion import WEIGHTINGS, Diffusion, make_betas
 
 KINDS = choices("timestep_weighting.kind")
 SCHEDULES = choices("diffusion.schedule")
@@ -113,7 +113,7 @@ def test_sampling_is_deterministic_per_generator_seed():
 @pytest.mark.parametrize("kind", KINDS)
 def test_no_one_percent_of_timesteps_carries_most_of_the_loss(kind, schedule):
     from stabench.config import DiffusionConfig, WeightingConfig
-    from stabench.diffusion import Diffusion
+    from stabench.engine.diffusion import Diffusion
 
     w = Diffusion(DiffusionConfig(schedule=schedule), WeightingConfig(kind=kind)).weights.double()
     top = w.sort(descending=True).values[: len(w) // 100]
@@ -123,7 +123,7 @@ def test_no_one_percent_of_timesteps_carries_most_of_the_loss(kind, schedule):
 @pytest.mark.parametrize("kind", CAPPED_KINDS)
 def test_without_the_cap_one_percent_of_timesteps_would_carry_most_of_the_loss(kind):
     from stabench.config import DiffusionConfig, WeightingConfig
-    from stabench.diffusion import Diffusion
+    from stabench.engine.diffusion import Diffusion
 
     w = Diffusion(DiffusionConfig(schedule="cosine"), WeightingConfig(kind=kind, cap=None)).weights.double()
     top = w.sort(descending=True).values[: len(w) // 100]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from stabench.ema import MultiEMA
+from stabench.engine.ema import MultiEMA
 
 
 def test_each_beta_matches_closed_form():

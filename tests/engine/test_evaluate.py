@@ -2,8 +2,8 @@
 
 import torch
 
-from stabench.diffusion import Diffusion
 from stabench.engine import Trial, run_trial
+from stabench.engine.diffusion import Diffusion
 from stabench.engine.evaluate import EvalNet, generate
 from stabench.models import build_model
 from tests.helpers import tiny_config

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from stabench.telemetry import (
+from stabench.engine.telemetry import (
     INSTABILITY_PARTS,
     DivergenceDetector,
     StepLog,

@@ -5,29 +5,18 @@ import pytest
 import torch
 
 from stabench.config import load_config
-from stabench.data import load_images
-from stabench.diffusion import Diffusion
 from stabench.engine import run_trial
+from stabench.engine.diffusion import Diffusion
 from stabench.engine.precision import Precision
 from stabench.engine.state import param_groups
 from stabench.engine.trial import optimization_step
 from stabench.models import build_model
+from stabench.records.metrics import METRICS
+from stabench.workloads.data import load_images
 from tests.helpers import tiny_config
 
-STABILITY_KEYS = [
-    "clip_frac",
-    "grad_norm_cv",
-    "grad_spike_rate",
-    "probe_loss_osc",
-    "decoder_norm_max",
-    "decoder_norm_growth",
-    "decoder_norm_osc",
-    "skip_norm_growth",
-    "probe_grad_cv",
-    "probe_grad_osc",
-    "probe_grad_spike_frac",
-    "instability",
-]
+# every metric the telemetry writes for every trial (the registry says which: stabench/records/metrics.py)
+STABILITY_KEYS = [m.name for m in METRICS.values() if m.produced_by == "telemetry"]
 
 
 def test_same_seed_bit_identical_other_seed_different():

@@ -5,10 +5,10 @@ import math
 import polars as pl
 import pytest
 
+from stabench.engine.telemetry import INSTABILITY_PARTS
 from stabench.leaderboard import Row, build_leaderboard, numeric_table, pareto_front, write_leaderboard
-from stabench.metrics import METRICS, Metric
-from stabench.stats import Summary
-from stabench.telemetry import INSTABILITY_PARTS
+from stabench.records.metrics import METRICS, Metric
+from stabench.records.stats import Summary
 
 BASE_CONFIG = {"lsc": {"mode": "none", "kappa": 0.5}, "optim": {"lr": 0.001}}
 

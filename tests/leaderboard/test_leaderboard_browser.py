@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from stabench.leaderboard import write_leaderboard
-from tests.test_leaderboard import rec
+from tests.leaderboard.test_leaderboard import rec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # CI installs Chromium (.ci/run): there a missing browser is a failure, not a skip.

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 from stabench.cli import main
 from stabench.engine import run_trial
-from stabench.metrics import METRICS, NUMERIC_METRICS, TEXT_METRICS, markdown_table
+from stabench.records.metrics import METRICS, NUMERIC_METRICS, TEXT_METRICS, markdown_table
 from stabench.scoring import get_extractor
 from tests.helpers import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STORE = ROOT / "results" / "validation" / "exploratory" / "store"
 
 
@@ -59,7 +59,7 @@ def test_the_docs_table_is_the_registry():
     text = (ROOT / "docs" / "metrics.md").read_text()
     table = re.search(r"<!-- metric-table:start -->\n(.*?)<!-- metric-table:end -->", text, re.S)
     assert table is not None
-    assert table.group(1) == markdown_table(), "regenerate with stabench.metrics.markdown_table()"
+    assert table.group(1) == markdown_table(), "regenerate with stabench.records.metrics.markdown_table()"
 
 
 def test_text_metrics_are_not_rankable():

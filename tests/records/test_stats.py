@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from stabench import stats
+from stabench.records import stats
 
 
 def test_t_interval_is_mean_plus_minus_t_times_standard_error():

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from stabench.errors import UserError
-from stabench.record import write_record
-from stabench.store import Store, acquire_flock, curves_table, scalars_table
+from stabench.records.record import write_record
+from stabench.records.store import Store, acquire_flock, curves_table, scalars_table
 
 
 def fake_record(run_id, size=10):

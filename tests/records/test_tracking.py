@@ -3,11 +3,11 @@
 import pytest
 
 from stabench.engine import run_trial
-from stabench.space import load_space
-from stabench.store import Store
-from stabench.sweep.backend import SweepSettings
+from stabench.records.store import Store
+from stabench.records.tracking import TrackingSettings
+from stabench.sweep import SweepSettings
 from stabench.sweep.optuna import run_optuna_sweep
-from stabench.tracking import TrackingSettings
+from stabench.sweep.space import load_space
 from tests.helpers import space_file, tiny_config
 from tests.wandb_reader import read_offline_run
 
@@ -125,7 +125,7 @@ def test_online_init_failure_falls_back_to_offline_once(tmp_path, monkeypatch):
 
 
 def test_run_id_is_one_per_sweep_config_and_seed():
-    from stabench.tracking import wandb_run_id
+    from stabench.records.tracking import wandb_run_id
 
     rec = {"config_hash": "abc", "seed": 0, "run_id": "r1", "tags": {"sweep": "s"}}
     assert wandb_run_id(rec) == wandb_run_id({**rec, "run_id": "r2"})  # a restarted trial continues its run

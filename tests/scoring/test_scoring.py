@@ -12,10 +12,10 @@ import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
 from torch.utils.data import Dataset
 
-from stabench import extractor as digits_cnn
 from stabench import scoring
-from stabench.data import load_digits_images
 from stabench.errors import UserError
+from stabench.scoring import digits_cnn
+from stabench.workloads.data import load_digits_images
 
 N = 359  # the size of the digits test split
 FEW = 10  # KID subsets where only caching is under test (torch-fidelity's default, 100, is the slow part)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from stabench.config import config_hash
-from stabench.space import SearchSpace, trial_config
-from stabench.store import Store
+from stabench.records.store import Store
+from stabench.sweep.space import SearchSpace, trial_config
 from stabench.sweep.workers import proc_stat
 
 ROWS: list[dict] = []

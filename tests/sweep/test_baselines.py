@@ -2,9 +2,9 @@
 
 import pytest
 
-from stabench.baselines import baseline_names, baselines_dir, load_baseline, references
 from stabench.config import choices, config_hash, config_to_dict
 from stabench.errors import UserError
+from stabench.sweep.baselines import baseline_names, baselines_dir, load_baseline, references
 
 
 def write_reference(directory, name, text="lsc: {mode: constant, kappa: 0.7}\n"):

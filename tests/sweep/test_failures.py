@@ -7,10 +7,10 @@ import math
 import optuna
 import pytest
 
-from stabench.space import load_space
-from stabench.store import Store
-from stabench.sweep.backend import SweepSettings
+from stabench.records.store import Store
+from stabench.sweep import SweepSettings
 from stabench.sweep.optuna import run_optuna_sweep
+from stabench.sweep.space import load_space
 from tests.helpers import space_file
 from tests.sweep.faults import OOM_LR, simulate_oom
 

@@ -20,8 +20,8 @@ import time
 import optuna
 import pytest
 
-from stabench.space import load_space
-from stabench.store import Store
+from stabench.records.store import Store
+from stabench.sweep.space import load_space
 from tests.helpers import space_file
 from tests.sweep import faults
 from tests.sweep.faults import audit, cmdline, kill_group, stabench, wait_for_records, wait_for_training

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from stabench.cli import main
 from stabench.config import config_hash
 from stabench.errors import UserError
-from stabench.record import Tags
-from stabench.space import load_space, trial_config
-from stabench.store import Store
+from stabench.records.record import Tags
+from stabench.records.store import Store
 from stabench.sweep.core import ConfigRun, Placement
 from stabench.sweep.optuna import default_workers, worker_gpus
+from stabench.sweep.space import load_space, trial_config
 from tests.helpers import space_file, stop_ray, tiny_config
 
 

@@ -3,9 +3,9 @@ retry continues that seed from its last checkpoint step and finishes bit for bit
 
 import os
 
-from stabench.space import load_space
-from stabench.store import Store
-from stabench.sweep.backend import SweepSettings
+from stabench.records.store import Store
+from stabench.sweep import SweepSettings
+from stabench.sweep.space import load_space
 from tests.helpers import space_file
 from tests.sweep.faults import KILL_AT_STEP, KILL_LR
 
@@ -45,7 +45,7 @@ def train_until_killed(store_root: str, space_path: str, marker: str) -> None:
     """A worker process that dies at step KILL_AT_STEP of its seed, as an OOM-killed Optuna worker would."""
     import torch
 
-    from stabench.record import Tags
+    from stabench.records.record import Tags
     from stabench.sweep.core import ConfigRun, Placement
     from tests.sweep.faults import kill_once_mid_seed
 
@@ -59,7 +59,7 @@ def train_until_killed(store_root: str, space_path: str, marker: str) -> None:
 def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path):
     import multiprocessing as mp
 
-    from stabench.record import Tags
+    from stabench.records.record import Tags
     from stabench.sweep.core import ConfigRun, Placement
 
     path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [KILL_LR]}},

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from stabench.errors import ConfigError
-from stabench.space import load_space, suggest, trial_config
+from stabench.sweep.space import load_space, suggest, trial_config
 
 BASE = {"workload": {"preset": "tiny"}, "optim": {"steps": 20}}
 
@@ -103,7 +103,7 @@ def test_malformed_spaces_are_rejected_naming_the_key(tmp_path, body, key):
     assert key in str(e.value), str(e.value)
 
 
-SHIPPED = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
+SHIPPED = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])

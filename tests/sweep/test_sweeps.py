@@ -13,11 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from stabench.cli import main
-from stabench.space import load_space
-from stabench.store import Store
-from stabench.sweep import confirm
-from stabench.sweep.backend import SweepSettings
+from stabench.records.store import Store
+from stabench.sweep import SweepSettings, confirm
 from stabench.sweep.optuna import run_optuna_sweep
+from stabench.sweep.space import load_space
 from tests.helpers import space_file, stop_ray
 
 
@@ -55,7 +54,7 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     for t in study.trials:
         run_ids = {r["run_id"] for r in records if r["tags"]["trial_number"] == t.number}
         assert set(t.user_attrs["run_ids"]) == run_ids
-    from stabench.plots import write_importance
+    from stabench.leaderboard.plots import write_importance
 
     assert write_importance(study, tmp_path).endswith("importance.png")  # knob importance for the leaderboard
     # re-running the same sweep continues the study: nothing new to do, nothing recorded twice
@@ -272,8 +271,8 @@ def test_unreachable_ray_address_is_a_user_error(tmp_path):
 
 
 def test_named_points_are_whole_points_of_the_space():
-    from stabench.baselines import reference_configs
     from stabench.sweep import named_points
+    from stabench.sweep.baselines import reference_configs
 
     space = load_space(Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml")
     points = named_points(space, reference_configs())

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from stabench.cli import main
-from stabench.stats import PairedDelta
+from stabench.records.stats import PairedDelta
 from stabench.validate import CHECKS, Verdict
 from stabench.validate.checks import ARMS, NEGATIVE_CONTROLS, arm, arm_config, jobs
 from stabench.validate.readout import Result, readout, verdict
@@ -75,7 +75,8 @@ def test_the_design_runs_the_negative_controls_arm_on_twice_the_seeds():
     for job in jobs(4, fast=True):
         by_arm.setdefault((job.sweep, job.name), []).append(job.config.seed)
     assert len(by_arm[("validation-collapse", "none")]) == 8
-    assert len(by_arm[("validation-collapse", "clip-1")]) == 4
+    assert len(by_arm[("validation-collapse", "warmup-20")]) == 4
+    assert len(by_arm[("validation-clip", "clip-1")]) == 4
 
 
 def test_the_arms_differ_from_their_control_only_in_their_knob():
@@ -102,6 +103,11 @@ def test_readouts():
 
 def result(check, pairs, discordant=None, mean=-1.0):
     return Result(check, pairs, 0, 0.01, PairedDelta(mean, -2, -0.5, 0.01, len(pairs)), discordant, None)
+
+
+def test_positive_controls_stand_outside_the_holm_family():
+    assert [c.in_family for c in CHECKS if c.kind == "positive control"] == [False, False]
+    assert all(c.in_family for c in CHECKS if c.kind != "positive control")
 
 
 def test_verdicts_follow_the_holm_adjusted_exact_p():

@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from stabench.config import WorkloadConfig
-from stabench.data import BatchStream, digits_arrays, load_images
 from stabench.errors import DataError
+from stabench.workloads.data import BatchStream, digits_arrays, load_images
 
 
 def test_digits_train_test_split_is_fixed_and_disjoint():

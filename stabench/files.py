@@ -1,0 +1,63 @@
+"""Files written atomically: a reader sees the old file or the whole new one, even if the writer is killed.
+
+Every layer writes through these (records, checkpoints, score caches, leaderboards, the validation table).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import storage_fault
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write through `write(file)` to a temp file in the same directory, fsync, rename over `path`, fsync
+    the directory: readers see the old file or the whole new one, even if this process is killed. The file gets
+    the mode of any new file (0666 less the umask: 0644 under umask 022, 0664 under 002), not mkstemp's 0600.
+    A write the filesystem refuses (full, read-only, permission, stale NFS handle) raises a `StorageFault` naming
+    `path`, with nothing left behind and the previous file intact."""
+    path, tmp, written = Path(path), None, None
+    umask = os.umask(0o022)  # read it back (os has no getter); restored at once
+    os.umask(umask)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            written = os.path.getsize(tmp)
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, Exception) and (fault := storage_fault(e, path, written)) is not None:
+            raise fault from e
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save` atomically (see `atomic_write`)."""
+    import torch  # here, not at import: the package face and the CLI load no torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))

@@ -1,0 +1,1 @@
+"""Workloads: the datasets a trial trains on and is scored against (`data`: digits, cifar10, folder)."""
