@@ -1,6 +1,7 @@
 """What several test modules share: the one definition of a tiny trial, a sweep space file built from it, and the
 local Ray the in-process Ray tests run on."""
 
+import os
 from pathlib import Path
 
 import yaml
@@ -82,3 +83,13 @@ def stop_ray() -> None:
 
     ray.shutdown()
     _shared_ray["up"] = False
+
+
+class RunsCode:
+    """Unpickled, it runs a shell command: what an attacker plants in a checkpoint."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)

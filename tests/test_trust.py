@@ -23,19 +23,9 @@ from stabench.records.store import Store
 from stabench.sweep.core import OWNER, ConfigRun, Placement, run_config
 from stabench.sweep.space import load_space, trial_config
 from stabench.sweep.workers import this_worker
-from tests.helpers import space_file, tiny_config
+from tests.helpers import RunsCode, space_file, tiny_config
 
 STEPS = ("checkpoint_every=5",)
-
-
-class RunsCode:
-    """Unpickled, it runs a shell command: what an attacker plants in a checkpoint."""
-
-    def __init__(self, command: str):
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command,)
 
 
 @pytest.fixture(scope="module")

@@ -24,20 +24,10 @@ from stabench.sweep.core import OWNER, UntrustedOwner, abandoned_run, claim
 from stabench.sweep.doctor import examine
 from stabench.sweep.study import make_storage
 from stabench.sweep.workers import owner_problem, read_owner, same_machine, this_worker, worker_is_gone
-from tests.helpers import tiny_config
+from tests.helpers import RunsCode, tiny_config
 
 CFG = ("checkpoint_every=5",)
 STEPS = 10
-
-
-class RunsCode:
-    """Unpickled, it runs a shell command: what an attacker plants in a checkpoint."""
-
-    def __init__(self, command: str):
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command,)
 
 
 @pytest.fixture(scope="module")
