@@ -19,10 +19,12 @@ from pathlib import Path
 
 from ..files import atomic_write_bytes, atomic_write_text
 from .build import Leaderboard, Row, build_leaderboard, pareto_front, select_records
+from .plots import Figures, write_importance, write_plots
 from .render import csv_text, numeric_table, parquet_bytes, table, to_html, to_latex, to_markdown
+from .tidy import long_table, summary_table
 
-__all__ = ["Leaderboard", "Row", "build_leaderboard", "numeric_table", "pareto_front", "select_records",
-           "write_leaderboard"]  # fmt: skip
+__all__ = ["Leaderboard", "Row", "build_leaderboard", "long_table", "numeric_table", "pareto_front",
+           "select_records", "summary_table", "write_leaderboard"]  # fmt: skip
 
 
 def write_leaderboard(
@@ -33,25 +35,29 @@ def write_leaderboard(
     plots: bool = True,
     studies: list | None = None,
 ) -> Leaderboard:
-    """Write leaderboard.md/.html (formatted), leaderboard.csv/.parquet (numbers; `seeds` a list in Parquet and
-    "0;1;2" in CSV), leaderboard.tex (booktabs) and PNG plots into `out_dir`."""
+    """Write into `out_dir`: leaderboard.md/.html (formatted), leaderboard.csv/.parquet (one row per config, plain
+    numbers; `seeds` a list in Parquet and "0;1;2" in CSV), leaderboard_long.csv/.parquet (one row per config x
+    seed x metric) and leaderboard_summary.csv/.parquet (one row per config x metric), leaderboard.tex
+    (booktabs + siunitx) and the figures (PNG and SVG; those left out, and why, in `Leaderboard.omitted`)."""
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lb = build_leaderboard(records, metric, baseline)
-    df = table(lb)
-    pngs = []
+    figures = Figures()
     if plots and lb.rows:
-        from .plots import write_plots
-
-        pngs = write_plots(records, lb, out)
-        from .plots import write_importance
-
-        pngs += [p for p in (write_importance(s, out) for s in studies or []) if p]
-    atomic_write_text(out / "leaderboard.md", to_markdown(df, lb, pngs))
-    numbers = numeric_table(lb)
-    atomic_write_text(out / "leaderboard.csv", csv_text(numbers))
-    atomic_write_bytes(out / "leaderboard.parquet", parquet_bytes(numbers))
+        figures = write_plots(records, lb, out)
+        for study in studies or []:
+            png, why = write_importance(study, out)
+            figures.pngs += [png] if png else []
+            figures.omitted += [why] if why else []
+    lb.omitted = figures.omitted
+    df = table(lb)
+    atomic_write_text(out / "leaderboard.md", to_markdown(df, lb, figures.pngs, figures.omitted))
+    tables = {"leaderboard": numeric_table(lb), "leaderboard_long": long_table(lb),
+              "leaderboard_summary": summary_table(lb)}  # fmt: skip
+    for name, numbers in tables.items():
+        atomic_write_text(out / f"{name}.csv", csv_text(numbers))
+        atomic_write_bytes(out / f"{name}.parquet", parquet_bytes(numbers))
     atomic_write_text(out / "leaderboard.tex", to_latex(lb))
-    atomic_write_text(out / "leaderboard.html", to_html(df, lb, pngs))
+    atomic_write_text(out / "leaderboard.html", to_html(df, lb, figures.pngs, figures.omitted))
     return lb

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import polars as pl
 
 from ..config import flatten
 from ..engine.telemetry import INSTABILITY_PARTS
@@ -28,12 +29,30 @@ def pareto_front(points: list[tuple[float, float]], direction: str = "minimize")
     """For (quality, instability) pairs, quality better in `direction` and instability minimised: True where no
     other point is at least as good in both and better in one (a non-finite point is never on the front)."""
     s = stats.sign(direction)
-    pts = [(s * q, u) for q, u in points]
-    flags = []
-    for i, (q, u) in enumerate(pts):
-        dominated = any((q2 <= q and u2 <= u) and (q2 < q or u2 < u) for j, (q2, u2) in enumerate(pts) if j != i)
-        flags.append(math.isfinite(q) and math.isfinite(u) and not dominated)
-    return flags
+    frame = pl.DataFrame({"q": [s * q for q, _ in points], "u": [u for _, u in points]}, schema=_POINTS)
+    return on_front(frame.with_row_index("i")).to_list()
+
+
+_POINTS = {"q": pl.Float64, "u": pl.Float64}
+
+
+def on_front(points: pl.DataFrame) -> pl.Series:
+    """Pareto flags of rows `i`, `q` (quality oriented so that lower is better) and `u` (instability), in row order:
+    a row is on the front when it is finite and no other row is at least as good in both and better in one (nan
+    compares with nothing)."""
+    pts = points.select("i", pl.col("q", "u").fill_nan(None))
+    other = pts.select(pl.col("i").alias("j"), pl.col("q").alias("q2"), pl.col("u").alias("u2"))
+    dominates = (pl.col("q2") <= pl.col("q")) & (pl.col("u2") <= pl.col("u"))
+    dominates &= (pl.col("q2") < pl.col("q")) | (pl.col("u2") < pl.col("u"))
+    dominated = (
+        pts.join(other, how="cross")
+        .filter(pl.col("i") != pl.col("j"))
+        .group_by("i")
+        .agg(dominates.any().alias("dominated"))
+    )
+    flags = pts.join(dominated, on="i", how="left").sort("i")
+    finite = pl.col("q").is_finite().fill_null(False) & pl.col("u").is_finite().fill_null(False)
+    return flags.select((finite & ~pl.col("dominated").fill_null(False)).alias("pareto"))["pareto"]
 
 
 def curve(rec: dict, metric: str) -> list[tuple[int, float | None]]:
@@ -88,6 +107,16 @@ def group_records(records: list[dict]) -> list[ConfigGroup]:
         if all(r["seed"] != rec["seed"] for r in g.records):
             g.records.append(rec)
     return list(groups.values())
+
+
+def short_labels(configs: list[str]) -> tuple[list[str], str | None]:
+    """The config labels without their sweep when they name one sweep only (`cosine@s` -> `cosine`, `s#3` -> `#3`),
+    and that sweep (None: labels kept as they are)."""
+    named = {c.split("@", 1)[1] if "@" in c else c.split("#", 1)[0] for c in configs if "@" in c or "#" in c}
+    if len(named) != 1:
+        return configs, None
+    (sweep,) = named
+    return [c.removesuffix(f"@{sweep}").removeprefix(f"{sweep}#").replace(f"{sweep}#", "#") for c in configs], sweep
 
 
 def knob_diff(config: dict, baseline: dict | None) -> str:
@@ -149,6 +178,8 @@ class Leaderboard:
     eval_steps: list[int] = field(default_factory=list)
     old_readout: int = 0  # records written before the decoder-side readout (schema 1)
     old_floor: bool = False  # the floor comes from the old readout (two halves of the reference)
+    per_seed: pl.DataFrame = field(default_factory=pl.DataFrame)  # `seed_values`: what each row summarises
+    omitted: list[str] = field(default_factory=list)  # figures left out, and why (filled by write_leaderboard)
 
 
 @dataclass(frozen=True)
@@ -227,33 +258,53 @@ def mark_significance(rows: list[Row]) -> list[Row]:
     return [replace(r, significant=marks[r.config_hash]) if r.config_hash in marks else r for r in rows]
 
 
-def _or_inf(x: float | None) -> float:
-    return math.inf if x is None or math.isnan(x) else x
-
-
 def _interval_or_point(q: stats.Summary) -> tuple[float, float]:
     """A quality summary's interval, or its mean as a point where there is no interval (one seed)."""
     return (q.lo, q.hi) if not (math.isnan(q.lo) or math.isnan(q.hi)) else (q.mean, q.mean)
 
 
+_RANKING = {"i": pl.UInt32, "diverged": pl.Boolean, "q": pl.Float64, "q_finite": pl.Float64, "u": pl.Float64,
+            "config": pl.Utf8, "lo": pl.Float64, "hi": pl.Float64}  # fmt: skip
+
+
+def ranking_frame(rows: list[Row], direction: str) -> pl.DataFrame:
+    """One line per row, quality oriented so that lower is better (times stats.sign): `q` its mean, `q_finite` the
+    mean of its finite seeds, `lo`-`hi` its interval (one seed: its point), `u` the instability mean; nan as null."""
+    s = stats.sign(direction)
+    oriented = [sorted((s * lo, s * hi)) for lo, hi in map(_interval_or_point, (r.quality for r in rows))]
+    frame = pl.DataFrame(
+        {
+            "i": range(len(rows)),
+            "diverged": [r.diverged > 0 for r in rows],
+            "q": [s * r.quality.mean for r in rows],
+            "q_finite": [None if r.quality.finite_mean is None else s * r.quality.finite_mean for r in rows],
+            "u": [r.instability.mean for r in rows],
+            "config": [r.config for r in rows],
+            "lo": [lo for lo, _ in oriented],
+            "hi": [hi for _, hi in oriented],
+        },
+        schema=_RANKING,
+    )
+    return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
 def rank_rows(rows: list[Row], direction: str) -> list[Row]:
     """Configs without divergences first, then by mean quality in `direction`, then by the mean of the finite
-    seeds, instability and label; rank = 1 + the configs whose quality interval lies entirely on the better side
-    of this one's (stats.tied_ranks; one seed: its point); the Pareto front."""
-    s = stats.sign(direction)
-    rows = sorted(
-        rows,
-        key=lambda r: (
-            r.diverged > 0,
-            s * r.quality.mean,
-            _or_inf(None if r.quality.finite_mean is None else s * r.quality.finite_mean),
-            _or_inf(r.instability.mean),
-            r.config,
-        ),
+    seeds, instability and label (a missing one last); rank = 1 + the configs whose quality interval lies entirely
+    on the better side of this one's (one seed: its point; the rule of stats.tied_ranks); the Pareto front."""
+    frame = ranking_frame(rows, direction)
+    others = frame.select(pl.col("hi").alias("other_hi"))
+    ranks = (
+        frame.join(others, how="cross")
+        .group_by("i")
+        .agg((1 + (pl.col("other_hi") < pl.col("lo")).sum()).alias("rank"))  # a null bound is better than nothing
     )
-    ranks = stats.tied_ranks([_interval_or_point(r.quality) for r in rows], direction)
-    front = pareto_front([(r.quality.mean, r.instability.mean) for r in rows], direction)
-    return [replace(r, rank=k, pareto=p) for r, k, p in zip(rows, ranks, front)]
+    ranked = (
+        frame.with_columns(pareto=on_front(frame))
+        .join(ranks, on="i")
+        .sort("diverged", "q", "q_finite", "u", "config", nulls_last=True, maintain_order=True)
+    )
+    return [replace(rows[i], rank=k, pareto=p) for i, k, p in ranked.select("i", "rank", "pareto").iter_rows()]
 
 
 def ranking_stability(groups: list[ConfigGroup], metric: str) -> tuple[float | None, str | None]:
@@ -276,6 +327,26 @@ def steps_note(records: list[dict], metric: str) -> str | None:
     if points >= MIN_EVAL_POINTS:
         return None
     return f"steps-to-target needs >= {MIN_EVAL_POINTS} evaluation points; these records have {points}"
+
+
+SEED_SCHEMA = {"config": pl.Utf8, "config_hash": pl.Utf8, "sweep": pl.Utf8, "seed": pl.Int64, "run_id": pl.Utf8,
+               "status": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64}  # fmt: skip
+
+
+def seed_values(groups: list[ConfigGroup], metric: str) -> pl.DataFrame:
+    """Long: one line per config, seed and metric (the leaderboard's metric, then `instability`), with the value
+    the statistics use (a diverged seed: the worst value; an instability not recorded: null)."""
+    measures = [(metric, lambda r: record_value(r, metric))]
+    if metric != "instability":
+        measures.append(("instability", instability_of))
+    lines = [
+        {"config": g.label, "config_hash": g.config_hash, "sweep": tags_of(r).get("sweep"), "seed": r["seed"],
+         "run_id": r["run_id"], "status": str(r["status"]), "metric": name, "value": value_of(r)}
+        for name, value_of in measures
+        for g in groups
+        for r in sorted(g.records, key=lambda r: r["seed"])
+    ]  # fmt: skip
+    return pl.DataFrame(lines, schema=SEED_SCHEMA)
 
 
 def build_leaderboard(records: list[dict], metric: str, baseline: str | None = None) -> Leaderboard:
@@ -308,6 +379,7 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
         eval_steps=sorted({e["step"] for r in finished for e in r.get("evals") or []}),
         old_readout=sum(r.get("schema", 1) < 2 for r in finished),
         old_floor=bool(floors) and min(floors)[0],
+        per_seed=seed_values(groups, metric),
     )
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -10,7 +13,7 @@ import polars.selectors as cs
 
 from ..engine.telemetry import INSTABILITY_PARTS
 from ..records import stats
-from .build import ALPHA, Leaderboard, Row
+from .build import ALPHA, Leaderboard, Row, short_labels
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -114,9 +117,10 @@ def numeric_table(lb: Leaderboard) -> pl.DataFrame:
 
 
 def csv_text(df: pl.DataFrame) -> str:
-    """The numeric table as CSV, which holds no lists: `seeds` is written as "0;1;2" (`str.split(";")` reads
-    it back)."""
-    return df.with_columns(pl.col("seeds").cast(pl.List(pl.Utf8)).list.join(";")).write_csv(float_precision=None)
+    """A numeric table as CSV, which holds no lists: a list such as `seeds` is written as "0;1;2" (`str.split(";")`
+    reads it back)."""
+    lists = [c for c, dtype in df.schema.items() if isinstance(dtype, pl.List)]
+    return df.with_columns(pl.col(lists).cast(pl.List(pl.Utf8)).list.join(";")).write_csv(float_precision=None)
 
 
 _TEX = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$", "{": r"\{",
@@ -128,21 +132,136 @@ def tex(text: str) -> str:
     return "".join(_TEX.get(c, c) for c in text)
 
 
+@dataclass(frozen=True)
+class TexNumber:
+    """One siunitx cell: the mean and the half-width of its interval, rounded alike (or text, in braces)."""
+
+    text: str
+    integers: int = 0  # digits before the decimal marker, for `table-format`
+    decimals: int = 0
+    negative: bool = False
+    uncertainty: int = 0  # digits of the half-width in compact form, 1.27(30): 2; 0 without one
+
+
+def decimals_for(half: float) -> int:
+    """Decimals that show a half-width to its first significant digit, or two when that digit is 1 or 2 (0.3,
+    but 0.14 and 0.25); negative: round to tens, hundreds, ..."""
+    mantissa, exponent = f"{half:.5e}".split("e")  # decimal digits: 0.29999999999999993 is 3.00000e-01
+    leading, exponent = float(mantissa), int(exponent)
+    return (2 if leading < 3 else 1) - 1 - exponent
+
+
+def tex_number(mean: float | None, lo: float | None = None, hi: float | None = None) -> TexNumber:
+    """`mean ± half` with digits set by the interval's width; without an interval (one seed, no spread) the
+    mean to 3 significant digits; -- for none, ∞ for a diverged mean."""
+    if mean is None or math.isnan(mean):
+        return TexNumber("{--}")
+    if math.isinf(mean):
+        return TexNumber("{$\\infty$}" if mean > 0 else "{$-\\infty$}")
+    half = (hi - lo) / 2 if lo is not None and hi is not None and math.isfinite(hi - lo) else 0.0
+    if half > 1e-9 * abs(mean):  # below: identical seeds up to rounding, no spread to show
+        places = decimals_for(half)
+    else:
+        places = 2 - math.floor(math.log10(abs(mean))) if mean else 2
+    shown = round(mean, places) + 0.0  # + 0.0: no "-0"
+    text = f"{shown:.{max(places, 0)}f}"
+    digits = len(text.lstrip("-").split(".")[0])
+    if half <= 1e-9 * abs(mean):
+        return TexNumber(text, digits, max(places, 0), shown < 0)
+    spread = round(half, places)
+    compact = str(round(spread * 10 ** max(places, 0)))
+    return TexNumber(f"{text} \\pm {spread:.{max(places, 0)}f}", digits, max(places, 0), shown < 0, len(compact))
+
+
+def table_format(cells: list[TexNumber]) -> str:
+    """siunitx's `table-format` that holds every number of a column (-1.2(2): sign, digits, decimals, half-width)."""
+    numbers = [c for c in cells if c.integers]
+    if not numbers:
+        return "1.0"
+    sign = "-" if any(c.negative for c in numbers) else ""
+    unc = max(c.uncertainty for c in numbers)
+    shape = f"{sign}{max(c.integers for c in numbers)}.{max(c.decimals for c in numbers)}"
+    return shape + (f"({unc})" if unc else "")
+
+
+def _tex_caption(lb: Leaderboard, sweep: str | None, baseline: str | None, with_delta: bool) -> str:
+    """What the table shows: metric and direction, the sweep, the baseline, the intervals and the digits."""
+    better = "lower" if lb.direction == "minimize" else "higher"
+    where = f" of the configs of sweep \\texttt{{{tex(sweep)}}}" if sweep else ""
+    against = f", against the baseline \\texttt{{{tex(baseline)}}}" if with_delta and baseline else ""
+    delta = r"; $\Delta$ = config $-$ baseline, paired on shared seeds" if with_delta else ""
+    return (
+        f"\\texttt{{{tex(lb.metric)}}} ({better} is better){where}{against}: mean $\\pm$ half-width of the 95\\,\\% "
+        f"Student-$t$ interval over seeds, rounded to the interval's leading digit(s){delta}."
+    )
+
+
+def _tex_legend(lb: Leaderboard, cells: list[list[TexNumber]], marks: bool) -> str:
+    """The markers the table uses, explained."""
+    texts = {c.text for row in cells for c in row}
+    items = []
+    if marks:
+        items.append(f"$^*$ significant at {ALPHA:g} after Holm's correction over every config (paired $t$-test)")
+    if "{--}" in texts:
+        items.append("-- none (the baseline's own row, or no interval)")
+    if texts & {"{$\\infty$}", "{$-\\infty$}"}:
+        items.append("$\\infty$ a diverged seed, counted as the worst value")
+    if any(r.small_n for r in lb.rows):
+        items.append(f"$n < {stats.SMALL_N}$: wide intervals, fragile ranks")
+    return "; ".join(items) + "." if items else ""
+
+
 def to_latex(lb: Leaderboard) -> str:
-    """A booktabs table for a paper: config, n, the metric's mean and 95% t-CI, the paired delta vs the baseline
-    and its CI ($^*$ = significant after Holm), and instability."""
-    head = ["config", "$n$", tex(lb.metric), r"95\% CI", r"$\Delta$ vs baseline", r"$\Delta$ 95\% CI", "instability"]
-    lines = ["% generated by stabench leaderboard; needs \\usepackage{booktabs}", r"\begin{tabular}{lrlllll}",
-             r"\toprule", " & ".join(head) + r" \\", r"\midrule"]  # fmt: skip
+    """A booktabs table for a paper, in a `table` float with a caption and a legend: config (short labels; the
+    sweep in the caption), n, the metric's mean ± 95% t-interval, the paired delta vs the baseline ($^*$ =
+    significant after Holm) and instability, in siunitx S columns aligned on the decimal marker."""
+    with_delta = any(r.delta is not None for r in lb.rows)
+    with_instability = lb.metric != "instability"
+    labels, sweep = short_labels([r.config for r in lb.rows])
+    baseline = lb.baseline.removesuffix(f"@{sweep}") if lb.baseline and sweep else lb.baseline
+    cells = []
     for r in lb.rows:
-        d = r.delta
-        shown = d is not None and d.n > 0
-        mark = "$^*$" if r.significant else ""
-        cells = [tex(r.config), str(r.n), tex(fmt(r.quality.mean)), tex(fmt_ci((r.quality.lo, r.quality.hi))),
-                 tex(fmt(d.mean)) + mark if shown else "--", tex(fmt_ci((d.lo, d.hi))) if shown else "--",
-                 tex(fmt(r.instability.mean))]  # fmt: skip
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
+        d = r.delta if r.delta is not None and r.delta.n else None
+        row = [tex_number(r.quality.mean, r.quality.lo, r.quality.hi)]
+        if with_delta:
+            row.append(tex_number(d.mean, d.lo, d.hi) if d else TexNumber("{--}"))
+        if with_instability:
+            row.append(tex_number(r.instability.mean, r.instability.lo, r.instability.hi))
+        cells.append(row)
+    formats = [table_format(list(col)) for col in zip(*cells)] if cells else []
+    spec = ["l", "r", f"S[table-format={formats[0]}]"] if formats else ["l", "r", "S"]
+    head = ["config", "$n$", f"{{{tex(lb.metric)}}}"]
+    if with_delta:
+        spec += [f"S[table-format={formats[1]}]", "@{}l"]
+        head += [r"{$\Delta$ vs baseline}", ""]
+    if with_instability:
+        spec.append(f"S[table-format={formats[-1]}]" if formats else "S")
+        head.append("{instability}")
+    marks = any(r.significant for r in lb.rows)
+    lines = [
+        "% generated by stabench leaderboard; needs \\usepackage{booktabs} and \\usepackage{siunitx}",
+        r"\begin{table}",
+        r"\centering",
+        f"\\caption{{{_tex_caption(lb, sweep, baseline, with_delta)}}}",
+        f"\\label{{tab:{re.sub('[^A-Za-z0-9]+', '-', lb.metric + '-' + (lb.baseline or 'none'))}}}",
+        r"\sisetup{uncertainty-mode=separate, table-align-uncertainty=false}",
+        f"\\begin{{tabular}}{{{' '.join(spec)}}}",
+        r"\toprule",
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
+    for r, label_, row in zip(lb.rows, labels, cells):
+        out = [tex(label_), str(r.n), row[0].text]
+        if with_delta:
+            out += [row[1].text, "$^*$" if r.significant else ""]
+        if with_instability:
+            out.append(row[-1].text)
+        lines.append(" & ".join(out) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    legend = _tex_legend(lb, cells, marks)
+    if legend:
+        lines += [r"\par\smallskip", f"{{\\footnotesize {legend}\\par}}"]
+    lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
 
@@ -218,8 +337,9 @@ def header_lines(lb: Leaderboard) -> list[str]:
     return lines
 
 
-def to_markdown(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
-    """leaderboard.md: the notes, the formatted table and the plots."""
+def to_markdown(df: pl.DataFrame, lb: Leaderboard, plots: list[str], omitted: Sequence[str] = ()) -> str:
+    """leaderboard.md: the notes, the formatted table and the figures (PNG shown, SVG linked), and the figures
+    left out with the reason."""
     cols = [c for c in df.columns if c != "config_hash"]
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = [
@@ -232,9 +352,12 @@ def to_markdown(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
     ]
     for row in df.select(cols).iter_rows():
         lines.append("| " + " | ".join(esc(v) for v in row) + " |")
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
-    return "\n".join(lines) + "\n"
+    if plots or omitted:
+        lines += ["", "## Figures", ""]
+    for p in map(Path, plots):
+        lines += [f"![{p.stem}]({p.name})", "", f"[{p.stem} (SVG)]({p.with_suffix('.svg').name})", ""]
+    lines += [f"- {why}" for why in omitted]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 # Sorting in the page itself (no network, no library): a click on a header sorts by that column, a second click
@@ -270,26 +393,65 @@ if (m) {
 """
 
 
-def to_html(df: pl.DataFrame, lb: Leaderboard, plots: list[str]) -> str:
+def inline_html(text: str) -> str:
+    """One line of the notes as HTML: escaped, with Markdown's `code` spans as <code> (never a literal backtick)."""
+    import html
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False)).replace("`", "")
+
+
+# The table scrolls inside its own box (both ways, so the header can stick to its top) and never widens the page:
+# every column is reachable at any window width. The config column sticks to the left while scrolling.
+PAGE_STYLE = """
+body{font-family:sans-serif;margin:0 1em}
+.table-scroll{overflow:auto;max-width:100%;max-height:85vh;border:1px solid #ccc}
+table{border-collapse:separate;border-spacing:0}
+td,th{border-right:1px solid #ddd;border-bottom:1px solid #ddd;padding:3px 6px;white-space:nowrap;background:#fff}
+td.wrap{white-space:normal;min-width:18em}
+thead th{position:sticky;top:0;z-index:1;cursor:pointer;background:#f4f4f4}
+tr>:first-child{position:sticky;left:0;z-index:1;font-weight:bold}
+thead th:first-child{z-index:2}
+code{background:#f4f4f4;padding:0 2px}
+img{max-width:100%}
+"""
+
+WRAPPED = ("knobs vs baseline",)  # free-text columns that may wrap
+
+
+def _html_table(df: pl.DataFrame) -> str:
+    """The table, config first (the column that sticks), every cell escaped."""
+    import html
+
+    df = df.select("config", pl.exclude("config"))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    wrap = [c in WRAPPED for c in df.columns]
+    body = "".join(
+        "<tr>" + "".join(f"<td{' class=wrap' if w else ''}>{html.escape(v)}</td>" for v, w in zip(row, wrap)) + "</tr>"
+        for row in df.iter_rows()
+    )
+    table = f"<table id='leaderboard'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='table-scroll'>{table}</div>"
+
+
+def to_html(df: pl.DataFrame, lb: Leaderboard, plots: list[str], omitted: Sequence[str] = ()) -> str:
     """leaderboard.html: the same notes, table and plots as one self-contained page (plots embedded as data URIs,
-    columns sortable by a click or by `#sort=<column>` in the URL)."""
+    columns sortable by a click or by `#sort=<column>` in the URL, the table scrolling in its own box)."""
     import base64
     import html
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in df.iter_rows())
     imgs = "".join(
         f'<p><img src="data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}" '
         f'alt="{html.escape(Path(p).stem)}"></p>'
         for p in plots
     )
-    notes = "".join(f"<p>{html.escape(line)}</p>" for line in header_lines(lb))
+    notes = "".join(f"<p>{inline_html(line)}</p>" for line in header_lines(lb))
+    left_out = "".join(f"<p>{inline_html(line)}</p>" for line in omitted)
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>stabench leaderboard</title><style>"
-        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
-        "th{cursor:pointer;background:#f4f4f4}img{max-width:100%}"
-        f"</style></head><body><h1>Leaderboard</h1>{notes}<table id='leaderboard'><thead><tr>{head}</tr></thead>"
-        f"<tbody>{body}</tbody></table>{imgs}<script>{SORT_SCRIPT}</script></body></html>\n"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>stabench leaderboard: {html.escape(lb.metric)}</title><style>{PAGE_STYLE}</style></head><body>"
+        f"<h1>Leaderboard</h1>{notes}{_html_table(df)}{imgs}{left_out}<script>{SORT_SCRIPT}</script></body></html>\n"
     )
 
 

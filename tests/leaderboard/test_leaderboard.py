@@ -1,14 +1,21 @@
 import copy
 import dataclasses
 import math
+import os
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from stabench.engine.telemetry import INSTABILITY_PARTS
 from stabench.leaderboard import Row, build_leaderboard, numeric_table, pareto_front, write_leaderboard
+from stabench.leaderboard.plots import MIN_IMPORTANCE_TRIALS, write_importance
+from stabench.leaderboard.render import tex_number
 from stabench.records.metrics import METRICS, Metric
-from stabench.records.stats import Summary
+from stabench.records.stats import Summary, tied_ranks
 
 BASE_CONFIG = {"lsc": {"mode": "none", "kappa": 0.5}, "optim": {"lr": 0.001}}
 
@@ -276,21 +283,20 @@ def test_one_config_one_seed_renders_without_ci(tmp_path):
 
 
 def test_regeneration_is_byte_identical_including_plots(tmp_path):
-    records = [rec("base", s, 10.0 + s, baseline="ddpm", floor=0.5) for s in range(3)]
-    records += [rec("good", s, 5.0 + s, mode="constant") for s in range(3)]
+    def evals(final):
+        return [{"step": st, "fid_digits": {"raw": final * f}} for st, f in ((1, 3.0), (2, 1.0))]
+
+    records = [rec("base", s, 10.0 + s, baseline="ddpm", floor=0.5, evals=evals(10.0 + s)) for s in range(3)]
+    records += [rec("good", s, 5.0 + s, mode="constant", evals=evals(5.0 + s)) for s in range(3)]
     write_leaderboard(records, tmp_path / "a", "fid_digits", baseline="ddpm")
     write_leaderboard(list(reversed(records)), tmp_path / "b", "fid_digits", baseline="ddpm")
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == [
-        "curves.png",
-        "feature_norms.png",
-        "leaderboard.csv",
-        "leaderboard.html",
-        "leaderboard.md",
-        "leaderboard.parquet",
-        "leaderboard.tex",
-        "pareto.png",
-    ]
+        "curves.png", "curves.svg", "feature_norms.png", "feature_norms.svg", "leaderboard.csv", "leaderboard.html",
+        "leaderboard.md", "leaderboard.parquet", "leaderboard.tex", "leaderboard_long.csv",
+        "leaderboard_long.parquet", "leaderboard_summary.csv", "leaderboard_summary.parquet",
+        "metric_over_training.png", "metric_over_training.svg", "pareto.png", "pareto.svg",
+    ]  # fmt: skip
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert (
@@ -341,16 +347,105 @@ def test_leaderboards_of_two_metrics_concatenate():
     ]
 
 
-def test_latex_table_is_booktabs(tmp_path):
-    records = [rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)]
-    records += [rec("good_1", s, 5.0 + s, mode="constant") for s in range(3)]
+PDFLATEX = shutil.which("pdflatex")
+
+
+def test_latex_table_aligns_decimals_and_explains_itself(tmp_path):
+    records = [rec("base", s, 10.0 + 0.3 * s, baseline="ddpm") for s in range(3)]
+    records += [rec("good", s, 5.0 + 0.01 * s - 0.02 * (s == 1), mode="constant") for s in range(3)]
+    for r in records[3:]:
+        r["tags"] = {"sweep": "lsc", "baseline_point": "good_1"}  # labelled good_1@lsc
     write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm", plots=False)
-    lines = (tmp_path / "leaderboard.tex").read_text().splitlines()
-    body = lines[lines.index("\\midrule") + 1 : lines.index("\\bottomrule")]
-    assert lines[1].startswith("\\begin{tabular}{")
-    assert lines[2] == "\\toprule"
-    assert lines[-1] == "\\end{tabular}"
-    assert len(body) == 2  # one row per config
-    assert all(row.count(" & ") == lines[3].count(" & ") for row in body)  # every row fills every column
-    assert all(row.endswith(" \\\\") for row in [lines[3], *body])
-    assert "fid\\_digits" in lines[3]  # LaTeX specials escaped
+    text = (tmp_path / "leaderboard.tex").read_text()
+    assert "\\begin{tabular}{l r S[table-format=2.2(1)] S[table-format=-1.1(1)] @{}l S[table-format=1.3]}" in text
+    assert "good\\_1 & 3 & 5.00 \\pm 0.04 & -5.3 \\pm 0.7 & $^*$ & 0.100 \\\\" in text  # digits follow each interval
+    assert "ddpm & 3 & 10.3 \\pm 0.7 & {--} &  & 0.100 \\\\" in text
+    assert "@lsc" not in text.split("\\begin{tabular}")[1]  # short labels in the rows
+    assert "\\caption{\\texttt{fid\\_digits} (lower is better) of the configs of sweep \\texttt{lsc}" in text
+    assert "against the baseline \\texttt{ddpm}" in text
+    assert "$^*$ significant at 0.05 after Holm's correction" in text  # the legend
+    if PDFLATEX is None and not os.environ.get("CI"):
+        pytest.skip("no pdflatex installed (CI installs Debian's texlive packages: .ci/run)")
+    assert PDFLATEX, "pdflatex is not installed (apt-get install texlive-latex-recommended texlive-science)"
+    (tmp_path / "paper.tex").write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\usepackage{siunitx}"
+        "\\begin{document}\\input{leaderboard.tex}\\end{document}\n"
+    )
+    run = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert (tmp_path / "paper.pdf").stat().st_size > 0
+    assert "Overfull" not in (tmp_path / "paper.log").read_text()
+
+
+def test_digits_follow_the_interval_width():
+    assert tex_number(1.2660657, 0.9675, 1.5646).text == "1.27 \\pm 0.30"  # half-width 0.299: two digits
+    assert tex_number(0.7, 0.4, 1.0).text == "0.7 \\pm 0.3"  # 0.3: one digit
+    assert tex_number(1234.5, 1199.5, 1269.5).text == "1230 \\pm 40"
+    assert tex_number(-0.004, -0.0051, -0.0029).text == "-0.0040 \\pm 0.0011"
+    assert tex_number(3.14159).text == "3.14"  # no interval: three significant digits
+    assert tex_number(math.inf).text == "{$\\infty$}"
+
+
+def test_long_tables_of_two_leaderboards_concatenate(tmp_path):
+    records = [rec("base", s, 10.0 + s, baseline="ddpm", kid_digits=0.1 * s) for s in range(3)]
+    records += [rec("good", s, 5.0 + s, mode="constant", kid_digits=0.2) for s in range(3)]
+    write_leaderboard(records, tmp_path / "fid", "fid_digits", baseline="ddpm", plots=False)
+    write_leaderboard(records, tmp_path / "kid", "kid_digits", baseline=None, plots=False)
+    both = pl.concat([pl.read_parquet(tmp_path / m / "leaderboard_long.parquet") for m in ("fid", "kid")])
+    assert {"metric", "direction", "baseline", "config", "sweep", "seed", "value"} <= set(both.columns)
+    assert both.height == 2 * 2 * 3 * 2  # leaderboards x metrics (ranked and instability) x seeds x configs
+    means = (
+        both.filter(pl.col("metric") == pl.col("ranked_by")).group_by("metric", "config").agg(pl.col("value").mean())
+    )
+    assert means.sort("metric", "config").rows() == [
+        ("fid_digits", "ddpm", 11.0), ("fid_digits", "s#0", 6.0),
+        ("kid_digits", "ddpm", pytest.approx(0.1)), ("kid_digits", "s#0", pytest.approx(0.2)),
+    ]  # fmt: skip
+    summaries = pl.concat([pl.read_parquet(tmp_path / m / "leaderboard_summary.parquet") for m in ("fid", "kid")])
+    fid_good = summaries.filter((pl.col("metric") == "fid_digits") & (pl.col("config") == "s#0"))
+    assert fid_good["delta"].to_list() == [pytest.approx(-5.0)]
+    assert fid_good["seeds"].to_list() == [[0, 1, 2]]
+    assert summaries.filter(pl.col("baseline").is_null())["delta"].null_count() == 4  # no baseline: no delta
+    assert pl.read_csv(tmp_path / "fid" / "leaderboard_summary.csv")["seeds"].to_list()[0] == "0;1;2"
+
+
+def test_polars_ranking_follows_the_rule_of_tied_ranks():
+    records = [rec(h, s, v + 0.4 * s, mode=m) for h, v, m in (("a", 1.0, "none"), ("b", 1.5, "constant"),
+               ("c", 3.0, "linear"), ("d", 9.0, "learnable")) for s in range(3)]  # fmt: skip
+    lb = build_leaderboard(records, "fid_digits")
+    expected = tied_ranks([(r.quality.lo, r.quality.hi) for r in lb.rows])
+    assert [r.rank for r in lb.rows] == expected
+    assert [r.config_hash for r in lb.rows] == ["a", "b", "c", "d"]
+
+
+def _study(n_trials: int):
+    import optuna
+
+    def objective(trial):
+        x, y = trial.suggest_float("optim.lr", 0.0, 1.0), trial.suggest_float("ema.decay", 0.0, 1.0)
+        trial.suggest_categorical("lsc.mode", ["none"])  # never varied
+        return (x - 0.3) ** 2 + 0.01 * y
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="lsc", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+def test_knob_importance_names_its_evaluator_and_needs_enough_trials(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png, why = write_importance(_study(MIN_IMPORTANCE_TRIALS), tmp_path)
+    assert why is None
+    assert not [w for w in caught if "optuna" in str(w.filename) or "Importance" in str(w.message)]
+    svg = (tmp_path / "importance-lsc.svg").read_text()
+    assert "PedAnovaImportanceEvaluator" in svg
+    assert "never varied, left out: lsc.mode" in svg
+    assert Path(png).name == "importance-lsc.png"
+    png, why = write_importance(_study(3), tmp_path / "few")
+    assert png is None
+    assert why == (
+        "knob importance of study `lsc`: omitted (3 completed trials; PED-ANOVA (optuna.importance."
+        "PedAnovaImportanceEvaluator, top 10% of trials vs all) needs >= 20)."
+    )

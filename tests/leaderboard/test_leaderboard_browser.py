@@ -1,6 +1,7 @@
 """The HTML leaderboard in a real browser: Debian's Chromium, headless, opens the self-contained page, runs its
 sorting script and renders the table and the embedded plots."""
 
+import json
 import os
 import re
 import shutil
@@ -88,3 +89,42 @@ def test_a_screenshot_shows_the_table(page, tmp_path):
     assert pixels.shape == (900, 1400)
     assert (pixels < 100).mean() > 0.002  # dark pixels: text and borders
     assert len(np.unique(pixels[:450])) > 20  # rendered text (anti-aliased), not a blank or single-colour page
+
+
+# Run inside the page at 800 px: scroll each header cell into view and ask the browser what is drawn at its centre
+# (a cell hidden under the sticky column or outside the window is not reachable); the visible text's backticks.
+PROBE = """<script>
+const box = document.querySelector('.table-scroll');
+const cells = Array.from(document.querySelectorAll('#leaderboard thead th'));
+const reachable = cells.map(th => {
+  th.scrollIntoView({inline: 'end', block: 'nearest'});
+  const r = th.getBoundingClientRect();
+  const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return r.left >= 0 && r.right <= window.innerWidth && hit !== null && th.contains(hit);
+});
+const result = {width: window.innerWidth, page: document.documentElement.scrollWidth, box: box.clientWidth,
+  table: box.scrollWidth, overflow: getComputedStyle(box).overflowX,
+  backticks: document.body.innerText.split('`').length - 1,
+  columns: cells.length, unreachable: cells.filter((th, i) => !reachable[i]).map(th => th.textContent)};
+document.body.insertAdjacentHTML('beforeend', '<pre id=probe>' + JSON.stringify(result) + '</pre>');
+</script>"""
+
+
+def test_every_column_is_reachable_at_800_px_and_no_markdown_shows(page, tmp_path):
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    shown = headless("--dump-dom", "--window-size=800,900", url=probed.as_uri())
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    result = json.loads(re.search(r"<pre id=\"probe\">(.*?)</pre>", shown.stdout).group(1))
+    assert result["width"] == 800
+    assert result["table"] > result["box"]  # the table is wider than the window: it must scroll
+    assert result["overflow"] in ("auto", "scroll")
+    assert result["page"] <= result["width"]  # the page itself does not widen; the table scrolls in its box
+    assert result["columns"] >= 20
+    assert result["unreachable"] == []
+    assert result["backticks"] == 0
+    assert "<code>fid_digits</code>" in page.read_text()
+
+
+def test_the_page_fits_phones(page):
+    assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in page.read_text()
