@@ -13,6 +13,13 @@ one trial per core (`--workers <cores>`), each in a fresh store and study.
                                     [--steps 10] [--sweep-trials 4 | --no-sweep]
     python benchmarks/throughput.py --profile unet/deep/16/64:bf16 [--steps 5]
     python benchmarks/throughput.py --presets uvit/deep/16/64 --set model.dropout=0   # any config override
+    python benchmarks/throughput.py --presets scalelong-cifar10-d12,scalelong-cifar10-d16 --modes preset \
+                                    --tflops 400 --no-sweep --device cuda
+
+A preset may also be a reference config by name (`scalelong-cifar10-d12`: ScaleLong's U-ViT and CIFAR-10 recipe,
+docs/scalelong.md); mode `preset` runs it with its own engine settings (bf16 + torch.compile), and without the
+CIFAR-10 files it times random images of CIFAR's shape (the arithmetic does not depend on the pixels).
+`--tflops 400` adds what a GPU run needs: steps/s and hours for the whole run at that sustained rate.
 
 `--profile unet/deep/16/64:bf16` prints, instead, where one preset's step spends its time in one mode: the
 profiler's self time per kind of op (convolutions, matmuls, norms, activations and other elementwise ops, dtype
@@ -41,10 +48,13 @@ from stabench.engine import resolve_device
 from stabench.engine.diffusion import Diffusion
 from stabench.engine.state import TrainState
 from stabench.engine.trial import train_step
+from stabench.errors import DataError
+from stabench.sweep.baselines import load_baseline
 from stabench.workloads.data import load_images
 
 PRESETS = "unet/small/8/128,unet/deep/16/64,uvit/small/8/128,uvit/deep/16/64,uvit/deep/16/32/64"
-MODES = {  # name -> (engine.precision, engine.compile)
+MODES = {  # name -> (engine.precision, engine.compile); None: a named preset's own
+    "preset": (None, None),
     "fp32": ("fp32", False),
     "tf32": ("tf32", False),
     "compile": ("fp32", True),
@@ -56,9 +66,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def preset_config(spec: str, mode: str, device: str, overrides: list[str] = ()):
-    """A trial config for 'backbone/preset/resolution/batch[/width]' in an engine mode, with `--set` overrides."""
-    backbone, preset, resolution, batch, *width = spec.split("/")
+    """A trial config for 'backbone/preset/resolution/batch[/width]' or a reference config's name in an engine mode,
+    with `--set` overrides."""
     precision, compile_ = MODES[mode]
+    engine = [] if precision is None else [f"engine.precision={precision}", f"engine.compile={str(compile_).lower()}"]
+    if "/" not in spec:  # a reference config (baselines/NAME.yaml)
+        return load_baseline(spec, [*engine, f"device={device}", *overrides])
+    if precision is None:
+        raise SystemExit("--modes preset: only for a reference config by name (e.g. scalelong-cifar10-d12)")
+    backbone, preset, resolution, batch, *width = spec.split("/")
     return load_config(
         None,
         [
@@ -66,13 +82,30 @@ def preset_config(spec: str, mode: str, device: str, overrides: list[str] = ()):
             f"workload.preset={preset}",
             f"workload.resolution={resolution}",
             f"optim.batch_size={batch}",
-            f"engine.precision={precision}",
-            f"engine.compile={str(compile_).lower()}",
+            *engine,
             f"device={device}",
             *([f"workload.width={width[0]}"] if width else []),
             *overrides,
         ],
     )
+
+
+def training_images(cfg) -> torch.Tensor:
+    """The workload's training images, or random ones of its shape when its files are not here (a GPU node being
+    sized before the data arrive): FLOPs and speed do not depend on the pixels."""
+    try:
+        return load_images(cfg.workload, "train")
+    except DataError:
+        w = cfg.workload
+        print(f"({w.dataset} not under {w.root}: timing 2,048 random images of its shape)")
+        return torch.rand(2048, 3, w.resolution, w.resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def gpu_needs(cfg, flops: int, tflops: float) -> str:
+    """What a run of this config needs at a sustained `tflops`: steps/s and hours for its steps."""
+    rate = tflops * 1e12 / flops
+    hours = cfg.optim.steps / rate / 3600
+    return f"at {tflops:g} TFLOP/s: {rate:.1f} steps/s, {hours:.1f} h for {cfg.optim.steps:,} steps"
 
 
 def sync(device: torch.device) -> None:
@@ -187,22 +220,32 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: i
 
 
 def preset_table(
-    presets: list[str], modes: list[str], device: torch.device, steps: int, warmup: int, overrides: list[str]
+    presets: list[str],
+    modes: list[str],
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    overrides: list[str],
+    tflops: float | None = None,
 ) -> None:
     peaks: dict[str, float] = {}
     print(f"\n{'preset':<22} {'mode':<13} {'GFLOP/step':>10} {'steps/s':>8} {'x fp32':>7} {'GFLOP/s':>8} {'util':>6}")
     for spec in presets:
         base_cfg = preset_config(spec, "fp32", str(device), overrides)
-        images = load_images(base_cfg.workload, "train")
+        images = training_images(base_cfg)
         flops = step_flops(base_cfg, images, device)
+        print(
+            f"{spec:<22} {flops / 1e9:.2f} GFLOP/step" + (f"; {gpu_needs(base_cfg, flops, tflops)}" if tflops else "")
+        )
         reference = None
         for mode in modes:
-            precision = MODES[mode][0]
+            if MODES[mode][0] is None and "/" in spec:
+                continue
+            cfg = preset_config(spec, mode, str(device), overrides)
+            precision = cfg.engine.precision
             if precision not in peaks:
                 peaks[precision] = matmul_peak(PEAK_DTYPES[precision], device)
-            rate, info = steps_per_second(
-                preset_config(spec, mode, str(device), overrides), images, device, steps, warmup
-            )
+            rate, info = steps_per_second(cfg, images, device, steps, warmup)
             reference = reference or rate
             note = f"  (fell back to eager: {info['fallback']})" if info["fallback"] else ""
             print(
@@ -237,6 +280,7 @@ def main() -> None:
     ap.add_argument("--sweep-trials", type=int, default=4, help="trials per end-to-end sweep")
     ap.add_argument("--no-sweep", action="store_true", help="skip the end-to-end trials/hour comparison")
     ap.add_argument("--profile", metavar="PRESET:MODE", help="only the time per kind of op of one preset and mode")
+    ap.add_argument("--tflops", type=float, default=None, help="print steps/s and run hours at this TFLOP/s")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every preset, e.g. --set model.dropout=0 (repeatable)")  # fmt: skip
     args = ap.parse_args()
@@ -255,7 +299,7 @@ def main() -> None:
         print_profile(args.profile, device, args.steps, args.warmup, args.overrides)
         return
     if args.presets:  # --presets "" measures only the end-to-end sweep
-        preset_table(args.presets.split(","), modes, device, args.steps, args.warmup, args.overrides)
+        preset_table(args.presets.split(","), modes, device, args.steps, args.warmup, args.overrides, args.tflops)
 
     if not args.no_sweep:
         cores = os.cpu_count() or 1

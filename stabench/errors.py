@@ -112,3 +112,15 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+class MissingExtra(UserError):
+    """An optional dependency of one path (Ray, PostgreSQL) is not installed; the message names the extra."""
+
+
+def missing_extra(error: ImportError, extra: str, what: str, key: str | None = None) -> MissingExtra:
+    """The error to raise when importing an optional dependency failed with `error`: `what` needs the `extra` of
+    pyproject.toml (`[project.optional-dependencies]`), with the failed import's own text after it."""
+    return MissingExtra(
+        f"{what} needs `pip install -e '.[{extra}]'` (or `pip install 'stabench[{extra}]'`); {error}", key=key
+    )

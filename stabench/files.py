@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,8 +22,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     A write the filesystem refuses (full, read-only, permission, stale NFS handle) raises a `StorageFault` naming
     `path`, with nothing left behind and the previous file intact."""
     path, tmp, written = Path(path), None, None
-    umask = os.umask(0o022)  # read it back (os has no getter); restored at once
-    os.umask(umask)
+    umask = current_umask()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -44,6 +44,26 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         if isinstance(e, Exception) and (fault := storage_fault(e, path, written)) is not None:
             raise fault from e
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it: Linux shows it in /proc/self/status (since 4.7). Elsewhere
+    it is set and restored at once (os has no getter), under a lock so no other thread of ours creates a file with
+    the temporary value meanwhile."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)  # the strictest value, should a file of another library's thread be made meanwhile
+        os.umask(umask)
+    return umask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -32,17 +32,17 @@ def _chunks(data: bytes):
 
 
 def read_offline_run(run_dir: Path) -> dict:
-    """{'config': {key: value}, 'history': [{key: value}, ...], 'summary': {key: value}, 'job_type': str,
-    'artifacts': [{'name', 'type', 'digest', 'used' (an input of this run), 'files', 'metadata'}]} of one offline-run-*
-    folder."""
+    """{'config': {key: value}, 'history': [{key: value}, ...], 'summary': {key: value}, 'job_type': str, 'name': str,
+    'tags': [str], 'artifacts': [{'name', 'type', 'digest', 'used' (an input of this run), 'files', 'metadata'}]} of
+    one offline-run-* folder."""
     (path,) = Path(run_dir).glob("run-*.wandb")
-    config, history, summary, artifacts, job_type = {}, [], {}, [], None
+    config, history, summary, artifacts, job_type, name, tags = {}, [], {}, [], None, None, []
     for raw in _chunks(path.read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "run":
-            job_type = rec.run.job_type
+            job_type, name, tags = rec.run.job_type, rec.run.display_name, list(rec.run.tags)
             for item in rec.run.config.update:
                 config[item.key] = json.loads(item.value_json)
         elif kind == "config":
@@ -58,4 +58,5 @@ def read_offline_run(run_dir: Path) -> dict:
             artifacts.append({"name": a.name, "type": a.type, "digest": a.digest, "used": a.use_after_commit,
                               "files": files, "metadata": json.loads(a.metadata or "{}")})  # fmt: skip
     config = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in config.items()}
-    return {"config": config, "history": history, "summary": summary, "artifacts": artifacts, "job_type": job_type}
+    return {"config": config, "history": history, "summary": summary, "artifacts": artifacts, "job_type": job_type,
+            "name": name, "tags": tags}  # fmt: skip

@@ -18,6 +18,7 @@ from .options import (
     CONTEXT,
     Group,
     RegistryChoice,
+    check_sweeps,
     deprecated_alias,
     gpus_option,
     inception_option,
@@ -25,6 +26,8 @@ from .options import (
     open_store,
     ray_options,
     store_option,
+    store_tags,
+    sweep_baseline,
     tracking,
     wandb_options,
     workers_count,
@@ -104,14 +107,18 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
 @store_option()
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep: retry trials left running by a killed "
               "process (optuna) or restore the Ray Tune experiment (ray).")  # fmt: skip
+@click.option("--take-over", multiple=True, metavar="HOST|ALL",
+              help="[optuna] HOST is down: fail its RUNNING trials of this study and retry them here, continuing "
+              "their seeds from their last checkpoints (repeatable; ALL: every host, and untagged trials). "
+              "Without it another machine's trials are never failed on a journal.")  # fmt: skip
 @click.option("--with-baselines", is_flag=True, help="Enqueue the baselines/*.yaml points of this space first.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
               help="Failed trials tolerated before the sweep stops, and dead workers replaced (optuna); "
               "restarts per trial (ray).")  # fmt: skip
 @click.option("--study-storage", default=None, metavar="URL_OR_FILE",
               help="Optuna study storage: a journal file or an RDB URL, e.g. "
-              "postgresql+psycopg2://user:pw@host/db. Default: <store>/optuna/<study>.journal (optuna); "
-              "in memory, saved with the Ray experiment (ray).")  # fmt: skip
+              "postgresql+psycopg2://user:pw@host/db. Default: <store>/optuna/<study>.journal (both "
+              "backends).")  # fmt: skip
 @deprecated_alias("--storage", "study_storage")
 @click.option("--workers", default="auto", show_default=True, metavar="K|auto", callback=workers_count,
               help="[optuna] Local worker processes sharing the study; auto: one per GPU, else one per CPU core "
@@ -126,8 +133,8 @@ def train(config, overrides, seed, device, out, checkpoint, checkpoint_every, re
 @deprecated_alias("--storage-path", "ray_dir")
 @inception_option
 @wandb_options
-def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, max_failures, study_storage, workers,
-          gpus, address, cpus_per_trial, gpus_per_trial, ship_code, max_concurrent, ray_dir, inception_weights,
+def sweep(space_file, backend, study, n_trials, store, resume, take_over, with_baselines, max_failures, study_storage,
+          workers, gpus, address, cpus_per_trial, gpus_per_trial, ship_code, max_concurrent, ray_dir, inception_weights,
           **wandb):  # fmt: skip
     """Search the knobs of SPACE.yaml and record every trial in the store.
 
@@ -145,13 +152,18 @@ def sweep(space_file, backend, study, n_trials, store, resume, with_baselines, m
     from ..sweep.baselines import reference_configs
     from ..sweep.space import load_space, trial_config
 
+    if not space_file.is_file():
+        raise UserError(f"{space_file}: search space file not found")
     space, store = load_space(space_file), open_store(store, writable=True)
     if inception_weights:  # still the environment here: in the space's base it would change the study's fingerprint
         os.environ["STABENCH_INCEPTION_WEIGHTS"] = str(Path(inception_weights).absolute())
     points = named_points(space, reference_configs()) if with_baselines else {}
-    check_inputs([trial_config(space, {}, space.seeds[0])], data=not address)  # on a cluster the data is remote
+    from ..sweep.ray_cluster import cluster_address  # --address, else $RAY_ADDRESS (set by `ray job submit`)
+
+    on_cluster = cluster_address(address) if backend == "ray" else address
+    check_inputs([trial_config(space, {}, space.seeds[0])], data=not on_cluster)  # on a cluster the data is remote
     settings = SweepSettings(study or space.name, n_trials or space.budget.trials, resume, max_failures, points,
-                             study_storage, tracking(**wandb, root=store.root))  # fmt: skip
+                             study_storage, tracking(**wandb, root=store.root), frozenset(take_over))  # fmt: skip
     objectives = [o.metric + " " + o.direction for o in space.objectives]
     click.echo(f"sweep '{settings.study}' ({backend}): {len(space.space)} knobs, seeds {space.seeds}, "
                f"objectives {objectives}, store {store.root}")  # fmt: skip
@@ -194,9 +206,8 @@ def confirm(sweep_name, top, n_seeds, metric, store, **wandb):
     from ..sweep import confirm as run_confirm
 
     known_metric(metric)
-    store = open_store(store, writable=True)
-    if not any(True for _ in store.records(sweep=sweep_name)):
-        raise UserError(f"no records of sweep '{sweep_name}' in {store.root}", key="sweep_name")
+    store = open_store(store, writable=True, existing=True)
+    check_sweeps([sweep_name], store_tags(store), store.root, "sweep_name")
     records = run_confirm(store, sweep_name, metric, top, n_seeds, tracking=tracking(**wandb, root=store.root))
     click.echo(f"{len(records)} records for the top {top} configs of '{sweep_name}' "
                f"(run `stabench leaderboard --sweep {sweep_name}`)")  # fmt: skip
@@ -204,8 +215,8 @@ def confirm(sweep_name, top, n_seeds, metric, store, **wandb):
 
 @main.command(context_settings=CONTEXT)
 @click.option("--n-pairs", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Pairs per check instead of the pre-registered design's (collapse 16, ScaleLong 8, quality 8); "
-              "a run with another n is exploratory, not the confirmatory one.")  # fmt: skip
+              help="Pairs per check instead of the pre-registered design's (docs/validation.md: collapse 12, clip 10, "
+              "ScaleLong 10, quality 10); a run with another n is exploratory, not the confirmatory one.")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Trials at once, one per core (default: every core this process may use; more than one runs "
               "them as Ray Tune trials on this machine).")  # fmt: skip
@@ -286,7 +297,9 @@ def baselines(only, seeds, overrides, store, backend, address, cpus_per_trial, g
               help="Only records of these sweeps (repeatable); the baseline's records are always "
               "included.")  # fmt: skip
 @click.option("--baseline", default="ddpm", show_default=True, metavar="NAME",
-              help="Baseline for deltas, steps-to-target and speedup ('' for none).")  # fmt: skip
+              help="Baseline for deltas, steps-to-target and speedup ('' for none). A name the store has no "
+              "`stabench baselines` records of means its point in the one --sweep that ran it (ddpm@SWEEP, from "
+              "`sweep --with-baselines`).")  # fmt: skip
 @click.option("--metric", default="fid_digits", show_default=True, metavar="METRIC",
               help="Ranks the configs, in the metric's own direction: any numeric metric of "
               "docs/metrics.md (fid_digits, kid_digits, fid, kid, best_probe_loss, instability, ...).")  # fmt: skip
@@ -306,7 +319,10 @@ def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
     from ..sweep.study import load_journal_study
 
     known_metric(metric)
-    store = open_store(store)
+    store = open_store(store, existing=True)
+    tags = store_tags(store)
+    check_sweeps(sweeps, tags, store.root, "sweeps")
+    baseline = sweep_baseline(baseline, sweeps, tags)
     records = select_records(store, sweeps, baseline or None, metric)
     out = writable_dir(out or store.root / "leaderboard", "out")
     studies = [s for s in (load_journal_study(name, store.root) for name in sweeps) if s is not None]
@@ -316,7 +332,10 @@ def leaderboard(store, sweeps, baseline, metric, out, no_plots, **wandb):
         from ..records.tracking import log_leaderboard
 
         record_dirs = [store.root / r["run_id"] for r in records]
-        log_leaderboard(tracking(**wandb, root=store.root), out, ",".join(sweeps) or "all", record_dirs)
+        arguments = dict(store=str(store.root), sweeps=list(sweeps), baseline=baseline, out=str(out),
+                         plots=not no_plots, records=len(records), configs=len(lb.rows))  # fmt: skip
+        group = ",".join(sweeps) or "all"
+        log_leaderboard(tracking(**wandb, root=store.root), out, group, record_dirs, metric=metric, arguments=arguments)
 
 
 @main.command(context_settings=CONTEXT)
@@ -352,3 +371,8 @@ def doctor(store, shared, as_json):
         for line in render(report):
             click.echo(line)
     sys.exit(1 if report.problems else 0)
+
+
+from .reproduce import reproduce  # noqa: E402 (a command of its own module, registered here)
+
+main.add_command(reproduce)

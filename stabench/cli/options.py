@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import tempfile
 import warnings
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -124,15 +126,49 @@ def store_option(help: str = "Results store for the trial records (default: runs
     return click.option("--store", type=click.Path(path_type=Path), default=None, metavar="DIR", help=help)
 
 
-def open_store(path: Path | None, writable: bool = False):
-    """The record store at `path` (default: runs/, or $STABENCH_STORE); checked writable for commands that add
-    records."""
+def open_store(path: Path | None, writable: bool = False, existing: bool = False):
+    """The record store at `path` (default: runs/, or $STABENCH_STORE); checked to exist for commands that read
+    records, and writable for commands that add them."""
     from ..records.store import Store
 
     store = Store(path)
+    if existing:
+        store.must_exist()
     if writable:
         writable_dir(store.root if path is None else path, "store")
     return store
+
+
+def store_tags(store) -> list[dict]:
+    """The tags of every readable record of the store."""
+    from ..records.record import tags_of
+
+    return [tags_of(r) for r in store.records()]
+
+
+def check_sweeps(names: Sequence[str], tags: list[dict], store_root: Path, key: str) -> None:
+    """Each of `names` is a sweep with records in the store; else a UserError naming the closest one and listing
+    the sweeps there are."""
+    existing = sorted({t["sweep"] for t in tags if t.get("sweep")})
+    for name in names:
+        if name not in existing:
+            close = difflib.get_close_matches(name, existing, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(
+                f"no records of sweep '{name}' in {store_root}{hint}",
+                key=key,
+                allowed=existing or "none: the store holds no sweep yet",
+            )
+
+
+def sweep_baseline(name: str, sweeps: Sequence[str], tags: list[dict]) -> str:
+    """The baseline a leaderboard compares with: `name` itself when the store holds that reference config (run by
+    `stabench baselines`) or `name` already names a sweep's point; else the point of that name inside the one given
+    sweep that has it, `name@sweep` (what `sweep --with-baselines` runs), so `--sweep S` alone finds `ddpm@S`."""
+    if not name or "@" in name or any(t.get("baseline") == name for t in tags):
+        return name
+    inside = sorted({t["sweep"] for t in tags if t.get("baseline_point") == name and t.get("sweep") in sweeps})
+    return f"{name}@{inside[0]}" if len(inside) == 1 else name
 
 
 def inception_override(path: str | None) -> list[str]:

@@ -17,7 +17,7 @@ from .keys import (
     resolve_key,
     section_fields,
 )
-from .load import build_config, dump_yaml, load_config, read_yaml
+from .load import build_config, distribution_hint, dump_yaml, load_config, read_yaml
 from .schema import (
     CAPPED_KINDS,
     AugmentConfig,
@@ -41,6 +41,6 @@ __all__ = [
     "AugmentConfig", "ConfigError", "DiffusionConfig", "EMAConfig", "EngineConfig", "EvalConfig", "LSCConfig",
     "ModelConfig", "OptimConfig", "StabilityConfig", "TrialConfig", "WeightingConfig", "WorkloadConfig",
     "allowed_values", "apply_overrides", "apply_values", "build_config", "choices", "config_hash", "config_to_dict",
-    "dump_yaml", "ema_half_life", "flatten", "leaf_keys", "load_config", "parse_override", "read_yaml",
-    "resolve_key", "section_fields", "warn_long_ema",
+    "distribution_hint", "dump_yaml", "ema_half_life", "flatten", "leaf_keys", "load_config", "parse_override",
+    "read_yaml", "resolve_key", "section_fields", "warn_long_ema",
 ]  # fmt: skip

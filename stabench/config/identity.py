@@ -12,7 +12,7 @@ NON_RESULT_KEYS = ("seed", "device", "checkpoint_every")
 
 
 # Where a file lives, or whether the same arithmetic is compiled, does not change the result.
-NON_RESULT_LEAVES = (("eval", "inception_weights"), ("engine", "compile"))
+NON_RESULT_LEAVES = (("eval", "inception_weights"), ("engine", "compile"), ("workload", "download"))
 
 
 # Keys added after records exist: hashed only when they differ from the value that reproduces the behaviour from
@@ -22,6 +22,10 @@ HASHED_WHEN_CHANGED = {
     ("eval", "chunk"): 500,
     ("workload", "width"): None,
     ("engine", "precision"): "fp32",
+    **{("workload", leaf): None for leaf in ("depth", "heads", "patch", "mlp_ratio")},
+    ("model", "uvit_variant"): "ours",
+    ("model", "qkv_bias"): True,
+    ("model", "time_mlp"): True,
 }
 
 

@@ -39,6 +39,28 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# The distribution types of other tools (Ray Tune, hyperopt, Optuna's old suggest_* names) in a space file's
+# spelling: a space that says `type: loguniform` gets told what to write instead.
+DISTRIBUTION_SPELLINGS = {
+    "loguniform": "{type: float, log: true}",
+    "log_uniform": "{type: float, log: true}",
+    "uniform": "{type: float}",
+    "quniform": "{type: float, step: Q}",
+    "discrete_uniform": "{type: float, step: Q}",
+    "randint": "{type: int}",
+    "int_uniform": "{type: int}",
+    "lograndint": "{type: int, log: true}",
+    "choice": "{type: categorical, choices: [...]}",
+    "grid_search": "{type: categorical, choices: [...]} with sampler: {name: grid}",
+}
+
+
+def distribution_hint(kind: object) -> str:
+    """How to write the distribution type `kind` of another tool in a space file ('' when it is not one)."""
+    spelling = DISTRIBUTION_SPELLINGS.get(str(kind).strip().lower())
+    return f"; for '{kind}' use {spelling}" if spelling else ""
+
+
 def build_config(data: dict, source: str = "<config>") -> TrialConfig:
     """A validated TrialConfig from a mapping; a ConfigError names `source`, each bad key, its allowed values."""
     try:

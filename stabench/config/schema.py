@@ -24,6 +24,15 @@ class WorkloadConfig(_Section):
     # Depth and the number of long skips (ScaleLong's variables) come from the preset; the width can be narrowed
     # so that a deep preset fits a CPU budget (docs/knobs.md "Backbones and presets").
     width: int | None = Field(None, ge=4, le=4096, description="base width (unet channels, uvit dim); null: preset's")
+    # The U-ViT's size beyond its width (docs/scalelong.md); the UNet has no such axes and ignores them, so that a
+    # U-ViT reference config still loads as its `-unet` twin.
+    depth: int | None = Field(
+        None, ge=2, le=64, description="uvit: transformer blocks, half feed long skips; null: preset's"
+    )
+    heads: int | None = Field(None, ge=1, le=64, description="uvit: attention heads (divide the dim); null: preset's")
+    patch: int | None = Field(None, ge=1, le=16, description="uvit: patch side in pixels; null: preset's")
+    mlp_ratio: float | None = Field(None, gt=0.0, le=16.0, description="uvit: MLP width / dim; null: preset's")
+    download: bool = Field(False, description="cifar10: fetch it with torchvision into root if missing (internet)")
 
 
 class ModelConfig(_Section):
@@ -34,6 +43,12 @@ class ModelConfig(_Section):
     activation: Literal["silu", "gelu", "relu"] = "silu"
     # None resolves to the backbone's standard norm (unet: group, uvit: layer).
     norm: Literal["group", "layer", "none"] | None = None
+    # U-ViT only (docs/scalelong.md). `paper`: Bao et al.'s U-ViT as ScaleLong trains it: the sinusoidal time
+    # embedding is the time token (an MLP only with time_mlp), a 3x3 conv after unpatchify, U-ViT's initialisation.
+    uvit_variant: Literal["ours", "paper"] = "ours"
+    qkv_bias: bool = Field(True, description="uvit: bias in the attention's qkv projection (U-ViT: false)")
+    # None resolves to the variant's: ours has a time MLP, the paper's U-ViT (mlp_time_embed False) has none.
+    time_mlp: bool | None = Field(None, description="uvit: an MLP on the time embedding; null: the variant's")
 
 
 class LSCConfig(_Section):
@@ -186,7 +201,10 @@ class TrialConfig(_Section):
         workload, model = data.get("workload") or {}, data.get("model") or {}
         if isinstance(workload, dict) and isinstance(model, dict) and model.get("norm") is None:
             backbone = workload.get("backbone", "unet")
-            data = {**data, "model": {**model, "norm": "layer" if backbone == "uvit" else "group"}}
+            model = {**model, "norm": "layer" if backbone == "uvit" else "group"}
+            data = {**data, "model": model}
+        if isinstance(model, dict) and model.get("time_mlp") is None:  # the variant's own time embedding
+            data = {**data, "model": {**model, "time_mlp": model.get("uvit_variant", "ours") != "paper"}}
         return data
 
     def on_device(self, device: str | None) -> TrialConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -124,6 +124,9 @@ def generate(
     return torch.cat(out)
 
 
+SHOWN_SAMPLES = 64  # samples per weight set and evaluation point handed on for display (a W&B grid)
+
+
 def evaluate(
     model: nn.Module,
     ema: MultiEMA,
@@ -137,16 +140,23 @@ def evaluate(
     device: torch.device,
     channels: int,
     final: bool = False,
+    say: Callable[[str], object] = lambda phase: None,
+    samples_out: dict | None = None,
 ) -> dict:
     """Probe loss, and FID/KID of `eval.samples` samples, for the raw weights and each EMA beta. At the `final`
     evaluation each weight set is also scored against the training images (`<fid>_train`), which chooses
-    the best weight set without looking at the reported reference."""
+    the best weight set without looking at the reported reference. Each phase is announced through `say` (a
+    progress bar's description); the first SHOWN_SAMPLES of each weight set's samples go into `samples_out`."""
     entry: dict = {"step": step, "probe_loss": {}}
     for name, net in eval_net.weight_sets(model, ema):
         # the probe is an instrument: read in fp32 and eagerly at every precision
         entry["probe_loss"][name] = probe.measure(net.net, diffusion, features=False)["probe_loss"]
         if scorer is not None:
+            say(f"sampling {cfg.eval.samples} images ({name})")
             samples = generate(net, diffusion, cfg.eval.samples, cfg=cfg, device=device, channels=channels)
+            if samples_out is not None:  # a copy of the first few, not a view that would keep them all alive
+                samples_out[name] = samples[:SHOWN_SAMPLES].clone()
+            say(f"scoring {scorer.fid_key} ({name})")
             scores = scorer.score(samples)
             for key in (scorer.fid_key, scorer.kid_key):
                 entry.setdefault(key, {})[name] = scores[key]

@@ -9,6 +9,7 @@ filesystem refuses (full, read-only: `StorageFault`), which is recorded as `fail
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
@@ -80,6 +81,25 @@ def train_step(state: TrainState, diffusion: Diffusion, clip_norm: float | None)
     )
 
 
+PREEMPTION = threading.Event()  # set by a SIGTERM handler (`request_preemption`); every running trial obeys it
+
+
+def request_preemption() -> None:
+    """Ask every running trial of this process to checkpoint after its current step and raise `Preempted`.
+    Safe to call from a signal handler (it only sets a flag)."""
+    PREEMPTION.set()
+
+
+class Preempted(BaseException):
+    """A trial stopped by `request_preemption`: its state is checkpointed in `run_dir` at `step` and it has no
+    record yet, so a retry continues it from there. A BaseException, like KeyboardInterrupt: no `except
+    Exception` on the way records it as failed."""
+
+    def __init__(self, run_dir: Path | None, step: int):
+        super().__init__(f"preempted at step {step}" + (f"; checkpoint in {run_dir}" if run_dir else ""))
+        self.run_dir, self.step = run_dir, step
+
+
 class Trial:
     """One trial, steppable: `run()` trains and yields each evaluation entry; `stop()` between two entries
     ends it as `pruned`. The record is complete (and written, with an `out_dir`) once `run()` is exhausted."""
@@ -113,7 +133,8 @@ class Trial:
             self.record.update(self.resume_state["record_head"])
             self.run_dir = Path(resume_dir)
         self.state: TrainState | None = None  # set once training starts: a failed record keeps its step
-        self._resume_point_only = False  # a checkpoint written only to resume after preemption: removed at the end
+        # a checkpoint written only to resume after preemption: removed once the record is written
+        self._resume_point_only = resume_dir is not None and not (save_checkpoint or cfg.checkpoint_every)
         self._stop_requested = False
         self._evals: Iterator[dict] | None = None
 
@@ -182,6 +203,8 @@ class Trial:
         o, ev = self.cfg.optim, self.cfg.eval
         for step in range(self.state.step + 1, o.steps + 1):
             self._step(step)
+            if PREEMPTION.is_set():
+                self._preempt(step)
             last = step == o.steps
             if step % ev.probe_every == 0 or last:
                 if self._check_divergence():
@@ -287,7 +310,7 @@ class Trial:
 
     def _evaluate(self, step: int) -> dict:
         """The evaluation entry at `step`, kept in the train state and logged to the tracker."""
-        s, started = self.state, time.perf_counter()
+        s, started, samples = self.state, time.perf_counter(), {}
         entry = evaluate(
             s.model,
             s.ema,
@@ -300,11 +323,26 @@ class Trial:
             device=self.device,
             channels=self.channels,
             final=step == self.cfg.optim.steps,
+            say=self._phase,
+            samples_out=samples,
         )
         s.evals.append(entry)
-        self.eval_time += time.perf_counter() - started
-        self.tracker.log_eval(entry)
+        self._resume_bar(time.perf_counter() - started)
+        self.tracker.log_eval(entry, samples)
         return entry
+
+    def _phase(self, text: str) -> None:
+        """Name what the trial does now on the progress bar (sampling, scoring), in place of `train`."""
+        self.bar.set_description_str(text + "...")
+
+    def _resume_bar(self, paused_s: float) -> None:
+        """Back to training after an evaluation that took `paused_s`: the bar's clock skips it, so the step rate it
+        shows is the training rate, not one diluted by evaluation."""
+        self.eval_time += paused_s
+        if not self.bar.disable:  # a disabled bar keeps no clock
+            self.bar.start_t += paused_s
+            self.bar.last_print_t += paused_s
+        self.bar.set_description_str("train", refresh=False)
 
     # -----------------------------------------------------------------------------------------
     # Checkpoint
@@ -314,6 +352,14 @@ class Trial:
         """A periodic checkpoint at `step` (the final one is written by `_finish`)."""
         every = self.cfg.checkpoint_every
         return self.run_dir is not None and bool(every) and step % every == 0 and step < self.cfg.optim.steps
+
+    def _preempt(self, step: int) -> None:
+        """Checkpoint after `step` (when there is a run directory to resume from) and raise `Preempted`."""
+        if self.run_dir is not None:
+            self._checkpoint()
+            self._resume_point_only = not (self.final_checkpoint or self.cfg.checkpoint_every)
+        self.bar.close()
+        raise Preempted(self.run_dir, step)
 
     def _checkpoint(self) -> None:
         """Save the train state with every step value read off the device."""

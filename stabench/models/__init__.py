@@ -34,9 +34,11 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], Mapping[str, UNetArch | UVi
 
 
 def architecture(w: WorkloadConfig) -> UNetArch | UViTArch:
-    """The size of a workload's backbone: its preset, with `workload.width` applied."""
+    """The size of a workload's backbone: its preset, with `workload.width` applied (and, for the U-ViT, `depth`,
+    `heads`, `patch` and `mlp_ratio`; the UNet has no such axes)."""
     _, presets = BACKBONES[w.backbone]
-    return presets[w.preset].with_width(w.width)
+    arch = presets[w.preset].with_width(w.width)
+    return arch.with_sizes(w) if isinstance(arch, UViTArch) else arch
 
 
 def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
@@ -48,8 +50,16 @@ def build_model(cfg: TrialConfig, in_channels: int) -> nn.Module:
 
 
 def check_resolution(w: WorkloadConfig) -> None:
-    """A resolution the preset cannot take is a ConfigError before any training (the preflight calls this)."""
-    step = architecture(w).resolution_step
+    """A resolution the preset cannot take, or heads that do not divide the U-ViT's dim, is a ConfigError before any
+    training (the preflight calls this)."""
+    arch = architecture(w)
+    if isinstance(arch, UViTArch) and arch.dim % arch.heads:
+        raise ConfigError(
+            f"{arch.heads} heads do not divide the U-ViT's dim {arch.dim}",
+            key="workload.heads",
+            allowed=f"divisors of {arch.dim}",
+        )
+    step = arch.resolution_step
     if w.resolution % step:
         raise ConfigError(
             f"{w.resolution} is not a multiple of {step}, which {w.backbone} preset '{w.preset}' needs",

@@ -2,6 +2,12 @@
 
 The time is one extra token; out block j computes `skip_linear(cat[x, skip])` with the skip from
 in block depth//2 - j + 1, scaled by `SkipScaler` first (ScaleLong's U-ViT setting).
+
+Two variants (`model.uvit_variant`, docs/scalelong.md): `ours` embeds the time with a two-layer MLP and keeps
+PyTorch's default initialisation; `paper` is the U-ViT that ScaleLong trains on CIFAR-10: the sinusoidal time
+embedding is the time token itself (U-ViT's 4x MLP only with `model.time_mlp`), a 3x3 conv after unpatchify, and
+U-ViT's initialisation (truncated normal std 0.02 for Linear weights and the position embedding, zero biases,
+LayerNorm 1/0). ScaleLong builds its LS gates after that initialisation, so they keep PyTorch's default.
 """
 
 from __future__ import annotations
@@ -12,15 +18,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, Knobs, LongSkips, SkipScaler, TimestepEmbedder, TokenGate, drop_path, token_norm
+from ..config import WorkloadConfig
+from .layers import (
+    ACTIVATIONS,
+    Knobs,
+    LongSkips,
+    SkipScaler,
+    TimestepEmbedder,
+    TokenGate,
+    drop_path,
+    timestep_embedding,
+    token_norm,
+)
+
+INIT_STD = 0.02  # U-ViT's truncated-normal std for Linear weights and the position embedding
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with an output projection."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, qkv_bias: bool = True):
         super().__init__()
-        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim, bias=qkv_bias), nn.Linear(dim, dim)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +63,11 @@ class Block(nn.Module):
         act: str,
         norm: str,
         skip: bool = False,
+        qkv_bias: bool = True,
     ):
         super().__init__()
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
-        self.norm1, self.attn = token_norm(norm, dim), Attention(dim, heads, dropout)
+        self.norm1, self.attn = token_norm(norm, dim), Attention(dim, heads, dropout, qkv_bias)
         self.norm2 = token_norm(norm, dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -77,10 +97,42 @@ class UViTArch:
         """This size with token width `width` (config `workload.width`; None keeps the preset's)."""
         return replace(self, dim=width) if width else self
 
+    def with_sizes(self, w: WorkloadConfig) -> UViTArch:
+        """This size with the workload's `depth`, `heads`, `patch` and `mlp_ratio` (None keeps the preset's)."""
+        given = {k: getattr(w, k) for k in ("depth", "heads", "patch", "mlp_ratio") if getattr(w, k) is not None}
+        return replace(self, **given)
+
     @property
     def resolution_step(self) -> int:
         """What the resolution must be a multiple of: the U-ViT cuts it into patches."""
         return self.patch
+
+
+class TimeToken(nn.Module):
+    """The paper variant's time token: the sinusoidal embedding of width `dim` itself, or with `mlp` U-ViT's
+    `mlp_time_embed` (Linear dim -> 4 dim, SiLU, Linear 4 dim -> dim)."""
+
+    def __init__(self, dim: int, mlp: bool):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Linear(4 * dim, dim)) if mlp else None
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) timesteps -> (B, dim) time tokens."""
+        emb = timestep_embedding(t, self.dim)
+        return self.mlp(emb) if self.mlp is not None else emb
+
+
+def uvit_init(module: nn.Module) -> None:
+    """U-ViT's `_init_weights`: Linear weights truncated normal (std 0.02) with zero bias, LayerNorm weight 1 and
+    bias 0; convolutions keep PyTorch's default."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class UViT(nn.Module):
@@ -91,19 +143,29 @@ class UViT(nn.Module):
         super().__init__()
         patch, dim, depth, heads, mlp_ratio = arch.patch, arch.dim, arch.depth, arch.heads, arch.mlp_ratio
         assert resolution % patch == 0, "resolution must be divisible by the patch size"
+        assert dim % heads == 0, "the heads must divide the dim"
+        paper = knobs.model.uvit_variant == "paper"
         self.patch, self.in_channels, self.grid = patch, in_channels, resolution // patch
         num_tokens = self.grid**2 + 1  # patches + time token
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
-        self.time_embed = TimestepEmbedder(dim, dim, knobs.model.activation)
+        if paper:
+            self.time_embed: nn.Module = TimeToken(dim, bool(knobs.model.time_mlp))
+        elif knobs.model.time_mlp:
+            self.time_embed = TimestepEmbedder(dim, dim, knobs.model.activation)
+        else:  # ours without the MLP: the sinusoid as the token
+            self.time_embed = TimeToken(dim, mlp=False)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
 
-        block = dict(dim=dim, heads=heads, mlp_ratio=mlp_ratio, **knobs.block())
+        block = dict(dim=dim, heads=heads, mlp_ratio=mlp_ratio, qkv_bias=knobs.model.qkv_bias, **knobs.block())
         self.in_blocks = nn.ModuleList(Block(**block) for _ in range(depth // 2))
         self.mid_block = Block(**block)
         self.out_blocks = nn.ModuleList(Block(**block, skip=True) for _ in range(depth // 2))
         self.norm = token_norm(knobs.model.norm, dim)
         self.head = nn.Linear(dim, patch * patch * in_channels)
+        self.final_layer = nn.Conv2d(in_channels, in_channels, 3, padding=1) if paper else nn.Identity()
+        if paper:
+            self.apply(uvit_init)  # before the LS gates: ScaleLong builds them after U-ViT's init
 
         self.num_skips = depth // 2
         skip_sizes = [num_tokens] * self.num_skips
@@ -127,7 +189,7 @@ class UViT(nn.Module):
         for blk in self.out_blocks:
             _, _, s = popped.pop()  # innermost skip first; skip i = 1 comes from the first in block
             h = blk(h, s)
-        out = self.unpatchify(self.head(self.norm(h))[:, 1:])
+        out = self.final_layer(self.unpatchify(self.head(self.norm(h))[:, 1:]))
         if return_features:
             return out, popped.features(h)
         return out

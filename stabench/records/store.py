@@ -71,6 +71,17 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
+    def must_exist(self) -> Store:
+        """This store, checked to exist, for a command that only reads it: a missing folder is a user error that
+        says so (not an empty store)."""
+        if not self.root.is_dir():
+            raise UserError(
+                f"store '{self.root}' does not exist; give the folder a sweep, `stabench baselines` or "
+                "`stabench train --out` wrote its records into (default: runs/, or $STABENCH_STORE)",
+                key="store",
+            )
+        return self
+
     def record_paths(self) -> list[Path]:
         """Every complete record file, sorted by run id."""
         return sorted(self.root.glob("*/record.json"))

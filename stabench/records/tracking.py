@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .metrics import METRICS
 from .record import Status, best, label, metrics_of, tags_of
@@ -65,24 +66,45 @@ class Tracker:
     def log_probe(self, step: int, probe: dict) -> None:
         """One probe-batch reading (weighting-free loss, gradient and feature norms)."""
 
-    def log_eval(self, entry: dict) -> None:
-        """One evaluation entry (per weight set)."""
+    def log_eval(self, entry: dict, samples: dict | None = None) -> None:
+        """One evaluation entry (per weight set), with the samples each weight set drew (weight set -> images in
+        [-1, 1]) when the trial scored them."""
 
     def finish(self, record: dict) -> None:
         """The finished record: summary and end of the run."""
 
 
+def baseline_name(tags: dict) -> str | None:
+    """The baseline a record runs: a reference config (`stabench baselines`, stored as `baseline`) or its point in a
+    sweep's space (`sweep --with-baselines`, stored as `baseline_point`); None for any other trial."""
+    return tags.get("baseline") or tags.get("baseline_point")
+
+
 def run_tags(config: dict, tags: dict) -> list[str]:
-    """The knob values that matter for filtering in the UI, plus the baseline name."""
+    """The knob values that matter for filtering in the UI; a baseline's runs also get `baseline` and its name."""
     out = [
         f"lsc={config['lsc']['mode']}",
         f"weighting={config['timestep_weighting']['kind']}",
         f"schedule={config['diffusion']['schedule']}",
         f"backbone={config['workload']['backbone']}",
     ]
-    if tags.get("baseline"):
-        out.append(f"baseline={tags['baseline']}")
+    if baseline_name(tags):
+        out += ["baseline", f"baseline={baseline_name(tags)}"]
     return out
+
+
+def job_type(tags: dict) -> str:
+    """A trial run's W&B job type: the tagged one (`confirm`), else `baseline` for a baseline's run, else `trial`."""
+    return tags.get("job_type") or ("baseline" if baseline_name(tags) else "trial")
+
+
+def wandb_attrs(record: dict) -> dict[str, str]:
+    """Where a trial's W&B run is, for another tool to link to (an Optuna trial's user attrs): `wandb_id`,
+    `wandb_project` and, for a run that is online, `wandb_url` (an offline run has a URL only after `wandb sync`).
+    Empty when the trial logged no W&B run."""
+    run = record.get("wandb") or {}
+    attrs = {"wandb_id": run.get("id"), "wandb_project": run.get("project"), "wandb_url": run.get("url")}
+    return {k: v for k, v in attrs.items() if v}
 
 
 def wandb_run_id(record: dict) -> str:
@@ -99,6 +121,7 @@ class WandbTracker(Tracker):
 
     def __init__(self, settings: TrackingSettings, record: dict):
         self.run = None
+        self.grids: list[tuple[int, str, Any, dict]] = []  # (step, weight set, grid, its scores) for the table
         mode = settings.resolved_mode()
         try:
             self.run = self._init(settings, record, mode)
@@ -130,7 +153,7 @@ class WandbTracker(Tracker):
             id=wandb_run_id(record),
             resume="allow",
             group=tags.get("sweep") or "train",
-            job_type=tags.get("job_type") or ("baseline" if tags.get("baseline") else "trial"),
+            job_type=job_type(tags),
             name=f"{label(record)} s{record['seed']}",  # the leaderboard's name of the config
             tags=run_tags(record["config"], tags),
             config={
@@ -149,7 +172,7 @@ class WandbTracker(Tracker):
                 silent=True,
             ),  # fmt: skip
         )
-        for prefix in ("train", "probe", "eval"):  # every curve shares the training step as x-axis
+        for prefix in ("train", "probe", "eval", "samples"):  # every curve shares the training step as x-axis
             run.define_metric(f"{prefix}/*", step_metric="step")
         return run
 
@@ -190,12 +213,21 @@ class WandbTracker(Tracker):
         data.update({f"probe/skip_norm_{i + 1}": v for i, v in enumerate(probe["skip_norms"])})
         self._log(data)
 
-    def log_eval(self, entry):
-        """Log an evaluation entry as eval/<metric>/<weight set>."""
+    def log_eval(self, entry, samples=None):
+        """Log an evaluation entry as eval/<metric>/<weight set>, and a grid of each weight set's samples as
+        samples/<weight set> (kept for the samples table `finish` logs)."""
         data = {"step": entry["step"]}
         for metric, per_weights in entry.items():
             if isinstance(per_weights, dict):
                 data.update({f"eval/{metric}/{w}": v for w, v in per_weights.items()})
+        try:
+            grids = {name: sample_grid(x) for name, x in (samples or {}).items() if len(x)}
+        except Exception as e:  # a grid that cannot be drawn must not stop the curves
+            self._disable(e)
+            return
+        for name, grid in grids.items():
+            self.grids.append((entry["step"], name, grid, {k: v[name] for k, v in entry.items() if _has(v, name)}))
+            data[f"samples/{name}"] = grid_image(grid, f"step {entry['step']}, {name}")
         self._log(data)
 
     def finish(self, record):
@@ -203,8 +235,6 @@ class WandbTracker(Tracker):
         if self.run is None:
             return
         try:
-            import wandb
-
             m = metrics_of(record)
             # every registered metric under its own name (docs/metrics.md); nothing else is a summary metric
             self.run.summary.update({k: v for k, v in m.items() if k in METRICS and isinstance(v, int | float | str)})
@@ -212,14 +242,66 @@ class WandbTracker(Tracker):
             self.run.summary["status"] = str(record["status"])  # the value ("ok"), not the enum member
             if record.get("run_dir"):  # the stored record and its config, as this run's output
                 self.run.log_artifact(record_artifact(Path(record["run_dir"])))
-            if record.get("samples_png"):
-                self.run.log(
-                    {"step": record.get("steps_completed") or 0, "eval/samples": wandb.Image(record["samples_png"])}
-                )
+            final: dict = {"step": record.get("steps_completed") or 0}
+            if record.get("samples_png"):  # the best weight set's grid, as saved beside the record
+                final["samples/final"] = final_grid(Path(record["samples_png"]))
+            if self.grids:
+                final["samples/table"] = samples_table(self.grids)
+            if len(final) > 1:
+                self.run.log(final)
             self.run.finish(exit_code=0 if record["status"] != Status.FAILED else 1)
         except Exception as e:
             self._disable(e)
         self.run = None
+
+
+GRID_SIDE = 8  # samples per grid row and column: 64 samples at most per evaluation point
+READABLE_PX = 256  # small samples (8x8 digits) are enlarged, pixel for pixel, to at least this size
+
+
+def _has(values: Any, name: str) -> bool:
+    return isinstance(values, dict) and isinstance(values.get(name), int | float)
+
+
+def sample_grid(samples) -> Any:
+    """The first GRID_SIDE**2 samples (a tensor in [-1, 1], N x C x H x W) as one uint8 H x W x 3 array, each pixel
+    enlarged to a square of whole pixels (nearest) so the grid is at least READABLE_PX wide."""
+    import numpy as np
+    from torchvision.utils import make_grid
+
+    x = ((samples[: GRID_SIDE**2].float().clamp(-1, 1) + 1) / 2).nan_to_num(0.0)
+    grid = make_grid(x, nrow=GRID_SIDE, padding=1, pad_value=1.0)  # 3 channels, also for grayscale samples
+    scale = max(1, -(-READABLE_PX // min(grid.shape[-2:])))
+    grid = grid.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    return np.ascontiguousarray((grid.permute(1, 2, 0) * 255).round().byte().numpy())
+
+
+def grid_image(grid, caption: str):
+    """A sample grid as a wandb.Image."""
+    import wandb
+
+    return wandb.Image(grid, caption=caption)
+
+
+def final_grid(path: Path):
+    """The trial's saved samples.png, enlarged like `sample_grid` (nearest) to a readable size."""
+    from PIL import Image
+
+    with Image.open(path) as png:
+        img = png.convert("RGB")
+    scale = max(1, -(-READABLE_PX // min(img.size)))
+    return grid_image(img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST), "final")
+
+
+def samples_table(grids: list[tuple[int, str, Any, dict]]):
+    """One row per evaluation point and weight set: the step, the weight set, its scores and its sample grid."""
+    import wandb
+
+    scores = sorted({k for *_, values in grids for k in values})
+    table = wandb.Table(columns=["step", "weights", *scores, "samples"])
+    for step, name, grid, values in grids:
+        table.add_data(step, name, *(values.get(k) for k in scores), grid_image(grid, f"step {step}, {name}"))
+    return table
 
 
 def best_of_evals(record: dict) -> dict[str, float]:
@@ -272,9 +354,18 @@ def record_artifact(run_dir: Path):
     return artifact
 
 
-def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str, record_dirs: Sequence[Path] = ()) -> None:
+def log_leaderboard(
+    settings: TrackingSettings,
+    out_dir: Path,
+    group: str,
+    record_dirs: Sequence[Path] = (),
+    *,
+    metric: str | None = None,
+    arguments: dict[str, Any] | None = None,
+) -> None:
     """The leaderboard as a wandb.Table and the results files as an artifact, in a `leaderboard` run that uses
-    the record artifact of every ranked record's run directory (lineage: trial runs -> records -> leaderboard)."""
+    the record artifact of every ranked record's run directory (lineage: trial runs -> records -> leaderboard).
+    The run is named `leaderboard-<group>-<metric>` and configured with the leaderboard's `arguments`."""
     if settings.resolved_mode() == "disabled":
         return
     try:
@@ -286,7 +377,8 @@ def log_leaderboard(settings: TrackingSettings, out_dir: Path, group: str, recor
             entity=settings.entity,
             group=group,
             job_type="leaderboard",
-            name=f"leaderboard {group}",
+            name="-".join(["leaderboard", group, *([metric] if metric else [])]),
+            config={**(arguments or {}), **({"metric": metric} if metric else {})},
             dir=str(settings.dir or "."),
             mode=settings.resolved_mode(),
             reinit="create_new",

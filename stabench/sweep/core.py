@@ -9,10 +9,13 @@ the worst possible value (infinity), never dropped.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import warnings
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,9 @@ from ..files import atomic_write_text
 from ..records.record import Status, Tags, record_value, run_id_glob
 from ..records.store import Store
 from ..records.tracking import TrackingSettings
+from .claims import Claim, SeedClaims, claim_key
 from .space import CategoricalDist, SearchSpace, scalar_choices, trial_config
-from .workers import read_owner, same_machine, this_worker, worker_is_gone
+from .workers import process_is_gone, read_owner, same_machine, this_worker, worker_is_gone
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -40,6 +44,7 @@ class SweepSettings:
     named_points: dict[str, dict] = field(default_factory=dict)  # name -> params, run first
     study_storage: str | None = None  # Optuna journal file or RDB URL (default: a journal file per study)
     tracking: TrackingSettings | None = None
+    take_over: frozenset[str] = frozenset()  # hosts the user says are down: their RUNNING trials may be retried
 
     @classmethod
     def of(cls, space: SearchSpace, **fields: Any) -> SweepSettings:
@@ -63,11 +68,17 @@ class TrialPruned(Exception):
 
 @dataclass
 class Event:
-    """What a config run reports: an evaluation entry of the running seed, or a seed's finished record."""
+    """What a config run reports: a seed starting to train in `run_dir`, an evaluation entry of the running seed,
+    or a seed's finished record."""
 
     seed_index: int
     entry: dict | None = None
     record: dict | None = None
+    run_dir: str | None = None
+
+
+CLAIM_POLL_S = 2.0  # how often a seed held by another live process is looked at again
+UNREADABLE_CLAIM_S = 60.0  # a claim file unreadable this long is not being written: damaged, its holder unknown
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,11 @@ class ConfigRun:
     tags: Tags
     placement: Placement
     resume: dict | None = None  # {"seed_index", "run_dir"}: the interrupted seed resumes from that checkpoint
+    # Which holders of a seed's claim are gone, so that this run may take the seed over (default: this machine's
+    # dead processes, and this very trial restarted by its backend). Another machine's holder is the backend's call.
+    holder_gone: Callable[[dict], bool] | None = None
+    owner: dict | None = None  # who holds this run's claims (default: this process)
+    log: Callable[[str], None] = print
     records: list[dict] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)  # run ids found in the store instead of trained again
     current: Trial | None = None
@@ -111,6 +127,9 @@ class ConfigRun:
 
     def __post_init__(self):
         self.store = Store(self.placement.store_root)
+        self.claims = SeedClaims(self.store.root, self.tags.sweep or "_")
+        self.claim: Claim | None = None
+        self.previous_claim: Claim | None = None  # the generation this run took over (its run folder may continue)
 
     def events(self, params: dict[str, Any]) -> Generator[Event, None, list[float]]:
         """Train every seed of `params`; yields events, returns the objective values."""
@@ -128,37 +147,100 @@ class ConfigRun:
         return self.values()
 
     def _seed(self, index: int, seed: int, params: dict[str, Any]) -> Generator[Event, None, dict]:
-        """Train one seed (or find it in the store); returns its record."""
+        """Train one seed (or find it in the store, or wait for the process that trains it); returns its record."""
         try:
             cfg = trial_config(self.space, params, seed).on_device(self.placement.device)
         except ConfigError as e:  # values valid one by one but not together: this trial fails, the sweep goes on
             raise TrialFailed(str(e)) from None
-        found = self.store.find(config_hash(cfg), seed, sweep=self.tags.sweep)
-        if found is not None:  # a resumed sweep, or a config sampled twice
+        found = self._claim_or_find(cfg, index)
+        if found is not None:  # a resumed sweep, a config sampled twice, or trained meanwhile by another process
             self.reused.append(found["run_id"])
             return found
         tags = replace(self.tags, seed_index=index, params=params)
         self.current_index = index
-        self.current = Trial(
-            cfg,
-            self.store.root,
-            tags=tags.to_dict(),
-            tracking=self.placement.tracking,
-            writer=self.store.write_unique,
-            resume_dir=self._resume_dir(index) or abandoned_run(self.store, cfg),
-        )
-        claim(self.current.run_dir)
-        for entry in self.current.run():
-            yield Event(index, entry=entry)
+        try:
+            self.current = Trial(
+                cfg,
+                self.store.root,
+                tags=tags.to_dict(),
+                tracking=self.placement.tracking,
+                writer=self._write,
+                resume_dir=self._resume_dir(index, cfg) or self._claimed_run(cfg) or abandoned_run(self.store, cfg),
+            )
+            claim(self.current.run_dir)
+            if self.claim is not None:
+                self.claims.name_run(self.claim, self.current.run_dir)
+            yield Event(index, run_dir=str(self.current.run_dir))
+            for entry in self.current.run():
+                yield Event(index, entry=entry)
+        finally:  # recorded, failed, pruned or preempted: the seed is free for whoever comes next
+            if self.claim is not None:
+                self.claims.release(self.claim)
+                self.claim = None
         record, self.current = self.current.record, None
         return record
 
-    def _resume_dir(self, index: int) -> Path | None:
+    def _claim_or_find(self, cfg: TrialConfig, index: int) -> dict | None:
+        """Claim (config, seed) for this run, or return its finished record; while another live process trains
+        it, wait for its record (a seed is never trained twice at once, on any filesystem)."""
+        key, waited = claim_key(config_hash(cfg), cfg.seed), False
+        while True:
+            found = self.store.find(config_hash(cfg), cfg.seed, sweep=self.tags.sweep)
+            if found is not None:
+                return found
+            top = self.claims.top(key)
+            if top is None or top.done or self._holder_gone(top):
+                self.previous_claim = top
+                self.claim = self.claims.take(key, top, self._holder(index))
+                if self.claim is None:  # another process took this generation first: look again
+                    continue
+                found = self.store.find(config_hash(cfg), cfg.seed, sweep=self.tags.sweep)  # recorded just now?
+                if found is not None:
+                    self.claims.release(self.claim)
+                    self.claim = None
+                return found
+            if not waited:
+                h = top.holder or {}
+                self.log(f"[{self.tags.sweep}] seed {cfg.seed} of this config is being trained by {h.get('host')} "
+                         f"pid {h.get('pid')} (trial {h.get('trial')}); waiting for its record")  # fmt: skip
+                waited = True
+            time.sleep(CLAIM_POLL_S)
+
+    def _holder(self, index: int) -> dict:
+        return {**(self.owner or this_worker()), "trial": self.tags.trial_number, "seed_index": index}
+
+    def _holder_gone(self, top: Claim) -> bool:
+        """May this run take over the seed `top` holds? (Its holder released it, died, or the backend says so.)"""
+        holder = top.holder
+        if holder is None:  # being written right now, or damaged: only an old one is abandoned
+            return time.time() - _mtime(top.path) > UNREADABLE_CLAIM_S
+        if process_is_gone(holder):
+            return True
+        if holder.get("trial") is not None and holder.get("trial") == self.tags.trial_number:
+            return True  # this very trial, restarted by its backend (Ray restarts a trial under its id)
+        return self.holder_gone is not None and self.holder_gone(holder)
+
+    def _claimed_run(self, cfg: TrialConfig) -> Path | None:
+        """The run folder the previous holder of this seed's claim left mid-seed (it is gone, or released it at a
+        preemption): continued from its checkpoint on whatever machine took the claim over."""
+        top = self.previous_claim
+        run_dir = self.claims.run_of(top) if top is not None else None
+        return resumable_run(self.store, cfg, run_dir) if run_dir is not None else None
+
+    def _write(self, record: dict, run_dir: Path) -> None:
+        """The store's unique write, unless this run lost its claim (its holder was judged gone and the seed was
+        taken over meanwhile): then the taker's record is the one that counts and this one is not written."""
+        if self.claim is not None and not self.claims.holds(self.claim):
+            self.log(f"[{self.tags.sweep}] not recording {record['run_id']}: its seed was taken over by another "
+                     "process (this one was judged gone)")  # fmt: skip
+            return
+        self.store.write_unique(record, run_dir)
+
+    def _resume_dir(self, index: int, cfg: TrialConfig) -> Path | None:
         """The interrupted seed's run directory when `resume` points at this seed and its checkpoint is there."""
-        if not self.resume or self.resume.get("seed_index") != index:
+        if not self.resume or self.resume.get("seed_index") != index or not isinstance(self.resume.get("run_dir"), str):
             return None
-        run_dir = Path(self.resume["run_dir"])
-        return run_dir if interrupted(run_dir) else None
+        return resumable_run(self.store, cfg, Path(self.resume["run_dir"]))
 
     def checkpoint(self) -> dict | None:
         """Save the running seed's state (between two evaluation points) and say where it is, for `resume`."""
@@ -186,6 +268,56 @@ class UntrustedOwner(UserWarning):
 def interrupted(run_dir: Path) -> bool:
     """A run directory that stopped mid-seed and can continue: a checkpoint, and no record yet."""
     return (run_dir / CHECKPOINT).is_file() and not (run_dir / "record.json").exists()
+
+
+STORE_ID = ".store-id"
+STORE_ID_TEXT = re.compile(r"[0-9a-f]{32}")
+
+
+def store_id(root: Path) -> str:
+    """The store's identity: a random id kept in `<store>/.store-id`, created once (O_EXCL: of two machines
+    creating it at once, one wins and both read its id), so it is the same wherever the store is mounted."""
+    import uuid
+
+    path = Path(root) / STORE_ID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # less the umask, as every store file
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(uuid.uuid4().hex)
+            f.flush()
+            os.fsync(f.fileno())
+    for _ in range(50):  # a file another process created a moment ago may still be empty
+        text = path.read_text().strip()
+        if STORE_ID_TEXT.fullmatch(text):
+            return text
+        time.sleep(0.1)
+    raise UserError(f"'{path}' is not a store id (32 hex digits); remove it to give the store a new one",
+                    key="store")  # fmt: skip
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def resumable_run(store: Store, cfg: TrialConfig | None, run_dir: Path) -> Path | None:
+    """`run_dir` (named by a study attribute or a claim: untrusted) when it is a run folder of this store, of this
+    config and seed (`cfg`; any when None), stopped mid-seed with a checkpoint; else None."""
+    try:
+        resolved = run_dir.resolve()
+    except OSError:
+        return None
+    if resolved.parent != store.root.resolve() or not interrupted(resolved):
+        return None
+    if cfg is not None and not fnmatch(resolved.name, run_id_glob(config_hash(cfg), cfg.seed)):
+        return None
+    return resolved
 
 
 def claim(run_dir: Path) -> None:

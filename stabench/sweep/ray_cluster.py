@@ -4,10 +4,12 @@ Ray folder, the check that every node shares it and the store, and trainables pl
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,12 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in names if k in os.environ}
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster a run joins: `--address`, else $RAY_ADDRESS (`ray job submit` sets it for the driver), else
+    None (a local Ray on this machine, which has the data the driver sees)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a host:port nobody listens on (ray.init would retry for minutes)."""
     hostport = address.split("://", 1)[-1]
@@ -59,7 +67,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, ship_code: bool =
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets it: join that cluster
+    address = cluster_address(address)  # `ray job submit` sets $RAY_ADDRESS: join that cluster
     if address:
         check_reachable(address)
     env = forwarded_env()
@@ -91,25 +99,73 @@ class RayCluster:
     ray_dir: str | None = None
     num_cpus: int | None = None
     cpus_per_trial: float = 1
-    gpus_per_trial: float | None = None  # None: one per trial on a cluster that has GPUs, else none
+    gpus_per_trial: float | None = None  # None: one per trial while the cluster has GPUs, else none
     ship_code: bool = False
 
-    def per_trial(self) -> tuple[float, float]:
-        """(CPUs, GPUs) of one trial, once Ray is up: the GPUs as asked, or the default."""
+    def __post_init__(self) -> None:
+        # A trial trains on one device: a second GPU would be reserved and idle.
+        if self.gpus_per_trial is not None and self.gpus_per_trial > 1:
+            raise UserError(
+                f"{self.gpus_per_trial:g} GPUs per trial: a trial trains on one device (no data parallelism), so "
+                "every GPU past the first would idle",
+                key="gpus_per_trial",
+                allowed="a number from 0 to 1 (fractions share a GPU: 0.25 = four trials per GPU)",
+            )
+
+    def trial_resources(self) -> dict[str, float] | functools.partial:
+        """What each trial asks Ray for, once Ray is up: the GPUs as given; by default a callable that Tune asks as
+        it creates each trial, so the GPU default follows the cluster as it is then (`resources_now`). On a
+        cluster joined by address with no GPU up yet (scaling from zero), the default would run every trial on
+        a CPU: a UserError asks for --gpus-per-trial instead."""
         if self.gpus_per_trial is not None:
-            return self.cpus_per_trial, self.gpus_per_trial
+            return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
         import ray
 
-        return self.cpus_per_trial, 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        if cluster_address(self.address) and cluster_gpus() < 1:
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+            raise UserError(
+                f"the Ray cluster has no GPU up ({nodes} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs), so "
+                "the default of one GPU per trial while the cluster has GPUs would train every trial on a CPU; "
+                "say what each trial needs",
+                key="gpus_per_trial",
+                allowed="1 (trials wait for GPU nodes, e.g. an autoscaler's), a fraction, or 0 (train on CPUs)",
+            )
+        return functools.partial(resources_now, self.cpus_per_trial)
+
+    def describe_per_trial(self) -> str:
+        """The resources of one trial, in words."""
+        gpus = (
+            f"{self.gpus_per_trial:g} GPU(s)"
+            if self.gpus_per_trial is not None
+            else f"1 GPU while the cluster has one (now {cluster_gpus():g} GPUs), else none"
+        )
+        return f"{self.cpus_per_trial:g} CPU(s) and {gpus} per trial"
+
+
+def cluster_gpus() -> float:
+    """The GPUs of the Ray cluster's alive nodes, now."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def resources_now(cpus: float, config: dict):
+    """One trial's resources, asked by Tune as it creates the trial: one GPU when the cluster has one now."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    return resource_dict_to_pg_factory({"cpu": cpus, "gpu": 1.0 if cluster_gpus() >= 1 else 0.0})
 
 
 LOCAL_RAY = RayCluster()  # a local Ray on every core, one CPU per trial
 
 
-def trial_device(gpus_per_trial: float) -> str | None:
-    """The device a Ray trial trains on: cpu when it holds no GPU (Ray hides none from a zero-GPU actor, so `auto`
-    would pick GPU 0 on every trial); with a GPU share, the config's device (`auto` is the GPU Ray assigned)."""
-    return "cpu" if gpus_per_trial == 0 else None
+def on_assigned_device(placement: Placement) -> Placement:
+    """In a Ray trial: its placement on the device Ray assigned it. cpu when it holds no GPU (Ray hides none from a
+    zero-GPU actor, so `auto` would pick GPU 0 on every trial); with a GPU share, the config's device (`auto` is the
+    GPU Ray assigned, the only one it leaves visible)."""
+    import ray
+
+    return replace(placement, device=None if ray.get_gpu_ids() else "cpu")
 
 
 @contextlib.contextmanager
@@ -140,6 +196,52 @@ def probe_shared_dir(path: str, name: str, token: str) -> str | None:
     except OSError as e:
         return f"cannot write in {path}: {e}"
     return None
+
+
+UNREACHABLE = "cannot record to the driver's store"  # what `prove_store` says of a node that fails
+
+
+@dataclass(frozen=True)
+class StoreProof:
+    """The driver's token in its store: a trial that finds it at its own store path records where the driver
+    reads (`prove_store`)."""
+
+    path: str
+    name: str
+    token: str
+
+
+@contextlib.contextmanager
+def store_proof(root: Path) -> Iterator[StoreProof]:
+    """The driver's token written into the store for the duration of a run (a new token per run)."""
+    name, token = f".stabench-driver-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    path = Path(root).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / name).write_text(token)
+    try:
+        yield StoreProof(str(path), name, token)
+    finally:
+        (path / name).unlink(missing_ok=True)
+
+
+def node_name() -> str:
+    """This process's machine as a message names it: host name and, inside Ray, the node id."""
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside a Ray worker
+        node = None
+    return socket.gethostname() + (f" (Ray node {node[:12]})" if node else "")
+
+
+def prove_store(proof: StoreProof) -> str | None:
+    """On whatever node a trial lands, before it trains: None when the store at the driver's path holds the
+    driver's token and is writable here; else why this node's records would not reach the driver's store."""
+    problem = probe_shared_dir(proof.path, proof.name, proof.token)
+    if problem is None:
+        return None
+    return f"node {node_name()} {UNREACHABLE} {proof.path}: {problem}"
 
 
 def check_shared(paths: dict[str, Path]) -> None:
@@ -203,11 +305,11 @@ def ray_for(store: Store, cluster: RayCluster):
 
 
 def placed(trainable, store: Store, cluster: RayCluster, tracking, **params):
-    """`trainable` with its parameters and the cluster's resources per trial; its `Placement`: torch threads from
-    its CPUs, its device from its GPUs (cpu without one), the store and tracking."""
+    """`trainable` with its parameters and the cluster's resources per trial (`RayCluster.trial_resources`); its
+    `Placement`: the store, torch threads from its CPUs and tracking (the device follows the GPUs Ray assigns:
+    `on_assigned_device`)."""
     from ray import tune
 
-    cpus, gpus = cluster.per_trial()
-    placement = Placement(str(store.root), trial_device(gpus), max(1, int(cpus)), tracking)
-    resources = {"cpu": cpus, "gpu": gpus}
+    placement = Placement(str(store.root), threads=max(1, int(cluster.cpus_per_trial)), tracking=tracking)
+    resources = cluster.trial_resources()
     return tune.with_resources(tune.with_parameters(trainable, placement=placement, **params), resources)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import TrialConfig, apply_values, build_config, read_yaml, resolve_key
+from ..config import TrialConfig, apply_values, build_config, distribution_hint, read_yaml, resolve_key
 from ..errors import ConfigError
 from ..records.metrics import METRICS, NUMERIC_METRICS
 
@@ -179,7 +179,9 @@ def _parse_space(raw: dict, src: str) -> SearchSpace:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"] if str(p) not in ("float", "int", "categorical"))
         raise ConfigError(
-            f"{src}: key '{key}': {e['msg']}" + ("; allowed: float, int, categorical" if "tag" in e["type"] else "")
+            f"{src}: key '{key}': {e['msg']}"
+            + ("; allowed: float, int, categorical" if "tag" in e["type"] else "")
+            + distribution_hint((e.get("ctx") or {}).get("tag"))
         ) from None
 
 

@@ -4,6 +4,7 @@ bookkeeping on its trials (counts, failing a dead worker's trials, the summary) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -14,10 +15,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ..errors import UserError
+from ..errors import UserError, missing_extra
 from ..paths import existing_ancestor
 from ..secrets import redact_url, register, scrub
 from .space import SearchSpace, grid_values, pruner_class, sampler_class
+from .workers import same_machine, this_worker
 
 LEGACY_STORAGE_DIR = Path("results") / "optuna"  # the default before journals moved under the store
 
@@ -105,6 +107,11 @@ def make_storage(url: str, study_name: str, heartbeats: bool = True) -> tuple[op
 
         return JournalStorage(JournalFileBackend(str(path))), str(path)
     register(url)
+    if url.split("://")[0] in ("postgresql", "postgresql+psycopg2", "postgres"):  # psycopg2: the [postgres] extra
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError as e:
+            raise missing_extra(e, "postgres", "a PostgreSQL study storage", key="study_storage") from None
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -151,6 +158,39 @@ def space_fingerprint(space: SearchSpace) -> dict[str, Any]:
     return json.loads(json.dumps(flatten(parts), sort_keys=True, default=str))
 
 
+def study_fingerprint(space: SearchSpace, store_root: Path | None) -> dict[str, Any]:
+    """The space's fingerprint and the store the study's records go to (`store.id`, the id in the store itself:
+    the same on every machine that mounts it, wherever): a study's values are means of that store's records."""
+    fp = space_fingerprint(space)
+    if store_root is not None:
+        from .core import store_id
+
+        fp["store.id"] = store_id(Path(store_root))
+    return fp
+
+
+FINGERPRINT_ATTR = "fingerprint"  # user attr: a short hash, so that `optuna studies` stays one readable line
+FINGERPRINT_FULL = "stabench:fingerprint"  # study system attr: the whole fingerprint, to say what changed
+
+
+def fingerprint_hash(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def remembered_fingerprint(study: optuna.Study) -> dict[str, Any] | None:
+    """The fingerprint a study was created with: the full one (system attr), or an older stabench's user attr."""
+    full = study._storage.get_study_system_attrs(study._study_id).get(FINGERPRINT_FULL)
+    if isinstance(full, dict):
+        return full
+    old = study.user_attrs.get("space_fingerprint")
+    return old if isinstance(old, dict) else None
+
+
+def remember_fingerprint(study: optuna.Study, fp: dict[str, Any]) -> None:
+    study._storage.set_study_system_attr(study._study_id, FINGERPRINT_FULL, fp)
+    study.set_user_attr(FINGERPRINT_ATTR, fingerprint_hash(fp))
+
+
 def describe_study(study: optuna.Study, space: SearchSpace, backend: str) -> None:
     """What optuna-dashboard shows about a study: objective names instead of "Objective 0", and where the
     study comes from (space file, seeds, backend, code version). Set once, when the study is new."""
@@ -168,24 +208,35 @@ def describe_study(study: optuna.Study, space: SearchSpace, backend: str) -> Non
             study.set_user_attr(key, value)
 
 
-def check_same_space(study: optuna.Study, space: SearchSpace, storage_url: str | None) -> None:
-    """Stop before any trial when an existing study was run with another space: its trials would mix two
-    searches (or FAIL on a changed distribution). A study without a remembered space takes this one."""
-    now, before = space_fingerprint(space), study.user_attrs.get("space_fingerprint")
+def check_same_space(
+    study: optuna.Study, space: SearchSpace, storage_url: str | None, store_root: Path | None = None
+) -> None:
+    """Stop before any trial when an existing study was run with another space or, given `store_root`, into
+    another store: its trials would mix two searches (or FAIL on a changed distribution), or average records the
+    store does not hold. A study without a remembered fingerprint takes this one; one of an older stabench (the
+    space only) gains the store. Both backends call this (Ray: before its searcher asks)."""
+    now, before = study_fingerprint(space, store_root), remembered_fingerprint(study)
     if before is None:
-        study.set_user_attr("space_fingerprint", now)
+        remember_fingerprint(study, now)
         return
-    changed = sorted(k for k in set(now) | set(before) if now.get(k, "<absent>") != before.get(k, "<absent>"))
+    compared = set(now) | set(before)
+    if "store.id" not in before or "store.id" not in now:  # an older study, or a caller that knows no store
+        compared.discard("store.id")
+    changed = sorted(k for k in compared if now.get(k, "<absent>") != before.get(k, "<absent>"))
     if changed:
         shown = "; ".join(f"{k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in changed[:6])
         more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
         where = redact_url(storage_url) or "the default journal"
+        what = "into another store" if changed == ["store.id"] else "with another space"
         raise UserError(
-            f"study '{study.study_name}' in {where} was run with another space; "
+            f"study '{study.study_name}' in {where} was run {what}; "
             f"changed: {shown}{more}. Start a new study with --study NEW_NAME (or another --study-storage), "
-            "or restore the old space file to continue",
+            "or restore the old space file (and --store) to continue",
             key="study",
         )
+    merged = {**before, **now}
+    if merged != before or FINGERPRINT_ATTR not in study.user_attrs:
+        remember_fingerprint(study, merged)  # an older study: now names its store, and has a short hash
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -196,28 +247,130 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return c
 
 
+WORKER_ATTR = "worker"  # a trial's owner: host, boot id, pid, start, run (`workers.owner`)
+SEED_RUN_ATTR = "seed_run"  # {"seed_index", "run_dir"}: the run folder of the seed the trial trains now
+
+
 def fail_running(study: optuna.Study, dead: Callable[[dict | None], bool], requeue: bool = True) -> int:
     """Mark RUNNING trials whose worker (the `worker` user attr) is `dead` as FAIL and, with `requeue`, enqueue
     their params again (same config, same baseline name; the seeds it already finished are found in the store,
-    so nothing is recorded twice). Returns how many it failed."""
+    so nothing is recorded twice; the seed it was training continues from its run folder's last checkpoint, on
+    whichever machine runs the retry). The storage decides who fails a trial first: a trial finished meanwhile
+    (by its worker, a heartbeat check or another driver) is skipped. Returns how many it failed."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not dead(t.user_attrs.get("worker")):
+        if not dead(t.user_attrs.get(WORKER_ATTR)):
             continue
         try:
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # it finished meanwhile, or a heartbeat check failed it first
+            continue  # it finished meanwhile, or a heartbeat check or another driver failed it first
         if requeue:
-            keep = {k: v for k, v in t.user_attrs.items() if k == "baseline_point"}
-            study.enqueue_trial(t.params, user_attrs={**keep, "retry_of": t.number}, skip_if_exists=False)
+            requeue_trial(study, t)
         n += 1
     return n
 
 
-def fail_orphaned(name: str, storage: optuna.storages.BaseStorage) -> int:
-    """Mark every RUNNING trial of a finished sweep's study failed (asked by a driver that was killed)."""
-    return fail_running(optuna.load_study(study_name=name, storage=storage), dead=lambda w: True, requeue=False)
+def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a failed trial's params again, naming it (`retry_of`) and the run folder its seed continues from."""
+    keep = {k: v for k, v in trial.user_attrs.items() if k == "baseline_point"}
+    seed_run = trial.user_attrs.get(SEED_RUN_ATTR)
+    if isinstance(seed_run, dict):  # read back from the storage: ConfigRun checks the folder before continuing it
+        keep["resume"] = seed_run
+    study.enqueue_trial(trial.params, user_attrs={**keep, "retry_of": trial.number}, skip_if_exists=False)
+
+
+def owned_by(run: str) -> Callable[[dict | None], bool]:
+    """The `dead` test of `fail_running` that picks the trials whose worker names sweep run `run` (the token of
+    one driver's run, `workers.owner(run)`): what a driver may fail once its own sweep has ended."""
+    return lambda worker: isinstance(worker, dict) and worker.get("run") == run
+
+
+def fail_orphaned(name: str, storage: optuna.storages.BaseStorage, run: str | None = None) -> int:
+    """Mark failed the RUNNING trials of a finished sweep's study that this sweep run asked (its worker attr
+    names `run`): trials a killed worker left running. Another run's or machine's trials are never touched; without
+    `run`, only trials whose worker is this process are."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    if run is not None:
+        return fail_running(study, owned_by(run), requeue=False)
+    me = this_worker()
+    mine = lambda w: isinstance(w, dict) and same_machine(w) and w.get("pid") == me["pid"]  # noqa: E731
+    return fail_running(study, mine, requeue=False)
+
+
+def set_attr_unless_finished(
+    study: optuna.Study, trial: optuna.Trial, key: str, value: Any, log: Callable[[str], None]
+) -> bool:
+    """`trial.set_user_attr`, unless another process finished the trial (a heartbeat check, `--take-over`, a
+    retry's driver): then it is logged, never raised. Returns whether it was written."""
+    return _unless_finished(study, trial, lambda: trial.set_user_attr(key, value), f"set '{key}'", log)
+
+
+def report_unless_finished(
+    study: optuna.Study, trial: optuna.Trial, value: float, step: int, log: Callable[[str], None]
+) -> bool:
+    """`trial.report`, unless another process finished the trial (logged, never raised)."""
+    return _unless_finished(study, trial, lambda: trial.report(value, step), f"report step {step}", log)
+
+
+def _unless_finished(
+    study: optuna.Study, trial: optuna.Trial, write: Callable[[], object], what: str, log: Callable[[str], None]
+) -> bool:
+    if is_finished(study, trial):
+        log(f"[{study.study_name}] trial {trial.number} was finished by another process; not told to {what}")
+        return False
+    try:
+        write()
+    except optuna.exceptions.UpdateFinishedTrialError:  # finished between the check and the write
+        log(f"[{study.study_name}] trial {trial.number} was finished by another process; not told to {what}")
+        return False
+    return True
+
+
+def is_finished(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Has the trial ended in the storage (told by anyone)?"""
+    return study._storage.get_trial(trial._trial_id).state.is_finished()
+
+
+def over_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """After `ask`: is `trial` one too many for a study of `n_trials`? The storage numbers trials in the order they
+    were asked, so of the RUNNING trials the earliest get the places left: two workers that counted at once (flock
+    excludes nobody on NFS `nolock`) agree which of them runs, without any lock."""
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    running = sorted(t.number for t in trials if t.state == TrialState.RUNNING)
+    return trial.number not in running or running.index(trial.number) >= n_trials - done
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, *args: Any, **kwargs: Any) -> optuna.trial.FrozenTrial:
+    """`study.tell` as inside `study.optimize`, where a sampler may stop the study: GridSampler does once every
+    grid point was asked, and outside `optimize` that raises. Our loop stops by the budget, not by that flag."""
+    study._thread_local.in_optimize_loop = True
+    try:
+        return study.tell(trial, *args, **kwargs)
+    finally:
+        study._thread_local.in_optimize_loop = False
+
+
+def give_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Undo an `ask` that `over_budget` refused: the trial ends FAIL marked `surplus` (not counted as a failure),
+    and a queued trial (a retry, a named point) is queued again for a later run."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    try:
+        trial.set_user_attr("surplus", True)
+        tell(study, trial, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    fixed = frozen.system_attrs.get("fixed_params")
+    if fixed is not None:
+        keep = {k: v for k, v in frozen.user_attrs.items() if k in ("baseline_point", "resume", "retry_of")}
+        study.enqueue_trial(fixed, user_attrs=keep, skip_if_exists=False)
+
+
+def running_elsewhere(study: optuna.Study, run: str) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials that this sweep run does not own (another machine's, a dead machine's, or untagged)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not owned_by(run)(t.user_attrs.get(WORKER_ATTR))]  # fmt: skip
 
 
 def trial_failures(study: optuna.Study) -> int:

@@ -1,7 +1,8 @@
 """Workloads: real image datasets held in memory as float tensors in [-1, 1], and a seeded batch order.
 
-- `digits`: scikit-learn's 1,797 8x8 digits (shipped inside the package), optionally upsampled to 16x16.
-- `cifar10`: torchvision's CIFAR-10 from a local root, never downloaded.
+- `digits`: the 1,797 8x8 UCI digits of scikit-learn's `load_digits`, shipped inside the package (`digits.py`),
+  optionally upsampled to 16x16.
+- `cifar10`: torchvision's CIFAR-10 from a local root; downloaded into it only with `workload.download: true`.
 - `folder`: every image under a directory (recursively), center-cropped and resized.
 
 `digits` and `folder` use a fixed 80/20 train/test split that does not depend on the trial seed.
@@ -9,9 +10,6 @@
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import WorkloadConfig
 from ..errors import DataError
+from .digits import digits_arrays
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_SEED = 0  # the train/test split is part of the workload, not of the trial
@@ -46,42 +45,27 @@ def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     ).clamp(-1, 1)
 
 
-@lru_cache(maxsize=1)
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as (images (1797, 8, 8) float32 levels 0..16, labels (1797,) int64).
-
-    Read from the CSV file scikit-learn ships, the file its `load_digits` reads, without importing scikit-learn:
-    that import costs about 2 s in every process that starts a trial (each Ray trial actor, each CLI run).
-    """
-    spec = importlib.util.find_spec("sklearn")
-    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
-    if not path.is_file():  # another layout of scikit-learn's data: ask it
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
-    with gzip.open(path, "rt") as f:
-        rows = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
-
-
 def load_digits_images(resolution: int, split: str) -> torch.Tensor:
-    """scikit-learn's 8x8 digits (shipped with the package) in [-1, 1], the split's fixed share, resized."""
+    """The 8x8 digits (shipped with the package) in [-1, 1], the split's fixed share, resized."""
     images = torch.from_numpy(digits_arrays()[0].copy())[:, None] / 8.0 - 1.0
     return _resize(fixed_split(images, split), resolution)
 
 
-def load_cifar10_images(root: str, resolution: int, split: str) -> torch.Tensor:
-    """CIFAR-10 from torchvision's local copy under `root` (never downloaded at run time) in [-1, 1]."""
+def load_cifar10_images(root: str, resolution: int, split: str, download: bool = False) -> torch.Tensor:
+    """CIFAR-10 from torchvision's copy under `root` in [-1, 1]; fetched into `root` by torchvision only when
+    `download` (config `workload.download`) is asked for, never otherwise."""
     from torchvision.datasets import CIFAR10
 
     try:
-        ds = CIFAR10(root, train=split == "train", download=False)
-    except RuntimeError:
+        ds = CIFAR10(root, train=split == "train", download=download)
+    except (RuntimeError, OSError) as e:
+        if download:
+            raise DataError(f"workload.download: fetching CIFAR-10 into '{root}' failed: {e}") from None
         raise DataError(
             f"workload.root: CIFAR-10 not found under '{root}' (expected '{Path(root) / 'cifar-10-batches-py'}'). "
             "Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html on a machine "
-            "with internet, extract it into that root, and pass it with --set workload.root=PATH."
+            "with internet, extract it into that root, and pass it with --set workload.root=PATH (or let "
+            "torchvision fetch it there: --set workload.download=true)."
         ) from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return _resize(images, resolution)
@@ -122,7 +106,7 @@ def load_folder_images(root: str, resolution: int, split: str) -> torch.Tensor:
 def check_available(workload: WorkloadConfig) -> None:
     """Cheap existence check of a workload's data, so a sweep fails before its first trial."""
     if workload.dataset == "cifar10":
-        if not (Path(workload.root) / "cifar-10-batches-py").is_dir():
+        if not workload.download and not (Path(workload.root) / "cifar-10-batches-py").is_dir():
             load_cifar10_images(workload.root, workload.resolution, "train")  # raises the full explanation
     elif workload.dataset == "folder":
         base = Path(workload.root)
@@ -136,7 +120,7 @@ def load_images(workload: WorkloadConfig, split: str = "train") -> torch.Tensor:
     if workload.dataset == "digits":
         return load_digits_images(workload.resolution, split)
     if workload.dataset == "cifar10":
-        return load_cifar10_images(workload.root, workload.resolution, split)
+        return load_cifar10_images(workload.root, workload.resolution, split, workload.download)
     return load_folder_images(workload.root, workload.resolution, split)
 
 

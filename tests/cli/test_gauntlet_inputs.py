@@ -246,7 +246,42 @@ VALUES = [
     ),
 ]
 
-EXIT_2 = [*FILES, *OUTPUTS, *OPTUNA_OPTIONS, *VALUES]
+# --- names that do not exist: said so, with what does -------------------------------------------------------------
+MISSING = [
+    (
+        "leaderboard-store-missing",
+        lambda t, s: ["leaderboard", "--store", str(t / "nowhere")],
+        ["--store", "nowhere", "does not exist"],
+    ),
+    (
+        "confirm-store-missing",
+        lambda t, s: ["confirm", SWEEP, "--store", str(t / "nowhere")],
+        ["--store", "nowhere", "does not exist"],
+    ),
+    (
+        "leaderboard-sweep-typo",
+        lambda t, s: ["leaderboard", "--store", s, "--sweep", "gg", "--metric", "best_probe_loss"],
+        ["--sweep", "no records of sweep 'gg'", "did you mean 'g'?", "allowed: g"],
+    ),
+    ("confirm-sweep-typo", lambda t, s: ["confirm", "x", "--store", s], ["SWEEP", "sweep 'x'", "allowed: g"]),
+    (
+        "space-file-missing",
+        lambda t, s: ["sweep", str(t / "nope.yaml"), "--store", s],
+        ["nope.yaml", "search space file not found"],
+    ),
+    (
+        "space-loguniform",
+        lambda t, s: [
+            "sweep",
+            space(t, space={"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}),
+            "--store",
+            s,
+        ],
+        ["space.optim.lr", "'loguniform'", "use {type: float, log: true}"],
+    ),
+]
+
+EXIT_2 = [*FILES, *OUTPUTS, *OPTUNA_OPTIONS, *VALUES, *MISSING]
 
 
 @pytest.mark.parametrize("build,needles", [c[1:] for c in EXIT_2], ids=[c[0] for c in EXIT_2])
@@ -331,6 +366,19 @@ def test_missing_baseline_is_said_on_the_terminal(tmp_path, good_store):
     result = CliRunner().invoke(main, [*args, "--no-plots", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "Warning: baseline 'nope' has no records here" in result.output
+
+
+def test_the_default_baseline_is_the_ddpm_point_of_the_given_sweep(tmp_path):
+    """`sweep --with-baselines` runs ddpm as the point `ddpm@<sweep>`; `leaderboard --sweep <sweep>` compares with
+    it without being told (no reference `ddpm` records in the store), and says nothing is missing."""
+    store = Store(tmp_path / "store")
+    for tags, override in (({"baseline_point": "ddpm"}, "lsc.mode=none"), ({"trial_number": 1}, "lsc.mode=constant")):
+        run_trial(tiny_config(override), store.root, tags={"sweep": "q", **tags}, writer=store.write_unique)
+    args = ["leaderboard", "--store", str(store.root), "--sweep", "q", "--metric", "best_probe_loss", "--no-plots"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "lb")])
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.output
+    assert "ddpm@q" in (tmp_path / "lb" / "leaderboard.md").read_text()
 
 
 # --- changed studies -----------------------------------------------------------------------------------------------

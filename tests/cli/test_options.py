@@ -5,7 +5,7 @@ import yaml
 from click.testing import CliRunner
 
 from stabench.cli import main
-from stabench.cli.options import Command, deprecated_alias
+from stabench.cli.options import Command, deprecated_alias, sweep_baseline
 from stabench.errors import UserError
 
 
@@ -72,3 +72,22 @@ def test_a_backend_added_to_the_registry_is_a_cli_choice(monkeypatch):
     monkeypatch.setitem(backend.BACKENDS, "another", backend.BACKENDS["optuna"])
     assert option("sweep", "backend").type.registry == "stabench.sweep.backend:BACKENDS"
     assert RegistryChoice("stabench.sweep.backend:BACKENDS").convert("another", None, None) == "another"
+
+
+SWEEP_TAGS = [{"sweep": "q", "baseline_point": "ddpm"}, {"sweep": "q", "trial_number": 1}, {"sweep": "r"}]
+
+
+def test_a_baseline_name_means_its_point_in_the_one_given_sweep_that_ran_it():
+    assert sweep_baseline("ddpm", ["q"], SWEEP_TAGS) == "ddpm@q"
+
+
+def test_a_baseline_with_reference_records_stays_the_reference():
+    assert sweep_baseline("ddpm", ["q"], [*SWEEP_TAGS, {"sweep": "baselines", "baseline": "ddpm"}]) == "ddpm"
+
+
+def test_a_baseline_stays_as_given_when_no_given_sweep_or_several_ran_it():
+    assert sweep_baseline("ddpm", ["r"], SWEEP_TAGS) == "ddpm"
+    assert sweep_baseline("ddpm", [], SWEEP_TAGS) == "ddpm"
+    assert sweep_baseline("ddpm", ["q", "s"], [*SWEEP_TAGS, {"sweep": "s", "baseline_point": "ddpm"}]) == "ddpm"
+    assert sweep_baseline("ddpm@r", ["q"], SWEEP_TAGS) == "ddpm@r"
+    assert sweep_baseline("", ["q"], SWEEP_TAGS) == ""

@@ -1,5 +1,8 @@
 """W&B: offline runs readable with wandb's own records, failures never break a trial, disabled = nothing."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from stabench.engine import run_trial
@@ -56,6 +59,10 @@ def test_the_leaderboard_run_names_every_record_artifact_it_ranks(tmp_path, monk
     assert result.exit_code == 0, result.output
     assert "upload skipped" not in result.output
     (board,) = [r for r in map(read_offline_run, offline_runs(store.root)) if r["job_type"] == "leaderboard"]
+    assert board["name"] == "leaderboard-t-best_probe_loss"
+    assert board["config"]["metric"] == "best_probe_loss"
+    assert board["config"]["sweeps"] == ["t"]
+    assert board["config"]["records"] == 2
     (artifact,) = [a for a in board["artifacts"] if a["type"] == "leaderboard"]
     assert {"leaderboard.csv", "leaderboard.parquet", "leaderboard.tex", "leaderboard.html"} <= set(artifact["files"])
     used = {r["artifact"]: r["digest"] for r in artifact["metadata"]["records"]}
@@ -180,3 +187,86 @@ def test_project_and_entity_come_from_the_environment(monkeypatch):
     assert TrackingSettings().project == "mine"
     assert TrackingSettings().entity == "team"
     assert TrackingSettings(project="given").project == "given"
+
+
+# ---------------------------------------------------------------------------------------------
+# A scored baseline point: sample grids per evaluation, the samples table, the baseline's job type and tags, and
+# every key docs/wandb.md promises
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory):
+    """The offline W&B run of a tiny trial that scores 16 samples per weight set at steps 10 and 20, logged as the
+    `ddpm` point of sweep `q` (as `sweep --with-baselines` runs it)."""
+    root = tmp_path_factory.mktemp("scored")
+    rec = run_trial(
+        tiny_config("eval.samples=16", "eval.sampler_steps=5", "eval.grid=16"),
+        root,
+        tags={"sweep": "q", "baseline_point": "ddpm"},
+        tracking=TrackingSettings(mode="offline", dir=str(root)),
+    )
+    (run_dir,) = offline_runs(root)
+    return rec, read_offline_run(run_dir)
+
+
+def logged(run, key):
+    """The history rows that logged `key` (an image or table logs its fields as `key/width`, `key/_type`, ...)."""
+    return [{k.removeprefix(key + "/"): v for k, v in row.items() if k.startswith(key + "/")} for row in run["history"]
+            if any(k.startswith(key + "/") for k in row)]  # fmt: skip
+
+
+def test_a_baseline_point_is_a_baseline_run(scored_run):
+    rec, run = scored_run
+    assert run["job_type"] == "baseline"
+    assert "baseline" in run["tags"]
+    assert "baseline=ddpm" in run["tags"]
+    assert run["name"] == "ddpm@q s0"
+
+
+def test_every_evaluation_logs_a_readable_grid_per_weight_set(scored_run):
+    rec, run = scored_run
+    for name in ("raw", "ema_0.9999"):
+        grids = logged(run, f"samples/{name}")
+        assert len(grids) == len(rec["evals"])  # one per evaluation point
+        assert all(g["_type"] == "image-file" for g in grids)
+        assert min(min(g["width"], g["height"]) for g in grids) >= 256
+
+
+def test_the_samples_table_has_a_row_per_evaluation_and_weight_set(scored_run):
+    rec, run = scored_run
+    (table,) = logged(run, "samples/table")
+    assert table["_type"] == "table-file"
+    assert table["nrows"] == 2 * len(rec["evals"])
+    (final,) = logged(run, "samples/final")
+    assert min(final["width"], final["height"]) >= 256
+
+
+def test_wandb_attrs_say_where_the_run_is(scored_run):
+    from stabench.records.tracking import wandb_attrs
+
+    rec, run = scored_run
+    assert wandb_attrs(rec) == {"wandb_id": rec["wandb"]["id"], "wandb_project": "stabench"}  # offline: no URL yet
+    assert wandb_attrs({}) == {}
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "wandb.md"
+
+
+def promised_keys() -> list[str]:
+    """The W&B keys docs/wandb.md names (`probe/skip_norm_<i>`: `<...>` stands for any one segment)."""
+    keys = re.findall(r"`((?:train|probe|eval|samples|best)/[^`\s]+)`", DOCS.read_text())
+    return sorted(set(keys))
+
+
+INCEPTION_KEYS = {"eval/fid/*", "eval/fid/<weights>", "eval/kid/<weights>"}  # need Inception weights, not shipped
+
+
+def test_docs_promise_only_keys_that_are_logged(scored_run):
+    rec, run = scored_run
+    seen = set().union(*run["history"]) | set(run["summary"])
+    assert len(promised_keys()) >= 10
+    for key in set(promised_keys()) - INCEPTION_KEYS:
+        pattern = re.escape(key).replace(re.escape("*"), "[^/]+")
+        pattern = re.sub(r"<[^>]+>", "[^/]+", pattern.replace("\\<", "<").replace("\\>", ">"))
+        assert any(re.fullmatch(pattern + "(/.+)?", k) for k in seen), key

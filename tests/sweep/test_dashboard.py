@@ -39,10 +39,11 @@ def get_json(url: str, timeout_s: float = 60.0):
 
 
 @pytest.mark.skipif(DASHBOARD is None, reason="optuna-dashboard is installed by the dev extras")
-def test_optuna_dashboard_serves_the_study_with_metric_names_and_run_ids(tmp_path):
+def test_optuna_dashboard_serves_the_study_with_metric_names_run_ids_and_wandb_ids(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     journal = tmp_path / "t.journal"
     args = ["sweep", str(space_file(tmp_path, trials=2)), "--store", str(tmp_path / "s"), "--study-storage",
-            str(journal), "--wandb", "disabled"]  # fmt: skip
+            str(journal), "--wandb", "offline"]  # fmt: skip
     swept = CliRunner().invoke(main, args)
     assert swept.exit_code == 0, swept.output
 
@@ -67,3 +68,5 @@ def test_optuna_dashboard_serves_the_study_with_metric_names_and_run_ids(tmp_pat
     for trial in detail["trials"]:
         trial_attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
         assert set(json.loads(trial_attrs["run_ids"])) <= records  # the dashboard shows attrs as JSON text
+        assert json.loads(trial_attrs["records"]) == [f"{r}/record.json" for r in json.loads(trial_attrs["run_ids"])]
+        assert len(json.loads(trial_attrs["wandb_ids"])) == len(json.loads(trial_attrs["run_ids"]))

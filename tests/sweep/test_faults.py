@@ -336,12 +336,17 @@ def test_worker_is_gone_tells_live_dead_zombie_and_reused_pids():
     assert worker_is_gone({**me, "pid": child.pid}, heartbeats=False)
     child.wait()
     assert worker_is_gone({**me, "pid": child.pid}, heartbeats=False)
-    # another machine, or not yet tagged: heartbeats decide when the storage has them
+    # another machine, or not yet tagged: never judged from here, unless the user names its host (--take-over)
     elsewhere = {**me, "host": "another-host"}
-    assert worker_is_gone(elsewhere, heartbeats=False)
+    assert not worker_is_gone(elsewhere, heartbeats=False)
     assert not worker_is_gone(elsewhere, heartbeats=True)
-    assert worker_is_gone(None, heartbeats=False)
+    assert worker_is_gone(elsewhere, heartbeats=False, take_over=frozenset({"another-host"}))
+    assert not worker_is_gone(elsewhere, heartbeats=False, take_over=frozenset({"third-host"}))
+    assert worker_is_gone(elsewhere, heartbeats=False, take_over=frozenset({"ALL"}))
+    assert not worker_is_gone({**me, "boot": "another-boot"}, heartbeats=False)  # same name, another machine
+    assert not worker_is_gone(None, heartbeats=False)
     assert not worker_is_gone(None, heartbeats=True)
+    assert worker_is_gone(None, heartbeats=False, take_over=frozenset({"ALL"}))
 
 
 def test_retry_keeps_the_baseline_name_and_skips_finished_trials():

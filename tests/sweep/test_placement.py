@@ -156,3 +156,22 @@ def test_four_half_gpu_trials_pack_two_per_gpu_and_each_sees_one_device(tmp_path
     assert all(len(r["device"]["ray_gpu_ids"]) == 1 for r in records)  # each trial sees exactly one GPU
     assert all(r["device"]["visible_devices"] == r["device"]["ray_gpu_ids"][0] for r in records)
     assert sorted(r["device"]["ray_gpu_ids"][0] for r in records) == ["0", "0", "1", "1"]  # two share each GPU
+
+
+def test_the_gpu_default_is_decided_per_trial_from_the_cluster_as_it_is(ray_with_two_fake_gpus):
+    from stabench.sweep.ray_cluster import RayCluster
+
+    resources = RayCluster(address="auto").trial_resources()  # joined by address, GPUs up: no error
+    bundle = resources({}).required_resources  # what Tune asks for as it creates a trial
+    assert bundle["GPU"] == 1
+    assert bundle["CPU"] == 1
+    assert RayCluster(gpus_per_trial=0.5).trial_resources() == {"cpu": 1, "gpu": 0.5}
+
+
+def test_more_than_one_gpu_per_trial_is_refused_one_trial_uses_one_device():
+    from stabench.sweep.ray_cluster import RayCluster
+
+    with pytest.raises(UserError, match="no data parallelism") as err:
+        RayCluster(gpus_per_trial=2)
+    assert err.value.key == "gpus_per_trial"
+    assert RayCluster(gpus_per_trial=1).gpus_per_trial == 1

@@ -82,3 +82,47 @@ def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path)
     assert whole["resumed_from_step"] is None
     assert resumed["curves"]["loss"] == whole["curves"]["loss"]
     assert resumed["metrics"]["final_probe_loss"] == whole["metrics"]["final_probe_loss"]
+
+
+def test_another_machine_continues_the_seed_a_dead_machine_claimed(tmp_path):
+    """The seed's claim names the dead worker's run folder; a process that may take the claim over (the storage
+    or --take-over said the holder is gone) continues that folder from its checkpoint, though the folder's
+    owner.json names another machine (which alone would never be taken over)."""
+    import json
+    import multiprocessing as mp
+
+    from stabench.config import config_hash
+    from stabench.records.record import Tags
+    from stabench.sweep.claims import SeedClaims, claim_key
+    from stabench.sweep.core import ConfigRun, Placement
+    from stabench.sweep.space import trial_config
+
+    path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [KILL_LR]}},
+                      fixed={"eval.every": 5, "checkpoint_every": 5}, trials=1)  # fmt: skip
+    worker = mp.get_context("spawn").Process(
+        target=train_until_killed, args=(str(tmp_path / "store"), str(path), str(tmp_path / "killed"))
+    )
+    worker.start()
+    worker.join(timeout=600)
+    assert worker.exitcode == 1
+    # what machine A would have left: its claim and owner file name machine A
+    space = load_space(path)
+    key = claim_key(config_hash(trial_config(space, POINT, 0)), 0)
+    claims = SeedClaims(tmp_path / "store", "t")
+    (run_dir,) = [d for d in (tmp_path / "store").iterdir() if (d / "checkpoint.pt").exists()]
+    machine_a = {**json.loads((run_dir / "owner.json").read_text()), "host": "machine-a", "boot": "b"}
+    (run_dir / "owner.json").write_text(json.dumps(machine_a))
+    taken = claims.take(key, claims.top(key), {**machine_a, "trial": 0})
+    claims.name_run(taken, run_dir)
+
+    waiting = ConfigRun(space, Tags(sweep="t", trial_number=1), Placement(str(tmp_path / "store")))
+    assert not waiting._holder_gone(claims.top(key))  # machine A might be alive: nobody takes its seed
+
+    retry = ConfigRun(space, Tags(sweep="t", trial_number=1), Placement(str(tmp_path / "store")),
+                      holder_gone=lambda holder: holder["host"] == "machine-a")  # fmt: skip
+    list(retry.events(POINT))
+    (resumed,) = retry.records
+    assert resumed["resumed_from_step"] == 10
+    assert resumed["run_dir"] == str(run_dir)
+    assert claims.top(key).gen == taken.gen + 1
+    assert claims.top(key).done

@@ -221,7 +221,7 @@ def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
         path = space_file(tmp_path, trials=2)
         out = subprocess.run(
             [sys.executable, "-m", "stabench.cli", "sweep", str(path), "--backend", "ray", "--store", "store",
-             "--ray-dir", "ray"],
+             "--ray-dir", "ray", "--gpus-per-trial", "0"],
             cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
         )  # fmt: skip
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -119,3 +119,11 @@ def test_verdicts_follow_the_holm_adjusted_exact_p():
     assert verdict(result(sign_flip, pairs), 0.01) == Verdict.AGREES
     assert verdict(result(sign_flip, pairs, mean=1.0), 0.01) == Verdict.DISAGREES
     assert verdict(result(sign_flip, []), math.nan) == Verdict.UNTESTED
+
+
+@pytest.mark.parametrize("regime", ["collapse", "clip", "scalelong", "quality"])
+def test_the_help_states_the_design_n_of_each_regime(regime):
+    from stabench.validate.checks import N_PAIRS
+
+    text = " ".join(CliRunner().invoke(main, ["validate", "--help"]).output.split()).lower()
+    assert f"{regime} {N_PAIRS[regime]}" in text

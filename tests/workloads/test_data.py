@@ -5,7 +5,7 @@ from PIL import Image
 
 from stabench.config import WorkloadConfig
 from stabench.errors import DataError
-from stabench.workloads.data import BatchStream, digits_arrays, load_images
+from stabench.workloads.data import BatchStream, load_images
 
 
 def test_digits_train_test_split_is_fixed_and_disjoint():
@@ -18,15 +18,6 @@ def test_digits_train_test_split_is_fixed_and_disjoint():
     assert torch.equal(train, load_images(WorkloadConfig(), "train"))
     rows = {tuple(r) for r in train.flatten(1).tolist()}
     assert sum(tuple(r) in rows for r in test.flatten(1).tolist()) < 10  # only exact duplicate digits
-
-
-def test_digits_read_from_the_file_equal_scikit_learns_load_digits():
-    from sklearn.datasets import load_digits
-
-    images, labels = digits_arrays()
-    reference = load_digits()
-    assert np.array_equal(images, reference.images.astype(np.float32))
-    assert np.array_equal(labels, reference.target)
 
 
 def test_digits_upsampled_to_16():
