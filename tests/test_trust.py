@@ -100,11 +100,14 @@ def test_a_retry_taking_over_a_dead_workers_run_refuses_a_checkpoint_that_runs_c
 
 def test_a_ray_restore_refuses_a_checkpoint_that_runs_code(genuine, tmp_path, space):
     """A restored Ray trial resumes the seed its Ray checkpoint names (`StabenchTrainable.load_checkpoint`)."""
-    run_dir, marker = malicious(genuine, tmp_path)
+    params = {"lsc.mode": "none", "optim.lr": 1e-3}
+    store = tmp_path / "store"  # a resume folder outside the store, or of another config, is never opened at all
+    name = f"20200101-000000-{config_hash(trial_config(space, params, 0))[:8]}-s0-abcdef"
+    run_dir, marker = malicious(genuine, store, name=name)
     resume = {"seed_index": 0, "run_dir": str(run_dir)}
-    run = ConfigRun(space, Tags(sweep="t", backend="ray"), Placement(str(tmp_path / "store")), resume=resume)
+    run = ConfigRun(space, Tags(sweep="t", backend="ray"), Placement(str(store)), resume=resume)
     with pytest.raises(UserError, match="nothing in it ran"):
-        run_config(run, {"lsc.mode": "none", "optim.lr": 1e-3})
+        run_config(run, params)
     assert not marker.exists()
 
 

@@ -23,7 +23,14 @@ from stabench.records.store import Store
 from stabench.sweep.core import OWNER, UntrustedOwner, abandoned_run, claim
 from stabench.sweep.doctor import examine
 from stabench.sweep.study import make_storage
-from stabench.sweep.workers import owner_problem, read_owner, same_machine, this_worker, worker_is_gone
+from stabench.sweep.workers import (
+    TAKE_OVER_ALL,
+    owner_problem,
+    read_owner,
+    same_machine,
+    this_worker,
+    worker_is_gone,
+)
 from tests.helpers import RunsCode, tiny_config
 
 CFG = ("checkpoint_every=5",)
@@ -284,7 +291,8 @@ def test_a_malformed_worker_never_crashes_the_liveness_checks(tmp_path):
     for worker in (None, [1], {}, {"host": "h"}, {"host": "h", "boot": "b", "pid": "x"}):
         assert owner_problem(worker) is not None
         assert same_machine(worker) is False
-        assert worker_is_gone(worker, heartbeats=False) is True  # unknown: `--resume` means the user says so
+        assert worker_is_gone(worker, heartbeats=False) is False  # unknown: alive unless the user says otherwise
+        assert worker_is_gone(worker, heartbeats=False, take_over=frozenset({TAKE_OVER_ALL})) is True
         assert worker_is_gone(worker, heartbeats=True) is False  # unknown: heartbeats decide
     assert owner_problem(this_worker()) is None
     fifo = tmp_path / OWNER

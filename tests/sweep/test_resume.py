@@ -1,7 +1,9 @@
 """A worker that dies mid-seed (a Ray actor, an Optuna worker process) leaves a checkpoint; the trial's restart or
-retry continues that seed from its last checkpoint step and finishes bit for bit like a run never interrupted."""
+retry continues that seed from its last checkpoint step and finishes like an uninterrupted run (to float rounding)."""
 
 import os
+
+import pytest
 
 from stabench.records.store import Store
 from stabench.sweep import SweepSettings
@@ -80,8 +82,10 @@ def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path)
     list(fresh.events(POINT))
     (whole,) = fresh.records
     assert whole["resumed_from_step"] is None
-    assert resumed["curves"]["loss"] == whole["curves"]["loss"]
-    assert resumed["metrics"]["final_probe_loss"] == whole["metrics"]["final_probe_loss"]
+    # the killed worker was another process (its own intra-op threads: float sums in another order); a restart
+    # from step 0 or another RNG state would differ by far more than 1e-6
+    assert resumed["curves"]["loss"] == pytest.approx(whole["curves"]["loss"], rel=1e-6)
+    assert resumed["metrics"]["final_probe_loss"] == pytest.approx(whole["metrics"]["final_probe_loss"], rel=1e-6)
 
 
 def test_another_machine_continues_the_seed_a_dead_machine_claimed(tmp_path):

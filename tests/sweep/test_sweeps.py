@@ -50,13 +50,15 @@ def test_optuna_sweep_writes_one_tagged_record_per_trial_and_seed(tmp_path):
     assert study.user_attrs["space_file"] == space.source
     assert study.user_attrs["seeds"] == [0, 1]
     assert study.user_attrs["backend"] == "optuna"
-    assert "space_fingerprint" in study.user_attrs
+    assert len(study.user_attrs["fingerprint"]) == 12  # a short hash; the whole fingerprint is a system attr
     for t in study.trials:
         run_ids = {r["run_id"] for r in records if r["tags"]["trial_number"] == t.number}
         assert set(t.user_attrs["run_ids"]) == run_ids
     from stabench.leaderboard.plots import write_importance
 
-    assert write_importance(study, tmp_path).endswith("importance.png")  # knob importance for the leaderboard
+    png, why = write_importance(study, tmp_path)  # too few trials for an importance: left out, saying why
+    assert png is None
+    assert "omitted" in why
     # re-running the same sweep continues the study: nothing new to do, nothing recorded twice
     run_optuna_sweep(
         space, store, SweepSettings.of(space, study_storage=str(tmp_path / "j.journal")), log=lambda s: None
