@@ -58,11 +58,10 @@ def train_until_killed(store_root: str, space_path: str, marker: str) -> None:
     list(run.events(POINT))
 
 
-def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path):
+def kill_a_worker_mid_seed(tmp_path, timeout_s: float):
+    """A worker process that trains the one seed of a space into tmp_path/store and dies at KILL_AT_STEP, leaving
+    its checkpoint and no record: (the space's path, the worker's exit code)."""
     import multiprocessing as mp
-
-    from stabench.records.record import Tags
-    from stabench.sweep.core import ConfigRun, Placement
 
     path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [KILL_LR]}},
                       fixed={"eval.every": 5, "checkpoint_every": 5}, trials=1)  # fmt: skip
@@ -70,8 +69,17 @@ def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path)
         target=train_until_killed, args=(str(tmp_path / "store"), str(path), str(tmp_path / "killed"))
     )
     worker.start()
-    worker.join(timeout=300)
-    assert worker.exitcode == 1  # died mid-seed, leaving its checkpoint at step 10 and no record
+    worker.join(timeout=timeout_s)
+    return path, worker.exitcode
+
+
+def test_a_retried_trial_continues_the_seed_a_dead_worker_checkpointed(tmp_path):
+
+    from stabench.records.record import Tags
+    from stabench.sweep.core import ConfigRun, Placement
+
+    path, exitcode = kill_a_worker_mid_seed(tmp_path, timeout_s=300)
+    assert exitcode == 1  # died mid-seed, leaving its checkpoint at step 10 and no record
 
     retry = ConfigRun(load_space(path), Tags(sweep="t"), Placement(str(tmp_path / "store")))  # the retried trial
     list(retry.events(POINT))
@@ -93,7 +101,6 @@ def test_another_machine_continues_the_seed_a_dead_machine_claimed(tmp_path):
     or --take-over said the holder is gone) continues that folder from its checkpoint, though the folder's
     owner.json names another machine (which alone would never be taken over)."""
     import json
-    import multiprocessing as mp
 
     from stabench.config import config_hash
     from stabench.records.record import Tags
@@ -101,14 +108,8 @@ def test_another_machine_continues_the_seed_a_dead_machine_claimed(tmp_path):
     from stabench.sweep.core import ConfigRun, Placement
     from stabench.sweep.space import trial_config
 
-    path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [KILL_LR]}},
-                      fixed={"eval.every": 5, "checkpoint_every": 5}, trials=1)  # fmt: skip
-    worker = mp.get_context("spawn").Process(
-        target=train_until_killed, args=(str(tmp_path / "store"), str(path), str(tmp_path / "killed"))
-    )
-    worker.start()
-    worker.join(timeout=600)
-    assert worker.exitcode == 1
+    path, exitcode = kill_a_worker_mid_seed(tmp_path, timeout_s=600)
+    assert exitcode == 1
     # what machine A would have left: its claim and owner file name machine A
     space = load_space(path)
     key = claim_key(config_hash(trial_config(space, POINT, 0)), 0)
