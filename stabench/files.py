@@ -5,7 +5,9 @@ Every layer writes through these (records, checkpoints, score caches, leaderboar
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -81,3 +83,44 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch  # here, not at import: the package face and the CLI load no torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_untrusted(path: Path, limit: int) -> bytes:
+    """A file read back from a shared store, without trusting it: a FIFO or device planted there to block its
+    reader is refused without waiting, and so is a file of more than `limit` bytes. Raises OSError or ValueError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data
+
+
+def read_untrusted_json(path: Path, limit: int) -> Any:
+    """`read_untrusted`, parsed as JSON; nesting too deep for the parser is a ValueError like any malformed JSON."""
+    data = read_untrusted(path, limit)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def create_exclusive(path: Path, text: str) -> bool:
+    """Create `path` holding `text` unless it exists (O_EXCL: atomic on a local disk, NFSv3+ and Lustre, so of two
+    processes creating it at once exactly one gets True). The text is on disk before this returns; a failed write
+    (disk full) removes the file instead of leaving it empty."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # less the umask, as every store file
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return True

@@ -19,10 +19,11 @@ from stabench.engine.state import read_checkpoint
 from stabench.errors import StorageFault, UserError
 from stabench.files import atomic_write, atomic_write_bytes
 from stabench.records.record import Tags, write_record
-from stabench.records.store import Store
+from stabench.records.store import RecordSkipped, Store
+from stabench.sweep.claims import MAX_GEN, SeedClaims
 from stabench.sweep.core import OWNER, ConfigRun, Placement, run_config
 from stabench.sweep.space import load_space, trial_config
-from stabench.sweep.workers import this_worker
+from stabench.sweep.workers import read_owner, this_worker
 from tests.helpers import RunsCode, space_file, tiny_config
 
 STEPS = ("checkpoint_every=5",)
@@ -244,3 +245,76 @@ def test_records_are_written_with_the_mode_the_umask_gives(tmp_path, umask, mode
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "leaderboard.parquet").stat().st_mode) == mode
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files a shared store hands back to every reader: a FIFO, a huge file or deeply nested JSON blocks or crashes none
+# ---------------------------------------------------------------------------------------------------------
+
+NESTED = b"[" * 20_000  # json.loads raises RecursionError on it, which is no ValueError
+
+
+def plant_fifo(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+
+
+def test_a_fifo_planted_as_a_claim_is_read_as_no_holder_without_blocking(tmp_path):
+    claims = SeedClaims(tmp_path, "t")
+    plant_fifo(claims.dir / "abc-s0.0.claim")
+    top = claims.top("abc-s0")  # a blocking read would hang the test here
+    assert top is not None
+    assert top.holder is None
+
+
+def test_a_deeply_nested_claim_is_read_as_no_holder(tmp_path):
+    claims = SeedClaims(tmp_path, "t")
+    claims.dir.mkdir(parents=True)
+    (claims.dir / "abc-s0.0.claim").write_bytes(NESTED)
+    assert claims.top("abc-s0").holder is None
+
+
+def test_a_fifo_planted_as_a_claims_run_folder_is_ignored(tmp_path):
+    claims = SeedClaims(tmp_path, "t")
+    claim = claims.take("abc-s0", None, this_worker())
+    plant_fifo(claims.dir / "abc-s0.0.run")
+    assert SeedClaims.run_of(claim) is None
+
+
+def test_a_planted_last_generation_is_refused_by_name_instead_of_creating_an_unseen_claim(tmp_path):
+    claims = SeedClaims(tmp_path, "t")
+    claims.dir.mkdir(parents=True)
+    (claims.dir / f"abc-s0.{MAX_GEN}.done").write_text("")
+    with pytest.raises(UserError, match="abc-s0"):
+        claims.take("abc-s0", claims.top("abc-s0"), this_worker())
+
+
+def test_a_holder_keeps_its_seed_when_the_claims_folder_is_removed(tmp_path):
+    claims = SeedClaims(tmp_path, "t")
+    claim = claims.take("abc-s0", None, this_worker())
+    shutil.rmtree(claims.dir)
+    assert claims.holds(claim)  # its record is written, not thrown away as "taken over"
+
+
+def test_an_owner_file_nested_too_deeply_is_no_owner(tmp_path):
+    (tmp_path / OWNER).write_bytes(NESTED)
+    owner, why = read_owner(tmp_path / OWNER)
+    assert owner is None
+    assert "nested too deeply" in why
+
+
+@pytest.mark.parametrize("plant", ["fifo", "nested", "huge"])
+def test_a_planted_record_is_skipped_with_a_warning_and_the_store_still_reads(tmp_path, plant, monkeypatch):
+    store = Store(tmp_path)
+    record = run_trial(tiny_config(steps=2), tmp_path)
+    bad = tmp_path / "planted" / "record.json"
+    size = (tmp_path / record["run_id"] / "record.json").stat().st_size
+    if plant == "fifo":
+        plant_fifo(bad)
+    else:
+        bad.parent.mkdir()
+        bad.write_bytes(NESTED if plant == "nested" else b" " * (size + 1))
+        monkeypatch.setattr("stabench.records.store.RECORD_BYTES", size)  # the genuine record is just within
+    with pytest.warns(RecordSkipped, match="planted"):
+        found = list(store.records())
+    assert [r["run_id"] for r in found] == [record["run_id"]]

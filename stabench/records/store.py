@@ -21,7 +21,11 @@ import polars as pl
 
 from ..config import flatten
 from ..errors import UserError
+from ..files import read_untrusted_json
 from .record import FINISHED, Status, metrics_of, record_problem, run_id_glob, tags_of, write_record
+
+# A record is kilobytes (a long run's curves, under a megabyte): a larger record.json is not one of ours.
+RECORD_BYTES = 64 * 1024 * 1024
 
 
 def default_store() -> Path:
@@ -140,9 +144,9 @@ class Store:
         """The record in `path`, or None (warned once per file) when it is not one: our atomic writer never leaves
         a partial file, so this is a foreign, damaged or newer file, which must not crash a reader or be changed."""
         try:
-            rec = json.loads(path.read_bytes())
+            rec = read_untrusted_json(path, RECORD_BYTES)
             problem = record_problem(rec)
-        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON (ValueError covers all three parsers')
+        except (OSError, ValueError) as e:  # unreadable, a FIFO, too large, not UTF-8, not JSON, nested too deep
             problem = f"not a JSON record ({type(e).__name__}: {e})"
         if problem is None:
             return rec

@@ -21,10 +21,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+from ..files import create_exclusive, read_untrusted, read_untrusted_json
 from .workers import owner_problem
 
 CLAIMS_DIR = ".claims"
-CLAIM_NAME = re.compile(r"(?P<key>.+)\.(?P<gen>\d{1,9})\.(?P<kind>claim|done)")
+CLAIM_NAME = re.compile(r"(?P<key>.+)\.(?P<gen>[0-9]{1,9})\.(?P<kind>claim|done)")
+MAX_GEN = 10**9 - 1  # the highest generation CLAIM_NAME reads back
+HOLDER_BYTES = 64 * 1024  # a holder is a few hundred bytes: a larger claim file is not one of ours
 
 
 @dataclass(frozen=True)
@@ -67,23 +71,20 @@ class SeedClaims:
         """Create the generation after `after` (0 without one), holding `holder`; None when another process
         created it first (look again with `top`)."""
         gen = 0 if after is None else after.gen + 1
+        if gen > MAX_GEN:  # only a planted generation gets here: refuse rather than create a claim nobody can see
+            raise UserError(f"'{after.path if after else key}' claims generation {gen - 1} of this seed; remove the "
+                            f"files {key}.* in {self.dir} to claim it again", key="store")  # fmt: skip
         path = self.dir / f"{key}.{gen}.claim"
         self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # less the umask, as every store file
-        except FileExistsError:
-            return None
-        with os.fdopen(fd, "w") as f:  # written whole before anyone can judge its holder dead (mtime, not pid)
-            f.write(json.dumps(holder))
-            f.flush()
-            os.fsync(f.fileno())
-        return Claim(path, gen, False, holder)
+        # written whole before anyone can judge its holder dead (by mtime, not pid)
+        return Claim(path, gen, False, holder) if create_exclusive(path, json.dumps(holder)) else None
 
     def holds(self, claim: Claim) -> bool:
-        """Is `claim` still the current generation of its key (nobody took the seed over)?"""
+        """Is `claim` still the current generation of its key (nobody took the seed over)? A claims folder that
+        vanished (removed by hand) took nothing over: the holder keeps its seed and writes its record."""
         m = CLAIM_NAME.fullmatch(claim.path.name)
         top = self.top(m["key"]) if m else None
-        return top is not None and top.gen == claim.gen
+        return top is None or top.gen == claim.gen
 
     @staticmethod
     def name_run(claim: Claim, run_dir: Path) -> None:
@@ -97,7 +98,7 @@ class SeedClaims:
         """The run folder the holder of `claim` named, if it did (untrusted: the caller checks it)."""
         base = claim.path.name.removesuffix(".claim").removesuffix(".done")
         try:
-            text = claim.path.with_name(base + ".run").read_text().strip()
+            text = read_untrusted(claim.path.with_name(base + ".run"), HOLDER_BYTES).decode().strip()
         except (OSError, ValueError):
             return None
         return Path(text) if text and "\n" not in text else None
@@ -113,8 +114,8 @@ def read_holder(path: Path) -> dict | None:
     """A claim file's holder, checked like an owner file; None for a file that is not one (still being written,
     damaged or planted): such a claim is never taken for a live holder's, nor its run folder continued."""
     try:
-        holder = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        holder = read_untrusted_json(path, HOLDER_BYTES)
+    except (OSError, ValueError):  # missing, a FIFO or device, too large, not UTF-8, not JSON, nested too deep
         return None
     if owner_problem(holder) is not None:
         return None

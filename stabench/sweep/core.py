@@ -9,7 +9,7 @@ the worst possible value (infinity), never dropped.
 from __future__ import annotations
 
 import json
-import os
+import random
 import re
 import time
 import warnings
@@ -22,7 +22,7 @@ from typing import Any
 from ..config import TrialConfig, build_config, config_hash, config_to_dict
 from ..engine import CHECKPOINT, Trial
 from ..errors import ConfigError, UserError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, create_exclusive, read_untrusted
 from ..records.record import Status, Tags, record_value, run_id_glob
 from ..records.store import Store
 from ..records.tracking import TrackingSettings
@@ -192,7 +192,8 @@ class ConfigRun:
             if top is None or top.done or self._holder_gone(top):
                 self.previous_claim = top
                 self.claim = self.claims.take(key, top, self._holder(index))
-                if self.claim is None:  # another process took this generation first: look again
+                if self.claim is None:  # another process took this generation first: look again, after a pause
+                    time.sleep(random.uniform(0.5, 1.5) * CLAIM_POLL_S)  # (an NFS listing may lag behind the winner)
                     continue
                 found = self.store.find(config_hash(cfg), cfg.seed, sweep=self.tags.sweep)  # recorded just now?
                 if found is not None:
@@ -281,17 +282,12 @@ def store_id(root: Path) -> str:
 
     path = Path(root) / STORE_ID
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # less the umask, as every store file
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(uuid.uuid4().hex)
-            f.flush()
-            os.fsync(f.fileno())
+    create_exclusive(path, uuid.uuid4().hex)
     for _ in range(50):  # a file another process created a moment ago may still be empty
-        text = path.read_text().strip()
+        try:
+            text = read_untrusted(path, 64).decode().strip()
+        except (OSError, ValueError):  # a FIFO, a device or a large file put there: never an id
+            text = ""
         if STORE_ID_TEXT.fullmatch(text):
             return text
         time.sleep(0.1)

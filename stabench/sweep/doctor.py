@@ -23,7 +23,9 @@ from pathlib import Path
 
 from ..engine.state import CHECKPOINT, read_checkpoint
 from ..errors import UserError
+from ..files import read_untrusted_json
 from ..records.record import record_problem
+from ..records.store import RECORD_BYTES
 from .core import OWNER
 from .workers import read_owner, same_machine, worker_is_gone
 
@@ -253,8 +255,8 @@ def not_regular(entries: list[Entry]) -> list[Finding]:
 def check_record(path: Path) -> list[Finding]:
     """A record.json that readers (leaderboards, sweeps, confirm) would skip, and why (`Store._read`'s rule)."""
     try:
-        problem = record_problem(json.loads(path.read_bytes()))
-    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON: truncated by a copy, or foreign
+        problem = record_problem(read_untrusted_json(path, RECORD_BYTES))
+    except (OSError, ValueError) as e:  # unreadable, a FIFO, too large, not JSON: truncated by a copy, or foreign
         problem = f"not a JSON record ({type(e).__name__}: {e})"
     if problem is None:
         return []
@@ -335,7 +337,7 @@ def check_journal(path: Path, shown: int = 3) -> list[Finding]:
 def check_score(path: Path) -> list[Finding]:
     """A score-*.json (`stabench score`'s result) that is not a JSON object."""
     try:
-        score = json.loads(path.read_bytes())
+        score = read_untrusted_json(path, RECORD_BYTES)
     except (OSError, ValueError) as e:
         return [Finding("score", str(path), f"not JSON ({type(e).__name__}: {e})", fix="run `stabench score` again")]
     if not isinstance(score, dict):

@@ -11,9 +11,12 @@ driver's store (every trial proves first that it writes there: `ray_cluster.prov
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +33,7 @@ except ImportError as e:  # an optional dependency (pyproject.toml's [ray] extra
     raise missing_extra(e, "ray", "Ray Tune (--backend ray, baselines --backend ray, validate)") from None
 
 from ..engine import run_trial
+from ..engine.trial import PREEMPTION, Preempted, request_preemption
 from ..records.record import Status, Tags, eval_value, worst
 from ..records.store import Store
 from ..records.tracking import TrackingSettings
@@ -39,8 +43,10 @@ from .ray_cluster import (
     UNREACHABLE,
     RayCluster,
     StoreProof,
+    mark_preempted,
     on_assigned_device,
     placed,
+    preempting,
     prove_store,
     ray_for,
     store_proof,
@@ -59,7 +65,7 @@ from .study import (
     make_storage,
     summarize_study,
 )
-from .workers import owner
+from .workers import PREEMPTED_EXIT, owner, sigterm_requests
 
 CHECKPOINTS_KEPT = 2  # Ray checkpoints per trial: the last one and the one before it (a few bytes each)
 
@@ -96,6 +102,8 @@ class StabenchTrainable(tune.Trainable):
         placement.enter()
         self.space, self.sweep, self.placement, self.named_points = space, sweep, placement, named_points
         self.proof = proof
+        PREEMPTION.clear()  # this actor's process may have obeyed an earlier driver's preemption
+        watch_for_preemption(proof)
         self._begin(config)
 
     def reset_config(self, new_config: dict) -> bool:
@@ -147,6 +155,9 @@ class StabenchTrainable(tune.Trainable):
                 return self._final()
             except TrialFailed as e:
                 raise RuntimeError(f"trial failed: {e}") from None
+            except Preempted as e:  # the driver is being preempted: Tune stops this actor and ignores the result
+                self.run = None  # nothing left to stop: the seed is checkpointed and its claim released
+                return {"preempted_at": e.step}
             if event.entry is not None and not self._last_evaluation(event):
                 return self._intermediate(event)
 
@@ -190,8 +201,10 @@ class StabenchTrainable(tune.Trainable):
         return out
 
     def cleanup(self) -> None:
-        """Stopped by the scheduler: the running seed is recorded as pruned."""
-        self._stop()
+        """Stopped by the scheduler: the running seed is recorded as pruned. Stopped because the driver is being
+        preempted: nothing is recorded; the seed continues from its checkpoint when the experiment is restored."""
+        if not preempting(self.proof):
+            self._stop()
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict:
         """The running seed's train state is saved in its run directory in the (shared) store; Ray's checkpoint
@@ -203,6 +216,18 @@ class StabenchTrainable(tune.Trainable):
         the store, the interrupted one resumes at its last checkpoint step."""
         if self.store_problem is None:
             self._start(resume=checkpoint or None)
+
+
+def watch_for_preemption(proof: StoreProof, every_s: float = 1.0) -> None:
+    """In a trial's actor: once its driver says it is being preempted (`mark_preempted`), the running seed
+    checkpoints after its current step and stops (`request_preemption`), before Tune ends the actor."""
+
+    def watch() -> None:
+        while not preempting(proof):
+            time.sleep(every_s)
+        request_preemption()
+
+    threading.Thread(target=watch, name="stabench-preemption", daemon=True).start()
 
 
 def trial_outcome(result: dict | None, store_root: Path) -> tuple[str, str | None]:
@@ -379,7 +404,7 @@ def run_ray_sweep(
     study_storage = make_storage(url, name, heartbeats=False)[0]  # fails fast, before Ray starts
     study = open_ray_study(space, name, study_storage, url, store.root)
     run = RayRun(space, store, settings, study, study_storage, log)
-    with ray_for(store, cluster) as storage, store_proof(store.root) as proof:
+    with ray_for(store, cluster) as storage, store_proof(store.root) as proof, preemptible(proof, log) as preempted:
         experiment = f"{storage}/{name}"
         log(f"[{name}] {cluster.describe_per_trial()}")
         trainable = placed(
@@ -391,9 +416,11 @@ def run_ray_sweep(
             run.fit(tune.Tuner.restore(experiment, trainable, resume_errored=True))
             # The restored experiment has ended: its trials still RUNNING were asked by the killed driver after its
             # last experiment checkpoint, and will never run. They must not count towards the budget below.
-            if n := fail_running(study, of_experiment(experiment), requeue=False):
+            if not preempted and (n := fail_running(study, of_experiment(experiment), requeue=False)):
                 log(f"[{name}] {n} trial(s) of the killed driver left running in the study: marked failed")
-        if (left := n_trials - counted(study)) > 0:
+        if preempted:
+            pass  # no new trials: the experiment Tune just saved is the one to restore
+        elif (left := n_trials - counted(study)) > 0:
             run.token = f"{experiment}@{uuid.uuid4().hex[:8]}"  # this driver's trials (another may share the path)
             searcher = make_searcher(
                 space, study, study_storage, settings.named_points, max_concurrent, run.token, store.root
@@ -401,11 +428,52 @@ def run_ray_sweep(
             run.fit(make_tuner(trainable, space, searcher, left, name, storage, [run.progress], settings.max_failures))
         else:
             log(f"[{name}] the study holds {counted(study)} of {n_trials} trials: nothing to run")
+    if preempted:
+        log(f"[{name}] preempted (SIGTERM): Ray Tune saved the experiment and each running seed its checkpoint; "
+            "run the same command with --resume to continue them")  # fmt: skip
+        raise SystemExit(PREEMPTED_EXIT)
     # Once the sweep has ended none of this driver's trials can still run (Tune asks the searcher only for trials
     # it then runs; this is a safety net). Other drivers' trials are theirs.
     if run.token and (n := fail_orphaned(name, study_storage, run=run.token)):
         log(f"[{name}] {n} trial(s) of this run left running in the study: marked failed")
     return run.summary()
+
+
+# After SIGTERM, the driver exits 75 at the latest this long after. Tune saves its experiment state within a second
+# of the signal; what can take longer is stopping the trial actors, and when the scheduler signalled Ray's own
+# processes too (SLURM signals the whole job), Ray waits 60 s for a GCS that is gone before it ends the driver.
+PREEMPTION_GRACE_S = 20.0
+
+
+@contextlib.contextmanager
+def preemptible(proof: StoreProof, log=print):
+    """While inside, SIGTERM (a preempting scheduler: SLURM, Kubernetes) tells this driver's trials that a
+    preemption is coming (each checkpoints its running seed and records nothing) and stops Tune as Ctrl+C does
+    (it saves the experiment state one last time, so that `--resume` restores it). Yields a list that is
+    non-empty once that happened."""
+    preempted: list[bool] = []
+
+    def give_up() -> None:  # Tune did not return within the grace period: what `--resume` needs is saved
+        log("preempted (SIGTERM): Ray did not stop its trials in time; exiting, run again with --resume")
+        for path in (Path(proof.path) / proof.name, proof.preempted_flag):
+            path.unlink(missing_ok=True)
+        os._exit(PREEMPTED_EXIT)
+
+    def on_term() -> None:
+        if not preempted:
+            preempted.append(True)
+            mark_preempted(proof)
+            timer = threading.Timer(PREEMPTION_GRACE_S, give_up)
+            timer.daemon = True  # a driver that stopped in time exits at once
+            timer.start()
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's graceful stop, or KeyboardInterrupt outside Tuner.fit
+
+    try:
+        with sigterm_requests(on_term):
+            yield preempted
+    except KeyboardInterrupt:
+        if not preempted:
+            raise
 
 
 class RayRun:

@@ -210,6 +210,11 @@ class StoreProof:
     name: str
     token: str
 
+    @property
+    def preempted_flag(self) -> Path:
+        """Beside the token while the driver is being preempted: its trials are stopped to resume, not pruned."""
+        return Path(self.path) / f"{self.name}.preempted"
+
 
 @contextlib.contextmanager
 def store_proof(root: Path) -> Iterator[StoreProof]:
@@ -218,10 +223,23 @@ def store_proof(root: Path) -> Iterator[StoreProof]:
     path = Path(root).absolute()
     path.mkdir(parents=True, exist_ok=True)
     (path / name).write_text(token)
+    proof = StoreProof(str(path), name, token)
     try:
-        yield StoreProof(str(path), name, token)
+        yield proof
     finally:
         (path / name).unlink(missing_ok=True)
+        proof.preempted_flag.unlink(missing_ok=True)
+
+
+def mark_preempted(proof: StoreProof) -> None:
+    """Tell every trial of this driver, on whatever node, that the stop coming is a preemption (`preempting`)."""
+    proof.preempted_flag.touch()
+
+
+def preempting(proof: StoreProof) -> bool:
+    """Is this driver being preempted? Read by a trial Tune stops: it keeps its checkpoint instead of recording
+    its running seed as pruned."""
+    return proof.preempted_flag.exists()
 
 
 def node_name() -> str:

@@ -4,7 +4,6 @@ replaces workers that die. Knows processes, not Optuna: the backend says what to
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..files import read_untrusted_json
 
 
 def proc_stat(pid: int) -> tuple[str, str] | None:
@@ -81,12 +81,15 @@ def read_owner(path: Path) -> tuple[dict | None, str | None]:
     if not path.is_file():  # missing, or a FIFO or device planted to block whoever reads it
         return None, f"'{path}' {'is not a regular file' if path.exists() else 'does not exist'}"
     try:
-        owner = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        owner = read_untrusted_json(path, OWNER_BYTES)
+    except (OSError, ValueError) as e:  # unreadable, too large, not UTF-8, not JSON, nested too deep
         return None, f"'{path}' cannot be read as an owner file ({type(e).__name__}: {e})"
     if problem := owner_problem(owner):
         return None, f"'{path}' is not an owner file: {problem}"
     return owner, None
+
+
+OWNER_BYTES = 64 * 1024  # an owner is a few hundred bytes: a larger file is not one of ours
 
 
 TAKE_OVER_ALL = "ALL"  # `--take-over ALL`: every host, and trials not yet tagged with a worker

@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from stabench.engine.state import read_checkpoint
 from stabench.errors import UserError
 from stabench.records.store import Store
 from stabench.sweep.claims import SeedClaims
@@ -343,6 +344,43 @@ def test_sigterm_checkpoints_the_seed_and_the_rerun_continues_it(tmp_path):
     states = [t.state for t in journal_study(tmp_path / "j.journal").trials]
     assert states == [FAIL, optuna.trial.TrialState.COMPLETE]
     assert journal_study(tmp_path / "j.journal").trials[1].user_attrs["retry_of"] == 0
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    return read_checkpoint(run_dir / "checkpoint.pt", "test")["loop"]["step"]
+
+
+@pytest.mark.parametrize("signalled", ["driver", pytest.param("group", marks=pytest.mark.slow)])
+def test_sigterm_on_ray_checkpoints_the_seed_and_resume_continues_it(tmp_path, signalled):
+    """The Ray driver SIGTERM'd alone (as Kubernetes signals a pod's main process) or with its process group, where
+    the local Ray's own processes are (as SLURM signals a job): the running seed is not recorded as pruned, Tune
+    saves the experiment, the driver exits 75; `--resume` continues the seed from its checkpoint (signalled alone,
+    the seed checkpoints at its current step; with Ray's processes gone, at its last evaluation point)."""
+    every = 20
+    path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [3e-3]}}, trials=1,
+                      fixed={"optim.steps": 400, "eval.every": every})  # fmt: skip
+    args = ["sweep", str(path), "--backend", "ray", "--store", "store", "--ray-dir", "ray", "--wandb", "disabled",
+            "--cpus-per-trial", "1"]  # fmt: skip
+    first = cli(*args, cwd=tmp_path, log="first.log")
+    run_dir = wait_for_checkpoint(tmp_path / "store", tmp_path / "first.log")  # Ray's checkpoint at step `every`
+    (os.kill if signalled == "driver" else os.killpg)(first.pid, signal.SIGTERM)
+    assert first.wait(timeout=300) == 75, (tmp_path / "first.log").read_text()[-3000:]
+    assert "preempted (SIGTERM)" in (tmp_path / "first.log").read_text()
+    assert not list((tmp_path / "store").glob(".stabench-driver-*"))  # the driver's token and flag are gone
+    assert not list((tmp_path / "store").glob("*/record.json"))  # neither pruned nor finished: checkpointed
+    step = checkpoint_step(run_dir)
+    assert every <= step < 400
+    rerun = cli(*args, "--resume", cwd=tmp_path, log="rerun.log")
+    assert rerun.wait(timeout=900) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    t = tally(tmp_path / "store")
+    (record,) = t["records"]
+    ROWS.append({"scenario": "6: SIGTERM mid-seed on Ray, --resume", "records expected": 1, "arrived": t["arrived"],
+                 "duplicated": t["duplicated"], "steps retrained": step - record["resumed_from_step"]})  # fmt: skip
+    assert record["status"] == "ok"
+    assert record["resumed_from_step"] == step  # continued where SIGTERM stopped it
+    assert record["run_id"] == run_dir.name
+    (trial,) = journal_study(tmp_path / "store" / "optuna" / "t.journal").trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
 
 
 # ---------------------------------------------------------------------------------------------------------
