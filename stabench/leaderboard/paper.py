@@ -17,7 +17,7 @@ import numpy as np
 
 from ..records import stats
 from ..records.record import direction_of
-from .build import curve
+from .build import curve, record_steps_to_target
 
 # ScaleLong's scaling modes (sail-sg/ScaleLong `scalelong: 0..4`) in the paper's order, as our `lsc.mode`.
 MODES = {
@@ -110,18 +110,25 @@ def last_common_probe(records: Iterable[dict]) -> int | None:
 
 
 def norm_ratio(arm: Arm, original: Arm, step: int) -> str:
-    """The geometric mean over shared seeds of norm(mode) / norm(original) at `step`, with its interval."""
+    """The geometric mean over shared seeds of norm(mode) / norm(original) at `step`, with its interval. A seed
+    pair without a probe there, or with a norm of 0 or inf (a diverged run), is left out and counted."""
     mine, theirs = arm.by_seed(), original.by_seed()
-    logs = []
+    logs, unprobed, not_finite = [], 0, 0
     for seed in sorted(set(mine) & set(theirs)):
         a, b = norm_at(mine[seed], step), norm_at(theirs[seed], step)
         if a is None or b is None:
-            return NOT_REACHED
-        logs.append(math.log(a / b) if a > 0 and b > 0 and math.isfinite(a / b) else math.nan)
+            unprobed += 1
+        elif a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b):
+            logs.append(math.log(a / b))
+        else:
+            not_finite += 1
     if not logs:
-        return NOT_REACHED
+        return NOT_REACHED if not not_finite else f"no finite ratio ({not_finite} seed pair(s) with a norm of 0 or inf)"
     ratio, lo, hi = stats.geometric_mean_ratio(logs)
-    return with_interval(ratio, lo, hi, len(logs))
+    left_out = [f"{unprobed} seed pair(s) not probed there"] * bool(unprobed) + [
+        f"{not_finite} with a norm of 0 or inf"
+    ] * bool(not_finite)
+    return with_interval(ratio, lo, hi, len(logs)) + "".join(f"; {x}" for x in left_out)
 
 
 def norm_table(table: dict[tuple[int, str], Arm], depths: list[int], iteration: int) -> list[str]:
@@ -182,14 +189,9 @@ def fid_table(table: dict[tuple[int, str], Arm], depths: list[int], metric: str)
     return lines
 
 
-def record_steps_to(record: dict, metric: str, target: float) -> float:
-    points = fid_curve(record, metric)
-    return stats.steps_to_target([s for s, _ in points], [v for _, v in points], target, direction_of(metric))
-
-
 def steps_cell(arm: Arm, metric: str, target: float) -> str:
     """Mean steps to `target` over the seeds that reached it, with how many did."""
-    steps = [record_steps_to(r, metric, target) for r in arm.records]
+    steps = [record_steps_to_target(r, metric, target) for r in arm.records]
     reached = [s for s in steps if math.isfinite(s)]
     if not reached:
         return f"{NOT_REACHED} (0/{len(steps)} seeds)"
@@ -197,21 +199,27 @@ def steps_cell(arm: Arm, metric: str, target: float) -> str:
 
 
 def speedup_cell(arm: Arm, original: Arm, metric: str, target: float) -> str:
-    """Geometric mean over shared seeds of steps(original) / steps(mode) to `target`, with its interval."""
+    """Geometric mean over shared seeds of steps(original) / steps(mode) to `target`, with its interval. Seed pairs
+    where only one side reached the target are counted apart, by which side: they have no finite ratio, and a
+    mode that reaches a target the original never does is the strongest result, not a shortfall."""
     mine, theirs = arm.by_seed(), original.by_seed()
-    logs, missed = [], 0
+    logs, one_sided = [], {"only this mode": 0, "only the original": 0, "neither": 0}
     for seed in sorted(set(mine) & set(theirs)):
-        base, trial = record_steps_to(theirs[seed], metric, target), record_steps_to(mine[seed], metric, target)
-        ratio = stats.speedup(base, trial)
-        if math.isnan(ratio) or ratio in (0.0, math.inf):
-            missed += 1
+        base = record_steps_to_target(theirs[seed], metric, target)
+        ratio = stats.speedup(base, record_steps_to_target(mine[seed], metric, target))
+        if ratio == math.inf:
+            one_sided["only this mode"] += 1
+        elif ratio == 0.0:
+            one_sided["only the original"] += 1
+        elif math.isnan(ratio):
+            one_sided["neither"] += 1
         else:
             logs.append(math.log(ratio))
+    counts = "; ".join(f"{who} reached it in {k}" for who, k in one_sided.items() if k and who != "neither")
     if not logs:
-        return NOT_REACHED
+        return f"no finite ratio: {counts} seed pair(s)" if counts else f"{NOT_REACHED} by either"
     ratio, lo, hi = stats.geometric_mean_ratio(logs)
-    note = f"; {missed} seed pair(s) without a finite ratio" if missed else ""
-    return with_interval(ratio, lo, hi, len(logs)) + note
+    return with_interval(ratio, lo, hi, len(logs)) + (f"; {counts} seed pair(s)" if counts else "")
 
 
 def baseline_target(original: Arm, metric: str) -> float:

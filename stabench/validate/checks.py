@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import TrialConfig, config_hash, load_config
+from ..leaderboard.paper import PAPER_NORMS
 
 SWEEP = "validation"
 FIRST_SEED = 100  # confirmatory seeds: 100, 101, ...; the earlier run used 0-9 and the pilot 1000.. (all seen)
@@ -194,9 +195,10 @@ SHAM_SPLITS = 2000
 DESCRIPTIVE = ("ln decoder_norm_growth", "probe_grad_cv", "probe_grad_osc", "probe_loss_osc")
 
 # ScaleLong's figure (U-ViT, decoder feature norm at 30k iterations, x1e4) as ratios to no scaling ("Org").
+PAPER_MODE_NAMES = {"1/sqrt2": "inv_sqrt2", "LS": "learnable", "CS": "constant"}  # as the checks name them
 SCALELONG_RATIOS = {
-    "depth 12": {"1/sqrt2": 1.4 / 2.0, "LS": 1.1 / 2.0, "CS": 1.0 / 2.0},
-    "depth 16": {"1/sqrt2": 3.6 / 5.5, "LS": 2.2 / 5.5, "CS": 2.2 / 5.5},
+    f"depth {depth}": {name: norms[mode] / norms["none"] for name, mode in PAPER_MODE_NAMES.items()}
+    for depth, norms in PAPER_NORMS.items()
 }
 
 # Each regime's leaderboard ranks by a readout that does not depend on the weighting kind: FID where the regime
