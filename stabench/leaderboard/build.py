@@ -180,6 +180,7 @@ class Leaderboard:
     old_floor: bool = False  # the floor comes from the old readout (two halves of the reference)
     per_seed: pl.DataFrame = field(default_factory=pl.DataFrame)  # `seed_values`: what each row summarises
     omitted: list[str] = field(default_factory=list)  # figures left out, and why (filled by write_leaderboard)
+    baseline_hash: str | None = None  # the config the rows are compared with (one label may name several configs)
 
 
 @dataclass(frozen=True)
@@ -380,6 +381,7 @@ def build_leaderboard(records: list[dict], metric: str, baseline: str | None = N
         old_readout=sum(r.get("schema", 1) < 2 for r in finished),
         old_floor=bool(floors) and min(floors)[0],
         per_seed=seed_values(groups, metric),
+        baseline_hash=ref.group.config_hash if ref.group else None,
     )
 
 

@@ -56,13 +56,14 @@ def summary_table(lb: Leaderboard) -> pl.DataFrame:
     `delta_significant` (Holm over every config) is the leaderboard's and exists for the ranked metric only."""
     rows = {r.config_hash: r for r in lb.rows}
     values = lb.per_seed.drop_nulls("value")
-    base = values.filter(pl.col("config") == lb.baseline) if lb.baseline else values.clear()
+    # the config the leaderboard compares with, by hash: a baseline's label may name several configs in a store
+    base = values.filter(pl.col("config_hash") == lb.baseline_hash) if lb.baseline_hash else values.clear()
     lines = []
     for (metric, config_hash), part in values.group_by("metric", "config_hash", maintain_order=True):
         row = rows[config_hash]
         summary = stats.summarize(part["value"].to_list())
         paired = part.join(base.filter(pl.col("metric") == metric), on="seed", suffix="_base")
-        compared = lb.baseline is not None and row.config != lb.baseline and paired.height > 0
+        compared = lb.baseline_hash is not None and config_hash != lb.baseline_hash and paired.height > 0
         delta = stats.paired_delta(paired["value"].to_list(), paired["value_base"].to_list()) if compared else None
         lines.append({
             "ranked_by": lb.metric, "metric": metric, "direction": direction_of(str(metric)), "baseline": lb.baseline,

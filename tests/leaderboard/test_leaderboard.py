@@ -410,6 +410,21 @@ def test_long_tables_of_two_leaderboards_concatenate(tmp_path):
     assert pl.read_csv(tmp_path / "fid" / "leaderboard_summary.csv")["seeds"].to_list()[0] == "0;1;2"
 
 
+def test_the_summary_delta_is_against_the_one_baseline_config_even_when_its_label_names_two(tmp_path):
+    """A store where the baseline's name was trained with two configs (a rerun with other overrides): the summary
+    compares with the config the leaderboard compares with, on each shared seed once."""
+    records = [rec("base", s, 10.0 + s, baseline="ddpm") for s in range(3)]
+    records += [rec("rerun", s, 20.0 + s, baseline="ddpm", mode="linear") for s in range(3)]
+    records += [rec("good", s, 5.0 + s, mode="constant") for s in range(3)]
+    lb = write_leaderboard(records, tmp_path, "fid_digits", baseline="ddpm", plots=False)
+    summary = pl.read_parquet(tmp_path / "leaderboard_summary.parquet").filter(pl.col("metric") == "fid_digits")
+    good = summary.filter(pl.col("config_hash") == "good")
+    (row,) = [r for r in lb.rows if r.config_hash == "good"]
+    assert good["delta_n"].to_list() == [3]
+    assert good["delta"].to_list() == [pytest.approx(row.delta.mean)]
+    assert summary.filter(pl.col("config_hash") == lb.baseline_hash)["delta"].to_list() == [None]
+
+
 def test_polars_ranking_follows_the_rule_of_tied_ranks():
     records = [rec(h, s, v + 0.4 * s, mode=m) for h, v, m in (("a", 1.0, "none"), ("b", 1.5, "constant"),
                ("c", 3.0, "linear"), ("d", 9.0, "learnable")) for s in range(3)]  # fmt: skip
