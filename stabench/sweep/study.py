@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -113,22 +115,40 @@ def make_storage(url: str, study_name: str, heartbeats: bool = True) -> tuple[op
         except ImportError as e:
             raise missing_extra(e, "postgres", "a PostgreSQL study storage", key="study_storage") from None
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beats = dict(
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=HEARTBEAT_GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
-            )
-            storage = optuna.storages.RDBStorage(
-                url,
-                **(beats if heartbeats else {}),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-            )
-        return storage, url
+        return open_rdb(url, heartbeats), url
     except Exception as e:  # bad dialect, unreachable server, ...; the driver's text may quote the URL whole
         shown = f"cannot open '{redact_url(url)}': {type(e).__name__}: {scrub(str(e), url)}"
         raise UserError(shown, key="study_storage", allowed=STORAGES) from None
+
+
+SCHEMA_RACE_TRIES = 5  # workers that open a new database at once race to create Optuna's tables
+
+
+def open_rdb(url: str, heartbeats: bool) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at `url` (see `make_storage`). On an empty database every worker of an array job
+    creates Optuna's tables at the same moment and all but one fail (a duplicate table or type): the losers find
+    the tables made and open them on a second try."""
+    import sqlalchemy.exc
+
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        beats = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=HEARTBEAT_GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
+        )
+        for attempt in range(SCHEMA_RACE_TRIES):
+            try:
+                return optuna.storages.RDBStorage(
+                    url,
+                    **(beats if heartbeats else {}),
+                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                if attempt == SCHEMA_RACE_TRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.2, 1.0))
+    raise AssertionError("unreachable")
 
 
 def open_study(space: SearchSpace, study_name: str, storage_url: str | None) -> optuna.Study:

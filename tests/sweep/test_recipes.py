@@ -1,7 +1,7 @@
 """The launch recipes of docs/recipes/ (SLURM with Ray, a SLURM array on PostgreSQL, `ray job submit`, a KubeRay
 RayJob): their commands as far as one machine allows. Every `stabench` and `ray start` command they run, as bash
-expands it, parses with the real command line (options, types, choices); the space files they name exist; the
-PostgreSQL array task runs for real on a journal; the SLURM Ray script runs whole on this machine (`-m slow`), with
+expands it, parses with the real command line (options, types, choices); the space files they name exist; two
+PostgreSQL array tasks run at once for real (`-m slow`); the SLURM Ray script runs whole here (`-m slow`), with
 only `srun` and `scontrol`, the scheduler, standing in."""
 
 import json
@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 
 import click
+import optuna
 import pytest
 import yaml
 
 from stabench.cli import main
 from stabench.records.store import Store
 from tests.helpers import space_file
+from tests.sweep.postgres import postgres_url  # noqa: F401  (fixture)
 from tests.sweep.ray_nodes import free_port, ray_env, ray_temp_dir, stop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,21 +154,38 @@ def test_the_kuberay_job_mounts_the_store_on_every_pod_and_its_entrypoint_parses
 
 
 @pytest.mark.slow
-def test_the_postgres_array_task_runs_a_sweep_into_the_shared_study(tmp_path):
-    """One array task for real, the study in a journal file standing in for PostgreSQL (same command line)."""
+def test_two_postgres_array_tasks_run_one_sweep_into_the_shared_study(tmp_path, postgres_url):  # noqa: F811
+    """Two array tasks at once, for real, on one PostgreSQL study whose URL each reads from a file only its owner
+    can read (the recipe's default): the study's budget is shared, each trial recorded once."""
+    db_file = tmp_path / "db"
+    db_file.write_text(postgres_url)
+    db_file.chmod(0o600)
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
-        "SPACE": str(space_file(tmp_path, trials=1)),
+        "SPACE": str(space_file(tmp_path, trials=2)),
         "STORE": str(tmp_path / "store"),
-        "N_TRIALS": "1",
-        "STUDY_STORAGE": str(tmp_path / "study.journal"),
-        "SLURM_ARRAY_TASK_ID": "0",
+        "N_TRIALS": "2",
+        "STABENCH_DB_FILE": str(db_file),
     }
-    out = subprocess.run(["bash", str(RECIPES / "slurm-postgres.sbatch")], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)  # fmt: skip
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert len(list(Store(tmp_path / "store").records(sweep="t"))) == 1
+    tasks = [
+        subprocess.Popen(
+            ["bash", str(RECIPES / "slurm-postgres.sbatch")],
+            env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    assert not any(postgres_url in o for o in outs)  # the password-bearing URL is never printed
+    study = optuna.load_study(study_name="t", storage=postgres_url)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE"]
+    records = list(Store(tmp_path / "store").records(sweep="t"))
+    assert len({(r["config_hash"], r["seed"]) for r in records}) == len(records) == 2
 
 
 @pytest.mark.slow
