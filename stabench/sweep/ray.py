@@ -452,19 +452,13 @@ def preemptible(proof: StoreProof, log=print):
     (it saves the experiment state one last time, so that `--resume` restores it). Yields a list that is
     non-empty once that happened."""
     preempted: list[bool] = []
-
-    def give_up() -> None:  # Tune did not return within the grace period: what `--resume` needs is saved
-        log("preempted (SIGTERM): Ray did not stop its trials in time; exiting, run again with --resume")
-        for path in (Path(proof.path) / proof.name, proof.preempted_flag):
-            path.unlink(missing_ok=True)
-        os._exit(PREEMPTED_EXIT)
+    timer = threading.Timer(PREEMPTION_GRACE_S, lambda: give_up(proof, log))
+    timer.daemon = True
 
     def on_term() -> None:
         if not preempted:
             preempted.append(True)
             mark_preempted(proof)
-            timer = threading.Timer(PREEMPTION_GRACE_S, give_up)
-            timer.daemon = True  # a driver that stopped in time exits at once
             timer.start()
             os.kill(os.getpid(), signal.SIGINT)  # Tune's graceful stop, or KeyboardInterrupt outside Tuner.fit
 
@@ -474,6 +468,16 @@ def preemptible(proof: StoreProof, log=print):
     except KeyboardInterrupt:
         if not preempted:
             raise
+    finally:
+        timer.cancel()  # Tune stopped in time: the driver exits 75 itself
+
+
+def give_up(proof: StoreProof, log) -> None:
+    """Tune did not stop within PREEMPTION_GRACE_S of the SIGTERM; what `--resume` needs is saved: exit 75 now."""
+    log("preempted (SIGTERM): Ray did not stop its trials in time; exiting, run again with --resume")
+    for path in (Path(proof.path) / proof.name, proof.preempted_flag):
+        path.unlink(missing_ok=True)
+    os._exit(PREEMPTED_EXIT)
 
 
 class RayRun:

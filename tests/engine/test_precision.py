@@ -91,6 +91,7 @@ def test_tf32_on_cpu_is_refused_before_training():
     assert "fp32" in e.value.allowed
 
 
+@pytest.mark.slow  # inductor and gcc take most of a minute; the default run checks the eager fallback below
 def test_compile_on_cpu_trains_and_is_recorded():
     rec = run_trial(tiny_config("engine.compile=true", steps=6))
     assert rec["status"] == "ok", rec["error"]

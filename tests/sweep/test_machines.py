@@ -22,9 +22,12 @@ import optuna
 import pytest
 
 from stabench.engine.state import read_checkpoint
+from stabench.engine.trial import PREEMPTION
 from stabench.errors import UserError
 from stabench.records.store import Store
 from stabench.sweep.claims import SeedClaims
+from stabench.sweep.ray import preemptible, watch_for_preemption
+from stabench.sweep.ray_cluster import mark_preempted, preempting, store_proof
 from stabench.sweep.space import load_space
 from stabench.sweep.study import (
     FINGERPRINT_FULL,
@@ -285,6 +288,7 @@ def tally(store_root: Path, sweep: str = "t") -> dict:
     return {"records": records, "arrived": len(ok), "duplicated": sum(c - 1 for c in ok.values())}
 
 
+@pytest.mark.slow  # two sweep processes; the default run has the claim race: test_a_seed_claim_has_one_winner_*
 def test_two_workers_where_flock_excludes_nobody(tmp_path):
     """Two worker processes whose flock is a no-op share a journal and a store; both trials want the same config,
     so both want the same seed at once: it is trained once and the budget is not overrun."""
@@ -346,11 +350,37 @@ def test_sigterm_checkpoints_the_seed_and_the_rerun_continues_it(tmp_path):
     assert journal_study(tmp_path / "j.journal").trials[1].user_attrs["retry_of"] == 0
 
 
+def test_sigterm_in_a_ray_driver_flags_its_trials_and_stops_without_a_traceback(tmp_path):
+    """The driver's half of a Ray preemption, in-process: SIGTERM leaves the flag every trial watches and
+    interrupts (Tune's graceful stop, here a KeyboardInterrupt), which ends the block quietly; the flag goes with
+    the token."""
+    with store_proof(tmp_path) as proof:
+        with preemptible(proof, log=lambda line: None) as preempted:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted long before
+            raise AssertionError("SIGTERM did not interrupt the driver")
+        assert preempted
+        assert preempting(proof)
+    assert not preempting(proof)
+
+
+def test_a_ray_trial_checkpoints_once_its_driver_flags_a_preemption(tmp_path):
+    """The trial's half, in-process: the watcher asks the running seed to checkpoint and stop (`Preempted`)."""
+    PREEMPTION.clear()
+    with store_proof(tmp_path) as proof:
+        watch_for_preemption(proof, every_s=0.05)
+        assert not PREEMPTION.wait(0.3)
+        mark_preempted(proof)
+        assert PREEMPTION.wait(5)
+    PREEMPTION.clear()
+
+
 def checkpoint_step(run_dir: Path) -> int:
     return read_checkpoint(run_dir / "checkpoint.pt", "test")["loop"]["step"]
 
 
-@pytest.mark.parametrize("signalled", ["driver", pytest.param("group", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the default run has the pieces in-process: test_sigterm_in_a_ray_driver_*
+@pytest.mark.parametrize("signalled", ["driver", "group"])
 def test_sigterm_on_ray_checkpoints_the_seed_and_resume_continues_it(tmp_path, signalled):
     """The Ray driver SIGTERM'd alone (as Kubernetes signals a pod's main process) or with its process group, where
     the local Ray's own processes are (as SLURM signals a job): the running seed is not recorded as pruned, Tune

@@ -205,6 +205,7 @@ def ray_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([ray_bin, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow  # two `ray start` clusters; the default run has the in-process Ray sweeps above
 def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
     """`ray start` on two nodes (one machine): the head has no CPUs, so every trial runs on the second node, in a
     working directory without the store; the driver joins through $RAY_ADDRESS (as `ray job submit` sets it) and
