@@ -2,10 +2,8 @@
 
 import collections
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
@@ -17,7 +15,8 @@ from stabench.records.store import Store
 from stabench.sweep import SweepSettings, confirm
 from stabench.sweep.optuna import run_optuna_sweep
 from stabench.sweep.space import load_space
-from tests.helpers import space_file, stop_ray
+from tests.helpers import space_file
+from tests.sweep.ray_nodes import RAY, free_port, ray_env, ray_temp_dir, start_head, stop
 
 
 def by_trial(store, sweep="t"):
@@ -200,32 +199,23 @@ def test_ray_tune_sweep_with_asha_writes_records_in_the_same_format(tmp_path, lo
     assert set(opt["tags"]) == set(records[0]["tags"])
 
 
-def ray_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    return subprocess.run([ray_bin, *args], capture_output=True, text=True, env=env, timeout=120)
-
-
-@pytest.mark.slow  # two `ray start` clusters; the default run has the in-process Ray sweeps above
+@pytest.mark.slow  # two `ray start` nodes; the default run has the in-process Ray sweeps above
 def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
     """`ray start` on two nodes (one machine): the head has no CPUs, so every trial runs on the second node, in a
     working directory without the store; the driver joins through $RAY_ADDRESS (as `ray job submit` sets it) and
-    every record arrives in the driver's store, saying which node trained it."""
-    stop_ray()  # the shared test Ray, if up: `ray stop` below ends every Ray on this machine, its driver too
-    port = "6391"
-    # token auth off on both sides: this throwaway cluster is on loopback only
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-                   f"--temp-dir={temp_dir}", env=env)  # fmt: skip
-    assert head.returncode == 0, head.stdout + head.stderr
+    every record arrives in the driver's store, saying which node trained it. The nodes are ended by their temp
+    dir, never with `ray stop`, which would end every Ray on this machine."""
+    port, temp_dir = free_port(), ray_temp_dir()
+    env = {**ray_env(temp_dir), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    head = start_head(port, temp_dir)
+    worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--block"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
-        worker = ray_cli("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", env=env)
-        assert worker.returncode == 0, worker.stdout + worker.stderr
         path = space_file(tmp_path, trials=2)
         out = subprocess.run(
             [sys.executable, "-m", "stabench.cli", "sweep", str(path), "--backend", "ray", "--store", "store",
              "--ray-dir", "ray", "--gpus-per-trial", "0"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
         )  # fmt: skip
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         records = list(Store(tmp_path / "store").records(sweep="t"))
@@ -233,8 +223,7 @@ def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
         (node,) = {r["device"]["ray_node_id"] for r in records}
         listing = "import json, ray; ray.init(log_to_driver=False); print(json.dumps({n['NodeID']: " \
                   "n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']}))"  # fmt: skip
-        cpus = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, timeout=120,
-                              env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"})  # fmt: skip
+        cpus = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, timeout=120, env=env)
         cpus_of = json.loads(cpus.stdout.strip().splitlines()[-1])
         assert sorted(cpus_of.values()) == [0.0, 2.0]  # the head and the worker node
         assert cpus_of[node] == 2.0  # the trials ran on the worker node
@@ -245,7 +234,8 @@ def test_ray_sweep_on_a_two_node_cluster_from_ray_address(tmp_path):
         assert board.exit_code == 0, board.output[-3000:]
         assert (tmp_path / "store" / "leaderboard" / "leaderboard.md").is_file()
     finally:
-        ray_cli("stop", "--force", env=env)
+        stop(worker)
+        stop(head, temp_dir)
 
 
 def test_unreachable_ray_address_is_a_user_error(tmp_path):
