@@ -68,6 +68,8 @@ def leaderboard_top(lb, metric: str, n_records: int, out) -> None:
     click.echo(f"leaderboard of {len(lb.rows)} configs ({n_records} records) -> {out}/leaderboard.md")
     for r in lb.rows[:5]:
         click.echo(f"  {r.rank}. {r.config}: {metric} {r.quality.mean:.4g} (n={r.n}, diverged {r.diverged})")
+    for why in lb.omitted:  # figures left out (too few trials, one evaluation point, ...): said, not silent
+        click.echo(f"  left out: {why}")
     if lb.baseline and not any(r.config == lb.baseline for r in lb.rows):
         labels = ", ".join(r.config for r in lb.rows[:8])
         click.echo(f"Warning: baseline '{lb.baseline}' has no records here, so the table has no deltas, targets or "

@@ -148,3 +148,12 @@ def test_inception_weights_reach_the_config_not_the_environment(tmp_path, monkey
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.output)["eval"]["inception_weights"] == str(weights)
     assert "STABENCH_INCEPTION_WEIGHTS" not in os.environ
+
+
+def test_the_leaderboard_command_says_which_figures_it_left_out_and_why(tmp_path):
+    store = ROOT / "results" / "validation" / "exploratory" / "store"
+    out = CliRunner().invoke(main, ["leaderboard", "--store", str(store), "--sweep", "validation-stress",
+                                    "--baseline", "none@validation-stress", "--metric", "final_probe_loss",
+                                    "--out", str(tmp_path)])  # fmt: skip
+    assert out.exit_code == 0, out.output[-2000:]
+    assert "left out: final_probe_loss over training: omitted (the records hold 1 evaluation point" in out.output
