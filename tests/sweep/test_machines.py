@@ -354,6 +354,15 @@ def test_sigterm_in_a_ray_driver_flags_its_trials_and_stops_without_a_traceback(
     """The driver's half of a Ray preemption, in-process: SIGTERM leaves the flag every trial watches and
     interrupts (Tune's graceful stop, here a KeyboardInterrupt), which ends the block quietly; the flag goes with
     the token."""
+    # Python's own SIGINT handler: an in-process Tune run earlier in this session leaves its handler installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupted_quietly(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupted_quietly(tmp_path: Path) -> None:
     with store_proof(tmp_path) as proof:
         with preemptible(proof, log=lambda line: None) as preempted:
             os.kill(os.getpid(), signal.SIGTERM)
