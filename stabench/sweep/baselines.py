@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..config import TrialConfig, choices, config_hash, load_config
-from ..engine import run_trial
 from ..errors import UserError
 from ..records.record import Tags
 from ..records.store import Store
 from ..records.tracking import TrackingSettings
+from .core import preemptible_jobs, run_job
 
 SWEEP = "baselines"
 Job = tuple[str, TrialConfig]  # (reference name, config with its seed)
@@ -107,13 +107,14 @@ def run_baselines_local(
 ) -> list[dict]:
     """Run the jobs one after another in this process; jobs already in the store are not run again."""
     records = []
-    for i, (name, cfg) in enumerate(jobs, 1):
-        rec = store.find(config_hash(cfg), cfg.seed, sweep=SWEEP, baseline=name)
-        if rec is None:
-            tags = Tags(sweep=SWEEP, reference=name, backend="local").to_dict()
-            rec = run_trial(cfg, store.root, progress=progress, tracking=tracking, tags=tags)
-            log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: {rec['status']} ({rec['wall_time_s']:.0f}s)")
-        else:
-            log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: already in the store ({rec['run_id']})")
-        records.append(rec)
+    with preemptible_jobs(log):
+        for i, (name, cfg) in enumerate(jobs, 1):
+            rec = store.find(config_hash(cfg), cfg.seed, sweep=SWEEP, baseline=name)
+            if rec is None:
+                tags = Tags(sweep=SWEEP, reference=name, backend="local").to_dict()
+                rec = run_job(cfg, store, progress=progress, tracking=tracking, tags=tags)
+                log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: {rec['status']} ({rec['wall_time_s']:.0f}s)")
+            else:
+                log(f"[{i}/{len(jobs)}] {name} seed {cfg.seed}: already in the store ({rec['run_id']})")
+            records.append(rec)
     return records

@@ -8,6 +8,7 @@ the worst possible value (infinity), never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -21,6 +22,7 @@ from typing import Any
 
 from ..config import TrialConfig, build_config, config_hash, config_to_dict
 from ..engine import CHECKPOINT, Trial
+from ..engine.trial import PREEMPTION, Preempted, request_preemption
 from ..errors import ConfigError, UserError
 from ..files import atomic_write_text, create_exclusive, read_untrusted
 from ..records.record import Status, Tags, record_value, run_id_glob
@@ -28,7 +30,15 @@ from ..records.store import Store
 from ..records.tracking import TrackingSettings
 from .claims import Claim, SeedClaims, claim_key
 from .space import CategoricalDist, SearchSpace, scalar_choices, trial_config
-from .workers import process_is_gone, read_owner, same_machine, this_worker, worker_is_gone
+from .workers import (
+    PREEMPTED_EXIT,
+    process_is_gone,
+    read_owner,
+    same_machine,
+    sigterm_requests,
+    this_worker,
+    worker_is_gone,
+)
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -322,13 +332,19 @@ def claim(run_dir: Path) -> None:
     atomic_write_text(run_dir / OWNER, json.dumps(this_worker()))
 
 
+PREEMPTED_MARK = "preempted"  # an empty file: the run folder's process let go of it at a SIGTERM
+
+
 def abandoned_run(store: Store, cfg: TrialConfig) -> Path | None:
-    """A run directory of this config and seed that a process on this machine left mid-seed (dead, with a
-    checkpoint and no record): a retried trial continues it from its last checkpoint step instead of step 0.
-    A directory whose owner may still run (another machine, or alive) is never taken over."""
+    """A run directory of this config and seed left mid-seed (a checkpoint and no record) by a process on this
+    machine that is dead, or by any process that let go of it at a preemption (`PREEMPTED_MARK`): a retried trial
+    continues it from its last checkpoint step instead of step 0. A directory whose owner may still run (another
+    machine, or alive) is never taken over."""
     for run_dir in sorted(store.root.glob(run_id_glob(config_hash(cfg), cfg.seed))):
         if not interrupted(run_dir):
             continue
+        if (run_dir / PREEMPTED_MARK).is_file():  # its holder checkpointed it and left: whoever retries continues it
+            return run_dir
         owner, problem = read_owner(run_dir / OWNER)
         if owner is None:  # no owner file (a `stabench train` run): not ours to take; a damaged one is named
             if (run_dir / OWNER).exists():
@@ -337,6 +353,40 @@ def abandoned_run(store: Store, cfg: TrialConfig) -> Path | None:
         if worker_is_gone(owner, heartbeats=False) and same_machine(owner):
             return run_dir
     return None
+
+
+def run_job(cfg: TrialConfig, store: Store, **trial_kwargs: Any) -> dict:
+    """One fixed config and seed (a baseline, a validation trial) to its end; returns its record. It continues the
+    run folder a dead or preempted run of the same config and seed left (`abandoned_run`), else starts at step 0.
+    At a SIGTERM (`request_preemption`) it checkpoints, marks its folder for whoever retries it (on any machine)
+    and raises `Preempted`. `trial_kwargs` are those of `Trial` (tags, tracking, writer, progress)."""
+    resume_dir = abandoned_run(store, cfg)
+    trial = Trial(cfg, store.root, resume_dir=resume_dir, **trial_kwargs)
+    claim(trial.run_dir)
+    if resume_dir is not None:
+        (resume_dir / PREEMPTED_MARK).unlink(missing_ok=True)  # this process holds it now
+    try:
+        for _ in trial.run():
+            pass
+    except Preempted as e:
+        if e.run_dir is not None:
+            (e.run_dir / PREEMPTED_MARK).touch()
+        raise
+    return trial.record
+
+
+@contextlib.contextmanager
+def preemptible_jobs(log: Callable[[str], None] = print):
+    """While inside, SIGTERM (a preempting scheduler) makes the running `run_job` checkpoint after its current step;
+    the command then ends with PREEMPTED_EXIT, and running it again continues that job from its checkpoint."""
+    PREEMPTION.clear()  # an earlier preemption in this process (tests) is over
+    try:
+        with sigterm_requests(request_preemption):
+            yield
+    except Preempted as e:
+        where = f"; checkpoint in {e.run_dir}" if e.run_dir else ""
+        log(f"preempted (SIGTERM) at step {e.step}{where}; run the same command again to continue")
+        raise SystemExit(PREEMPTED_EXIT) from None
 
 
 def run_config(run: ConfigRun, params: dict[str, Any]) -> list[float]:

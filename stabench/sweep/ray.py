@@ -32,12 +32,11 @@ try:
 except ImportError as e:  # an optional dependency (pyproject.toml's [ray] extra): the default backend runs without it
     raise missing_extra(e, "ray", "Ray Tune (--backend ray, baselines --backend ray, validate)") from None
 
-from ..engine import run_trial
 from ..engine.trial import PREEMPTION, Preempted, request_preemption
 from ..records.record import Status, Tags, eval_value, worst
 from ..records.store import Store
 from ..records.tracking import TrackingSettings
-from .core import ConfigRun, Event, Placement, SweepSettings, TrialFailed
+from .core import ConfigRun, Event, Placement, SweepSettings, TrialFailed, run_job
 from .ray_cluster import (
     LOCAL_RAY,
     UNREACHABLE,
@@ -600,14 +599,20 @@ class ProgressCallback(tune.Callback):
 
 
 def _run_job(config: dict, jobs: list, placement: Placement, proof: StoreProof) -> None:
-    """One fixed job of `run_ray_jobs`: the grid's value says which."""
+    """One fixed job of `run_ray_jobs`: the grid's value says which. It continues the run folder a preempted or
+    dead run of its config and seed left; when its driver is preempted it checkpoints and ends without a result."""
     if problem := prove_store(proof):
         raise RuntimeError(problem)
     placement = on_assigned_device(placement)
-    placement.enter()
+    store = placement.enter()
+    PREEMPTION.clear()  # this actor's process may have obeyed an earlier driver's preemption
+    watch_for_preemption(proof)
     name, cfg, tags = jobs[config["job"]]
     cfg = cfg.on_device(placement.device)
-    rec = run_trial(cfg, placement.store_root, tags=tags, tracking=placement.tracking)
+    try:
+        rec = run_job(cfg, store, tags=tags, tracking=placement.tracking)
+    except Preempted:  # checkpointed and marked: the driver's re-run continues it
+        return
     tune.report({"status_ok": rec["status"] == Status.OK, "done": True})
 
 
@@ -621,13 +626,16 @@ def run_ray_jobs(
 ) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices). Raises a UserError when a
     job's node could not record to the store (its record would be missing without a word)."""
-    with ray_for(store, cluster) as storage, store_proof(store.root) as proof:
+    with ray_for(store, cluster) as storage, store_proof(store.root) as proof, preemptible(proof) as preempted:
         trainable = placed(_run_job, store, cluster, tracking, jobs=jobs, proof=proof)
         results = tune.Tuner(
             trainable,
             param_space={"job": tune.grid_search(list(range(len(jobs))))},
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
         ).fit()
+    if preempted:
+        print("preempted (SIGTERM): each running job checkpointed its seed; run the same command again to continue")
+        raise SystemExit(PREEMPTED_EXIT)
     unreachable = [str(e) for e in results.errors if UNREACHABLE in str(e)]
     if unreachable:
         why = next(line.strip() for line in unreachable[0].splitlines() if UNREACHABLE in line)

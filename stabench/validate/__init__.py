@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import config_hash
-from ..engine import run_trial
 from ..files import atomic_write_text
 from ..leaderboard import write_leaderboard
 from ..records.record import Tags
 from ..records.stats import LEVEL, holm_adjusted
 from ..records.store import Store
+from ..sweep.core import preemptible_jobs, run_job
 from .checks import (
     CHECKS,
     CONTROL_NAMES,
@@ -55,11 +55,12 @@ def run_jobs(todo: list[Job], store: Store, workers: int, say: Callable[[str], N
         tagged = [(j.name, j.config, _tags(j)) for j in missing]
         run_ray_jobs(tagged, store, RayCluster(num_cpus=workers, cpus_per_trial=1), name="validation")
         return time.perf_counter() - started
-    for i, job in enumerate(missing, 1):
-        t0 = time.perf_counter()
-        rec = run_trial(job.config, store.root, writer=store.write_unique, tags=_tags(job))
-        say(f"[{i}/{len(missing)}] {job.name}@{job.sweep} seed {job.config.seed}: {rec['status']} "
-            f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    with preemptible_jobs(say):
+        for i, job in enumerate(missing, 1):
+            t0 = time.perf_counter()
+            rec = run_job(job.config, store, writer=store.write_unique, tags=_tags(job))
+            say(f"[{i}/{len(missing)}] {job.name}@{job.sweep} seed {job.config.seed}: {rec['status']} "
+                f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     return time.perf_counter() - started
 
 
