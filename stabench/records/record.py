@@ -166,8 +166,23 @@ def device_info(device: torch.device) -> dict:
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
         info["driver"] = cuda_driver_version()
     else:
-        info["name"] = platform.processor() or platform.machine()
+        info["name"] = cpu_model()
+        # the kernels torch picked (AVX2, AVX512, ...): the last digits of a result depend on them, so two records
+        # of the same config and seed from CPUs with different capabilities can differ where the code does not
+        info["capability"] = torch.backends.cpu.get_cpu_capability()
     return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what Python's platform module says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def ray_placement() -> dict:
