@@ -203,8 +203,6 @@ class Trial:
         o, ev = self.cfg.optim, self.cfg.eval
         for step in range(self.state.step + 1, o.steps + 1):
             self._step(step)
-            if PREEMPTION.is_set():
-                self._preempt(step)
             last = step == o.steps
             if step % ev.probe_every == 0 or last:
                 if self._check_divergence():
@@ -218,6 +216,8 @@ class Trial:
                     break
             if self._checkpoint_due(step):
                 self._checkpoint()
+            if PREEMPTION.is_set() and not last:  # after the step's probe and evaluation: the resume misses neither
+                self._preempt(step)
         return self._finish()
 
     # -----------------------------------------------------------------------------------------

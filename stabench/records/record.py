@@ -158,6 +158,10 @@ def device_info(device: torch.device) -> dict:
         "host": socket.gethostname(),
         "torch_threads": torch.get_num_threads(),
         "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # the CPU and the kernels torch picked on it (AVX2, AVX512, ...): the last digits of a result depend on them,
+        # so two records of the same config and seed from different CPUs can differ where the code does not
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         **ray_placement(),
     }
     if device.type == "cuda":
@@ -166,19 +170,16 @@ def device_info(device: torch.device) -> dict:
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
         info["driver"] = cuda_driver_version()
     else:
-        info["name"] = cpu_model()
-        # the kernels torch picked (AVX2, AVX512, ...): the last digits of a result depend on them, so two records
-        # of the same config and seed from CPUs with different capabilities can differ where the code does not
-        info["capability"] = torch.backends.cpu.get_cpu_capability()
+        info["name"] = platform.processor() or platform.machine()
     return info
 
 
 def cpu_model() -> str:
     """The CPU's model name (Linux's /proc/cpuinfo), else what Python's platform module says."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(("model name", "Model")):  # x86; some ARM kernels say "Model"
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass

@@ -24,13 +24,14 @@ from ..config import TrialConfig, build_config, config_hash, config_to_dict
 from ..engine import CHECKPOINT, Trial
 from ..engine.trial import PREEMPTION, Preempted, request_preemption
 from ..errors import ConfigError, UserError
-from ..files import atomic_write_text, create_exclusive, read_untrusted
+from ..files import atomic_write_text, create_exclusive, read_untrusted, read_untrusted_json
 from ..records.record import Status, Tags, record_value, run_id_glob
 from ..records.store import Store
 from ..records.tracking import TrackingSettings
 from .claims import Claim, SeedClaims, claim_key
 from .space import CategoricalDist, SearchSpace, scalar_choices, trial_config
 from .workers import (
+    OWNER_BYTES,
     PREEMPTED_EXIT,
     process_is_gone,
     read_owner,
@@ -175,7 +176,9 @@ class ConfigRun:
                 tags=tags.to_dict(),
                 tracking=self.placement.tracking,
                 writer=self._write,
-                resume_dir=self._resume_dir(index, cfg) or self._claimed_run(cfg) or abandoned_run(self.store, cfg),
+                resume_dir=self._resume_dir(index, cfg)
+                or self._claimed_run(cfg)
+                or abandoned_run(self.store, cfg, self.tags.sweep),
             )
             claim(self.current.run_dir)
             if self.claim is not None:
@@ -332,19 +335,21 @@ def claim(run_dir: Path) -> None:
     atomic_write_text(run_dir / OWNER, json.dumps(this_worker()))
 
 
-PREEMPTED_MARK = "preempted"  # an empty file: the run folder's process let go of it at a SIGTERM
+PREEMPTED_MARK = "preempted"  # {"owner": its owner.json, "sweep"}: the folder's process let go of it at a SIGTERM
 
 
-def abandoned_run(store: Store, cfg: TrialConfig) -> Path | None:
+def abandoned_run(store: Store, cfg: TrialConfig, sweep: str | None = None) -> Path | None:
     """A run directory of this config and seed left mid-seed (a checkpoint and no record) by a process on this
-    machine that is dead, or by any process that let go of it at a preemption (`PREEMPTED_MARK`): a retried trial
-    continues it from its last checkpoint step instead of step 0. A directory whose owner may still run (another
-    machine, or alive) is never taken over."""
+    machine that is dead, or by any process that let go of it at a preemption (`PREEMPTED_MARK`, taken here by
+    one caller only, and only by the same sweep): a retried trial continues it from its last checkpoint step
+    instead of step 0. A directory whose owner may still run (another machine, or alive) is never taken over."""
     for run_dir in sorted(store.root.glob(run_id_glob(config_hash(cfg), cfg.seed))):
         if not interrupted(run_dir):
             continue
-        if (run_dir / PREEMPTED_MARK).is_file():  # its holder checkpointed it and left: whoever retries continues it
-            return run_dir
+        if (run_dir / PREEMPTED_MARK).exists():
+            if take_preempted(run_dir, sweep):
+                return run_dir
+            continue
         owner, problem = read_owner(run_dir / OWNER)
         if owner is None:  # no owner file (a `stabench train` run): not ours to take; a damaged one is named
             if (run_dir / OWNER).exists():
@@ -355,22 +360,50 @@ def abandoned_run(store: Store, cfg: TrialConfig) -> Path | None:
     return None
 
 
+def mark_preempted_run(run_dir: Path, sweep: str | None, log: Callable[[str], None] = print) -> None:
+    """Let go of `run_dir` at a preemption: any machine's retry of the same sweep may continue it. The mark names
+    the owner that let go, so that a mark left over from an earlier holder is not taken as this one's."""
+    owner, _ = read_owner(run_dir / OWNER)
+    try:
+        atomic_write_text(run_dir / PREEMPTED_MARK, json.dumps({"owner": owner, "sweep": sweep}))
+    except OSError as e:  # a full or read-only store: the checkpoint may still be continued on this machine
+        log(f"could not mark {run_dir} as preempted ({e}); only this machine will continue it")
+
+
+def take_preempted(run_dir: Path, sweep: str | None) -> bool:
+    """Take a preempted run folder for this process. The mark is read back from a shared store (untrusted): it must
+    name the folder's current owner and this sweep. Removing it is the taking: of two retriers, one removes it."""
+    mark = run_dir / PREEMPTED_MARK
+    try:
+        said = read_untrusted_json(mark, OWNER_BYTES)
+    except (OSError, ValueError):  # gone (taken), a FIFO, too large, not JSON
+        return False
+    owner, _ = read_owner(run_dir / OWNER)
+    if not isinstance(said, dict) or owner is None or said.get("owner") != owner or said.get("sweep") != sweep:
+        return False
+    try:
+        mark.unlink()
+    except FileNotFoundError:  # another retrier took it first
+        return False
+    return True
+
+
 def run_job(cfg: TrialConfig, store: Store, **trial_kwargs: Any) -> dict:
     """One fixed config and seed (a baseline, a validation trial) to its end; returns its record. It continues the
     run folder a dead or preempted run of the same config and seed left (`abandoned_run`), else starts at step 0.
     At a SIGTERM (`request_preemption`) it checkpoints, marks its folder for whoever retries it (on any machine)
     and raises `Preempted`. `trial_kwargs` are those of `Trial` (tags, tracking, writer, progress)."""
-    resume_dir = abandoned_run(store, cfg)
-    trial = Trial(cfg, store.root, resume_dir=resume_dir, **trial_kwargs)
+    if PREEMPTION.is_set():  # SIGTERM between two jobs: start nothing new
+        raise Preempted(None, 0)
+    sweep = (trial_kwargs.get("tags") or {}).get("sweep")
+    trial = Trial(cfg, store.root, resume_dir=abandoned_run(store, cfg, sweep), **trial_kwargs)
     claim(trial.run_dir)
-    if resume_dir is not None:
-        (resume_dir / PREEMPTED_MARK).unlink(missing_ok=True)  # this process holds it now
     try:
         for _ in trial.run():
             pass
     except Preempted as e:
         if e.run_dir is not None:
-            (e.run_dir / PREEMPTED_MARK).touch()
+            mark_preempted_run(e.run_dir, sweep)
         raise
     return trial.record
 
@@ -384,8 +417,8 @@ def preemptible_jobs(log: Callable[[str], None] = print):
         with sigterm_requests(request_preemption):
             yield
     except Preempted as e:
-        where = f"; checkpoint in {e.run_dir}" if e.run_dir else ""
-        log(f"preempted (SIGTERM) at step {e.step}{where}; run the same command again to continue")
+        where = f"at step {e.step}; checkpoint in {e.run_dir}" if e.run_dir else "before the next job"
+        log(f"preempted (SIGTERM) {where}; run the same command again to continue")
         raise SystemExit(PREEMPTED_EXIT) from None
 
 

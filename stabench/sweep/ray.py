@@ -217,16 +217,20 @@ class StabenchTrainable(tune.Trainable):
             self._start(resume=checkpoint or None)
 
 
-def watch_for_preemption(proof: StoreProof, every_s: float = 1.0) -> None:
+def watch_for_preemption(proof: StoreProof, every_s: float = 1.0) -> threading.Event:
     """In a trial's actor: once its driver says it is being preempted (`mark_preempted`), the running seed
-    checkpoints after its current step and stops (`request_preemption`), before Tune ends the actor."""
+    checkpoints after its current step and stops (`request_preemption`), before Tune ends the actor. Setting the
+    returned event ends the watch (a job that finished: a reused actor does not gather watchers)."""
+    done = threading.Event()
 
     def watch() -> None:
-        while not preempting(proof):
-            time.sleep(every_s)
-        request_preemption()
+        while not done.wait(every_s):
+            if preempting(proof):
+                request_preemption()
+                return
 
     threading.Thread(target=watch, name="stabench-preemption", daemon=True).start()
+    return done
 
 
 def trial_outcome(result: dict | None, store_root: Path) -> tuple[str, str | None]:
@@ -445,13 +449,13 @@ PREEMPTION_GRACE_S = 20.0
 
 
 @contextlib.contextmanager
-def preemptible(proof: StoreProof, log=print):
+def preemptible(proof: StoreProof, log=print, rerun: str = "run again with --resume"):
     """While inside, SIGTERM (a preempting scheduler: SLURM, Kubernetes) tells this driver's trials that a
     preemption is coming (each checkpoints its running seed and records nothing) and stops Tune as Ctrl+C does
     (it saves the experiment state one last time, so that `--resume` restores it). Yields a list that is
     non-empty once that happened."""
     preempted: list[bool] = []
-    timer = threading.Timer(PREEMPTION_GRACE_S, lambda: give_up(proof, log))
+    timer = threading.Timer(PREEMPTION_GRACE_S, lambda: give_up(proof, log, rerun))
     timer.daemon = True
 
     def on_term() -> None:
@@ -471,9 +475,9 @@ def preemptible(proof: StoreProof, log=print):
         timer.cancel()  # Tune stopped in time: the driver exits 75 itself
 
 
-def give_up(proof: StoreProof, log) -> None:
-    """Tune did not stop within PREEMPTION_GRACE_S of the SIGTERM; what `--resume` needs is saved: exit 75 now."""
-    log("preempted (SIGTERM): Ray did not stop its trials in time; exiting, run again with --resume")
+def give_up(proof: StoreProof, log, rerun: str) -> None:
+    """Tune did not stop within PREEMPTION_GRACE_S of the SIGTERM; what a re-run needs is saved: exit 75 now."""
+    log(f"preempted (SIGTERM): Ray did not stop its trials in time; exiting, {rerun}")
     for path in (Path(proof.path) / proof.name, proof.preempted_flag):
         path.unlink(missing_ok=True)
     os._exit(PREEMPTED_EXIT)
@@ -606,13 +610,15 @@ def _run_job(config: dict, jobs: list, placement: Placement, proof: StoreProof) 
     placement = on_assigned_device(placement)
     store = placement.enter()
     PREEMPTION.clear()  # this actor's process may have obeyed an earlier driver's preemption
-    watch_for_preemption(proof)
+    watching = watch_for_preemption(proof)
     name, cfg, tags = jobs[config["job"]]
     cfg = cfg.on_device(placement.device)
     try:
         rec = run_job(cfg, store, tags=tags, tracking=placement.tracking)
     except Preempted:  # checkpointed and marked: the driver's re-run continues it
         return
+    finally:
+        watching.set()
     tune.report({"status_ok": rec["status"] == Status.OK, "done": True})
 
 
@@ -626,7 +632,12 @@ def run_ray_jobs(
 ) -> None:
     """Run fixed (name, config, tags) jobs as Ray Tune trials (a grid over job indices). Raises a UserError when a
     job's node could not record to the store (its record would be missing without a word)."""
-    with ray_for(store, cluster) as storage, store_proof(store.root) as proof, preemptible(proof) as preempted:
+    rerun = "run the same command again"
+    with (
+        ray_for(store, cluster) as storage,
+        store_proof(store.root) as proof,
+        preemptible(proof, rerun=rerun) as preempted,
+    ):
         trainable = placed(_run_job, store, cluster, tracking, jobs=jobs, proof=proof)
         results = tune.Tuner(
             trainable,

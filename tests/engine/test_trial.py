@@ -41,8 +41,8 @@ def test_record_has_curves_metrics_and_versions(tmp_path):
     assert all(k in on_disk["metrics"] for k in STABILITY_KEYS)
     assert {"python", "torch", "stabench", "git_sha"} <= on_disk["versions"].keys()
     assert on_disk["device"]["type"] == "cpu"
-    assert on_disk["device"]["capability"] == torch.backends.cpu.get_cpu_capability()  # which kernels ran
-    assert on_disk["device"]["name"]  # the CPU's model: the last digits of a result depend on both
+    assert on_disk["device"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # which kernels ran
+    assert on_disk["device"]["cpu"]  # the CPU's model: the last digits of a result depend on both
     assert on_disk["steps_per_s"] > 0
     assert [e["step"] for e in on_disk["evals"]] == [10, 20, 30]
     assert set(on_disk["evals"][0]["probe_loss"]) == {"raw", "ema_0.9999"}

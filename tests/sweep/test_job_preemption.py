@@ -1,22 +1,26 @@
 """Preemption of fixed jobs (`stabench baselines`, `stabench validate`): SIGTERM checkpoints the running job and
 the command exits 75; running it again continues that job from its checkpoint, on this machine or another."""
 
+import json
 import os
 import signal
 import time
 
 import pytest
 
+from stabench.engine import Trial
 from stabench.engine.trial import PREEMPTION, Preempted
 from stabench.records.record import Tags
 from stabench.records.store import Store
-from stabench.sweep.core import PREEMPTED_MARK, Placement, preemptible_jobs, run_job
+from stabench.sweep.core import PREEMPTED_MARK, Placement, abandoned_run, preemptible_jobs, run_job
 from stabench.sweep.ray import _run_job
 from stabench.sweep.ray_cluster import mark_preempted, store_proof
+from stabench.sweep.workers import this_worker
 from tests.helpers import TINY, tiny_config
 from tests.sweep.test_machines import checkpoint_step, cli, tally, wait_for_checkpoint
 
 STEPS = 20
+TAGS = Tags(sweep="baselines").to_dict()
 
 
 @pytest.fixture(autouse=True)
@@ -26,30 +30,79 @@ def no_preemption_left():
     PREEMPTION.clear()
 
 
-def test_a_preempted_job_continues_to_the_result_it_would_have_had(tmp_path):
+def preempt_after(monkeypatch, at: int) -> None:
+    """A SIGTERM during step `at` (the flag is read once the step's probe and evaluation are done)."""
+    train_one = Trial._step
+
+    def step(self, n):
+        train_one(self, n)
+        if n == at:
+            PREEMPTION.set()
+
+    monkeypatch.setattr(Trial, "_step", step)
+
+
+# TINY: a probe every 5 steps, an evaluation every 10, 20 steps
+@pytest.mark.parametrize("at", [1, 10, STEPS], ids=["step-1", "probe-and-eval-step", "last-step"])
+def test_a_preempted_job_continues_to_the_record_it_would_have_had(tmp_path, monkeypatch, at):
     cfg = tiny_config("seed=3", steps=STEPS)
-    store = Store(tmp_path / "store")
-    PREEMPTION.set()  # a SIGTERM before the first step: the job stops after it
-    with pytest.raises(Preempted) as stopped:
-        run_job(cfg, store, tags=Tags(sweep="baselines").to_dict())
-    run_dir = stopped.value.run_dir
-    assert stopped.value.step == 1
-    assert (run_dir / PREEMPTED_MARK).is_file()  # let go of: whoever retries it, on any machine, continues it
-    assert not (run_dir / "record.json").exists()
-    PREEMPTION.clear()
-    record = run_job(cfg, store, tags=Tags(sweep="baselines").to_dict())
     uninterrupted = run_job(cfg, Store(tmp_path / "fresh"))
-    assert record["run_id"] == run_dir.name
-    assert record["resumed_from_step"] == 1
-    assert not (run_dir / PREEMPTED_MARK).exists()  # held again, then finished
-    assert record["metrics"]["final_probe_loss"] == uninterrupted["metrics"]["final_probe_loss"]
-    assert record["probes"]["decoder_norm"] == uninterrupted["probes"]["decoder_norm"]
+    store = Store(tmp_path / "store")
+    preempt_after(monkeypatch, at)
+    if at < STEPS:
+        with pytest.raises(Preempted) as stopped:
+            run_job(cfg, store, tags=TAGS)
+        run_dir = stopped.value.run_dir
+        assert stopped.value.step == at
+        assert (run_dir / PREEMPTED_MARK).is_file()  # let go of: whoever retries it, on any machine, continues it
+        assert not (run_dir / "record.json").exists()
+        PREEMPTION.clear()
+    record = run_job(cfg, store, tags=TAGS)  # the last step is never interrupted: its probe and eval are the result
+    assert record["resumed_from_step"] == (at if at < STEPS else None)
+    assert record["probes"] == uninterrupted["probes"]  # none missing, none twice: bit for bit
+    assert record["evals"] == uninterrupted["evals"]
+    assert record["metrics"] == uninterrupted["metrics"]
 
 
-def test_the_local_job_loop_turns_a_preemption_into_exit_75_naming_the_checkpoint(tmp_path):
+def test_one_of_two_retries_takes_a_preempted_folder_and_only_of_its_own_sweep(tmp_path, monkeypatch):
+    cfg = tiny_config(steps=STEPS)
+    store = Store(tmp_path / "store")
+    preempt_after(monkeypatch, 1)
+    with pytest.raises(Preempted) as stopped:
+        run_job(cfg, store, tags=TAGS)
+    run_dir = stopped.value.run_dir
+    assert abandoned_run(store, cfg, sweep="another-sweep") is None  # a folder of the baselines stays theirs
+    assert abandoned_run(store, cfg, sweep="baselines") == run_dir  # taken: its mark is removed
+    assert abandoned_run(store, cfg, sweep="baselines") is None  # the second retry starts its own
+    assert not (run_dir / PREEMPTED_MARK).exists()
+
+
+def test_a_mark_that_does_not_name_the_folders_owner_is_not_taken(tmp_path, monkeypatch):
+    cfg = tiny_config(steps=STEPS)
+    store = Store(tmp_path / "store")
+    preempt_after(monkeypatch, 1)
+    with pytest.raises(Preempted) as stopped:
+        run_job(cfg, store, tags=TAGS)
+    mark = stopped.value.run_dir / PREEMPTED_MARK
+    mark.write_text(json.dumps({"owner": {**this_worker(), "host": "elsewhere"}, "sweep": "baselines"}))
+    assert abandoned_run(store, cfg, sweep="baselines") is None  # planted or left over: the owner is alive here
+    mark.write_text("[" * 100_000)  # not JSON a reader can use
+    assert abandoned_run(store, cfg, sweep="baselines") is None
+
+
+def test_a_sigterm_between_two_jobs_starts_nothing(tmp_path):
+    store = Store(tmp_path / "store")
+    PREEMPTION.set()
+    with pytest.raises(Preempted) as stopped:
+        run_job(tiny_config(steps=STEPS), store)
+    assert stopped.value.run_dir is None
+    assert not list(store.root.glob("*"))
+
+
+def test_the_local_job_loop_turns_a_preemption_into_exit_75_naming_the_checkpoint(tmp_path, monkeypatch):
     said: list[str] = []
     with pytest.raises(SystemExit) as ended, preemptible_jobs(said.append):
-        PREEMPTION.set()  # as the SIGTERM handler does
+        preempt_after(monkeypatch, 1)  # as the SIGTERM handler does, during the first step
         run_job(tiny_config(steps=STEPS), Store(tmp_path / "store"))
     assert ended.value.code == 75
     assert "preempted (SIGTERM) at step 1; checkpoint in" in said[0]
