@@ -149,3 +149,26 @@ def test_sigterm_to_stabench_baselines_and_the_rerun_continues_the_seed(tmp_path
     assert record["status"] == "ok"
     assert record["resumed_from_step"] == step  # nothing trained twice
     assert t["duplicated"] == 0
+
+
+@pytest.mark.slow  # a local Ray for each of two commands; the default run has the job's half in-process (above)
+def test_sigterm_to_stabench_baselines_on_ray_and_the_rerun_continues_the_seed(tmp_path, monkeypatch):
+    every, steps = 20, 400
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = baselines_args("--backend", "ray", "--cpus-per-trial", "1", "--set", f"steps={steps}",
+                          "--set", f"checkpoint_every={every}")  # fmt: skip
+    first = cli(*args, cwd=tmp_path, log="first.log")
+    run_dir = wait_for_checkpoint(tmp_path / "store", tmp_path / "first.log")  # mid-seed, past step `every`
+    os.kill(first.pid, signal.SIGTERM)  # the driver alone, as Kubernetes signals a pod's main process
+    assert first.wait(timeout=300) == 75, (tmp_path / "first.log").read_text()[-3000:]
+    assert "preempted (SIGTERM)" in (tmp_path / "first.log").read_text()
+    assert (run_dir / PREEMPTED_MARK).is_file()  # the job checkpointed at the flag and let go of its folder
+    step = checkpoint_step(run_dir)
+    assert every <= step < steps
+    rerun = cli(*args, cwd=tmp_path, log="rerun.log")
+    assert rerun.wait(timeout=900) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    t = tally(tmp_path / "store", sweep="baselines")
+    (record,) = t["records"]
+    assert record["status"] == "ok"
+    assert record["run_id"] == run_dir.name
+    assert record["resumed_from_step"] == step  # continued where the flag stopped it
