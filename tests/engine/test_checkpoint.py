@@ -59,6 +59,7 @@ def test_resume_refuses_another_config(tmp_path):
         run_trial(tiny_config("checkpoint_every=10", "lr=0.01"), tmp_path, resume_dir=tmp_path / rec["run_id"])
 
 
+@pytest.mark.slow  # kill -9 of the CLI; the default run has it in-process: test_resumed_trial_equals_uninterrupted_*
 def test_killed_cli_trial_resumes_to_the_same_result(tmp_path):
     args = [
         sys.executable,

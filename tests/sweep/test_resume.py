@@ -27,6 +27,7 @@ def sweep_once(tmp_path, sweep: str) -> dict:
     return record
 
 
+@pytest.mark.slow  # a Ray actor killed mid-seed; the default run has the retry in-process (below)
 def test_a_worker_killed_mid_seed_resumes_from_its_checkpoint_step(tmp_path, local_ray):
     resumed = sweep_once(tmp_path, "killed")  # on the shared Ray, whose workers kill this trial once
     assert local_ray.exists()  # the worker did die, at step KILL_AT_STEP
