@@ -85,8 +85,9 @@ PREEMPTION = threading.Event()  # set by a SIGTERM handler (`request_preemption`
 
 
 def request_preemption() -> None:
-    """Ask every running trial of this process to checkpoint after its current step and raise `Preempted`.
-    Safe to call from a signal handler (it only sets a flag)."""
+    """Ask every running trial of this process to checkpoint after its current step (with that step's probe and
+    evaluation; a trial at its last step finishes instead) and raise `Preempted`. Safe to call from a signal
+    handler (it only sets a flag)."""
     PREEMPTION.set()
 
 
