@@ -90,6 +90,18 @@ def test_a_mark_that_does_not_name_the_folders_owner_is_not_taken(tmp_path, monk
     assert abandoned_run(store, cfg, sweep="baselines") is None
 
 
+def test_a_mark_that_cannot_be_taken_still_lets_a_dead_owners_folder_be_continued(tmp_path, monkeypatch):
+    cfg = tiny_config(steps=STEPS)
+    store = Store(tmp_path / "store")
+    preempt_after(monkeypatch, 1)
+    with pytest.raises(Preempted) as stopped:
+        run_job(cfg, store, tags=TAGS)
+    run_dir = stopped.value.run_dir
+    dead = {**this_worker(), "start": "0"}  # this pid, another start time: a process of this machine that is gone
+    (run_dir / "owner.json").write_text(json.dumps(dead))
+    assert abandoned_run(store, cfg, sweep="another-sweep") == run_dir  # as if there were no mark
+
+
 def test_a_sigterm_between_two_jobs_starts_nothing(tmp_path):
     store = Store(tmp_path / "store")
     PREEMPTION.set()
