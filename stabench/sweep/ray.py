@@ -59,9 +59,11 @@ from .study import (
     describe_study,
     fail_orphaned,
     fail_running,
+    is_finished,
     legacy_journal_note,
     make_sampler,
     make_storage,
+    set_attr_unless_finished,
     summarize_study,
 )
 from .workers import PREEMPTED_EXIT, owner, sigterm_requests
@@ -274,18 +276,27 @@ class FinalValuesSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Tell the study how the trial ended: its final values, PRUNED when stopped early, FAIL on error or when
-        its records are not in the driver's store."""
-        if not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        its records are not in the driver's store. A trial the study already holds as finished is not told again
+        (a killed driver told it after its last experiment checkpoint; the restored copy ran it once more)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        study = self._ot_study
+        if is_finished(study, ot_trial):
+            print(f"[{study.study_name}] trial {ot_trial.number} was finished by an earlier driver; not told again")
+            self._completed_trials.add(trial_id)
+            return None
+        if not error:
             outcome, why = trial_outcome(result, Path(self.store_root))
-            ot_trial = self._ot_trials[trial_id]
             if outcome == "failed":
-                ot_trial.set_user_attr("error", str(why)[:500])
+                set_attr_unless_finished(study, ot_trial, "error", str(why)[:500], print)
                 result, error = None, True
             elif outcome == "pruned":
                 result = None  # OptunaSearch tells PRUNED when there is no value and no error
             else:
-                ot_trial.set_user_attr("run_ids", str(result["run_ids"]).split(","))  # type: ignore[index]
-        super().on_trial_complete(trial_id, result, error)
+                run_ids = str(result["run_ids"]).split(",")  # type: ignore[index]
+                set_attr_unless_finished(study, ot_trial, "run_ids", run_ids, print)
+        return super().on_trial_complete(trial_id, result, error)
 
 
 def make_searcher(

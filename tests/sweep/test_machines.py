@@ -454,8 +454,9 @@ def test_a_second_machine_resuming_leaves_the_first_machines_trial_alone(tmp_pat
 @needs_a_second_host
 def test_a_dead_machines_seed_continues_on_another_from_its_checkpoint(tmp_path):
     every = 10
+    # 400 steps: on an idle machine 80 tiny steps could finish in the 2 s between the first checkpoint and the kill
     path = space_file(tmp_path, space={"optim.lr": {"type": "categorical", "choices": [3e-3]}}, trials=1,
-                      fixed={"optim.steps": 80, "checkpoint_every": every})  # fmt: skip
+                      fixed={"optim.steps": 400, "checkpoint_every": every})  # fmt: skip
     a = cli(*sweep_args(path), cwd=tmp_path, log="a.log", host=OTHER_HOST)
     ckpt_dir = wait_for_checkpoint(tmp_path / "store", tmp_path / "a.log")
     time.sleep(2)

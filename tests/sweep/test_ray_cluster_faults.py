@@ -284,3 +284,24 @@ def test_a_node_without_the_store_joining_mid_sweep_loses_no_record_and_fails_th
         assert list(Path(store).glob("*/owner.json")) == []  # nothing trained into the driver's store either
     finally:
         stop(head, head_dir)
+
+
+def test_a_trial_the_study_already_holds_as_finished_is_not_told_again(tmp_path, capsys):
+    """A killed driver told trial 0 after its last experiment checkpoint; the restored copy runs it again and
+    completes: the searcher says so and leaves the study as it is (before, the run_ids attr raised
+    UpdateFinishedTrialError inside Tune, which counted the trial as errored and retried it)."""
+    from stabench.sweep.ray import make_searcher
+
+    space = load_space(space_file(tmp_path, trials=1))
+    storage, _ = make_storage(str(tmp_path / "j.journal"), "t", heartbeats=False)
+    study = optuna.create_study(study_name="t", storage=storage, directions=space.directions)
+    searcher = make_searcher(space, study, storage, None, None, "run@1", tmp_path / "store")
+    assert searcher.suggest("tune-trial-1") is not None
+    (trial,) = study.get_trials(deepcopy=False)
+    study.tell(trial.number, 0.25)  # the earlier driver's tell
+    metric = space.objectives[0].metric
+    searcher.on_trial_complete("tune-trial-1", {metric: 0.5, "statuses": "ok", "run_ids": "r1"})
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == 0.25  # not told again
+    assert "was finished by an earlier driver; not told again" in capsys.readouterr().out
