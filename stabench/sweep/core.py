@@ -346,7 +346,7 @@ def abandoned_run(store: Store, cfg: TrialConfig, sweep: str | None = None) -> P
     for run_dir in sorted(store.root.glob(run_id_glob(config_hash(cfg), cfg.seed))):
         if not interrupted(run_dir):
             continue
-        if (run_dir / PREEMPTED_MARK).exists() and take_preempted(run_dir, sweep):
+        if take_preempted(run_dir, sweep):
             return run_dir  # else the mark adds nothing: the folder is judged by its owner, as without one
         owner, problem = read_owner(run_dir / OWNER)
         if owner is None:  # no owner file (a `stabench train` run): not ours to take; a damaged one is named

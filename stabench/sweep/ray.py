@@ -656,7 +656,7 @@ def run_ray_jobs(
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
         ).fit()
     if preempted:
-        print("preempted (SIGTERM): each running job checkpointed its seed; run the same command again to continue")
+        print(f"preempted (SIGTERM): each running job checkpointed its seed; {rerun} to continue")
         raise SystemExit(PREEMPTED_EXIT)
     unreachable = [str(e) for e in results.errors if UNREACHABLE in str(e)]
     if unreachable:

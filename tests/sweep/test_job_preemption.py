@@ -64,13 +64,18 @@ def test_a_preempted_job_continues_to_the_record_it_would_have_had(tmp_path, mon
     assert record["metrics"] == uninterrupted["metrics"]
 
 
-def test_one_of_two_retries_takes_a_preempted_folder_and_only_of_its_own_sweep(tmp_path, monkeypatch):
+def preempted_job(tmp_path, monkeypatch):
+    """A baselines job preempted after its first step: (config, store, its marked run folder)."""
     cfg = tiny_config(steps=STEPS)
     store = Store(tmp_path / "store")
     preempt_after(monkeypatch, 1)
     with pytest.raises(Preempted) as stopped:
         run_job(cfg, store, tags=TAGS)
-    run_dir = stopped.value.run_dir
+    return cfg, store, stopped.value.run_dir
+
+
+def test_one_of_two_retries_takes_a_preempted_folder_and_only_of_its_own_sweep(tmp_path, monkeypatch):
+    cfg, store, run_dir = preempted_job(tmp_path, monkeypatch)
     assert abandoned_run(store, cfg, sweep="another-sweep") is None  # a folder of the baselines stays theirs
     assert abandoned_run(store, cfg, sweep="baselines") == run_dir  # taken: its mark is removed
     assert abandoned_run(store, cfg, sweep="baselines") is None  # the second retry starts its own
@@ -78,12 +83,8 @@ def test_one_of_two_retries_takes_a_preempted_folder_and_only_of_its_own_sweep(t
 
 
 def test_a_mark_that_does_not_name_the_folders_owner_is_not_taken(tmp_path, monkeypatch):
-    cfg = tiny_config(steps=STEPS)
-    store = Store(tmp_path / "store")
-    preempt_after(monkeypatch, 1)
-    with pytest.raises(Preempted) as stopped:
-        run_job(cfg, store, tags=TAGS)
-    mark = stopped.value.run_dir / PREEMPTED_MARK
+    cfg, store, run_dir = preempted_job(tmp_path, monkeypatch)
+    mark = run_dir / PREEMPTED_MARK
     mark.write_text(json.dumps({"owner": {**this_worker(), "host": "elsewhere"}, "sweep": "baselines"}))
     assert abandoned_run(store, cfg, sweep="baselines") is None  # planted or left over: the owner is alive here
     mark.write_text("[" * 100_000)  # not JSON a reader can use
@@ -91,12 +92,7 @@ def test_a_mark_that_does_not_name_the_folders_owner_is_not_taken(tmp_path, monk
 
 
 def test_a_mark_that_cannot_be_taken_still_lets_a_dead_owners_folder_be_continued(tmp_path, monkeypatch):
-    cfg = tiny_config(steps=STEPS)
-    store = Store(tmp_path / "store")
-    preempt_after(monkeypatch, 1)
-    with pytest.raises(Preempted) as stopped:
-        run_job(cfg, store, tags=TAGS)
-    run_dir = stopped.value.run_dir
+    cfg, store, run_dir = preempted_job(tmp_path, monkeypatch)
     dead = {**this_worker(), "start": "0"}  # this pid, another start time: a process of this machine that is gone
     (run_dir / "owner.json").write_text(json.dumps(dead))
     assert abandoned_run(store, cfg, sweep="another-sweep") == run_dir  # as if there were no mark
